@@ -1,0 +1,91 @@
+"""Errors a user can cause, each with a stable ``code`` (API.md's ``error.code``).
+
+Exception tree::
+
+    EmoStreamError
+    ├── InputNotFoundError        a path that does not exist
+    ├── ConfigError               unknown key or bad value in a config file
+    ├── ImageError
+    │   ├── NotAnImageError       not a decodable image (text, truncated, ...)
+    │   ├── ImageTooLargeError    over the pixel or byte limit, or a decompression bomb
+    │   ├── ImageTooSmallError    too few pixels to hold a face
+    │   ├── NoFaceFoundError      no face in the portrait
+    │   └── FaceTooSmallError     a face, but too few pixels across
+    ├── AudioError
+    │   ├── NoAudioStreamError    a media file with no audio track
+    │   ├── CorruptAudioError     undecodable audio
+    │   └── EmptyAudioError       an audio track with no samples
+    └── VideoError
+        └── CorruptVideoError     a video that cannot be decoded
+
+The CLI catches the root and prints ``error: <message>`` on one line (exit 2); the
+server maps each class to a 4xx status in one table.
+"""
+
+from __future__ import annotations
+
+
+class EmoStreamError(Exception):
+    """Root of every error a user can cause; ``code`` is stable, ``str()`` says what to do."""
+
+    code = "emo_stream_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InputNotFoundError(EmoStreamError):
+    code = "not_found"
+
+
+class ConfigError(EmoStreamError):
+    code = "bad_config"
+
+
+class ImageError(EmoStreamError):
+    code = "bad_image"
+
+
+class NotAnImageError(ImageError):
+    code = "not_an_image"
+
+
+class ImageTooLargeError(ImageError):
+    code = "image_too_large"
+
+
+class ImageTooSmallError(ImageError):
+    code = "image_too_small"
+
+
+class NoFaceFoundError(ImageError):
+    code = "no_face_found"
+
+
+class FaceTooSmallError(ImageError):
+    code = "face_too_small"
+
+
+class AudioError(EmoStreamError):
+    code = "bad_audio"
+
+
+class NoAudioStreamError(AudioError):
+    code = "no_audio_stream"
+
+
+class CorruptAudioError(AudioError):
+    code = "corrupt_audio"
+
+
+class EmptyAudioError(AudioError):
+    code = "empty_audio"
+
+
+class VideoError(EmoStreamError):
+    code = "bad_video"
+
+
+class CorruptVideoError(VideoError):
+    code = "corrupt_video"
