@@ -126,3 +126,42 @@ class FaceMesh:
 def eye_span(points: np.ndarray) -> float:
     """Distance between the outer eye corners: the face's scale, used to normalise distances."""
     return float(np.linalg.norm(points[EYE_OUTER_RIGHT, :2] - points[EYE_OUTER_LEFT, :2]))
+
+
+class FaceDetector:
+    """Face boxes from mediapipe's full-range detector (finds faces far smaller than the mesh does).
+
+    Used to locate a face the mesh missed, so a small face is found and measured, then either
+    refused with its size or cropped and enlarged for the mesh.
+    """
+
+    def __init__(self, min_confidence: float = 0.5) -> None:
+        self._min_confidence = min_confidence
+        self._detector: Any = None
+
+    def detect(self, rgb: np.ndarray) -> list[tuple[float, float, float, float, float]]:
+        """Boxes ``(x0, y0, x1, y1, score)`` in pixels of ``rgb``, best first."""
+        h, w = rgb.shape[:2]
+        rgb = np.ascontiguousarray(rgb)
+        if self._detector is None:
+            _silence_native_logging()
+            with _native_stderr_silenced():
+                import mediapipe as mp
+
+                self._detector = mp.solutions.face_detection.FaceDetection(
+                    model_selection=1, min_detection_confidence=self._min_confidence)
+                result = self._detector.process(rgb)
+        else:
+            result = self._detector.process(rgb)
+        boxes = []
+        for det in result.detections or []:
+            box = det.location_data.relative_bounding_box
+            x0, y0 = box.xmin * w, box.ymin * h
+            boxes.append((x0, y0, x0 + box.width * w, y0 + box.height * h, float(det.score[0])))
+        boxes.sort(key=lambda b: b[4], reverse=True)
+        return boxes
+
+    def close(self) -> None:
+        if self._detector is not None:
+            self._detector.close()
+            self._detector = None

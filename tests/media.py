@@ -109,8 +109,11 @@ def stylise(rgb: np.ndarray, style: str) -> np.ndarray:
         grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
         return np.repeat(grey[..., None], 3, axis=2)
     if style == "sketch":
-        grey, _ = cv2.pencilSketch(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), sigma_s=40, sigma_r=0.06, shade_factor=0.05)
-        return np.repeat(grey[..., None], 3, axis=2)
+        # A pencil sketch by colour dodge: lines on white, no shading.
+        grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+        blurred = cv2.GaussianBlur(255 - grey, (21, 21), 0)
+        sketch = cv2.divide(grey, 255 - blurred, scale=256)
+        return np.repeat(sketch[..., None], 3, axis=2)
     if style == "posterised":
         return np.asarray(ImageOps.posterize(Image.fromarray(rgb), 3))
     if style == "painted":

@@ -1,0 +1,69 @@
+# Two commands set everything up on a fresh Debian machine with Python 3.11:
+#   make serve   venv + install + start the server (lite backend, bundled portrait)
+#   make test    venv + install + test packages (Debian and PyPI) + run the tests
+# Both are idempotent: stamp files make a second run install nothing.
+
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check -q
+HOST   ?= 127.0.0.1
+PORT   ?= 8080
+CONFIG ?= configs/default.yaml
+PYTEST_ARGS ?=
+# Never reach a model hub; silence mediapipe's native logging.
+export HF_HUB_OFFLINE := 1
+export GLOG_minloglevel := 2
+
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+DEB_TEST_PACKAGES := chromium chromium-driver espeak-ng sox
+# The first command each Debian package provides, to tell whether it is installed.
+DEB_TEST_COMMANDS := chromium chromedriver espeak-ng sox
+
+STAMP_BASE := $(VENV)/.stamp-install
+STAMP_TEST := $(VENV)/.stamp-test
+STAMP_DEB  := $(VENV)/.stamp-deb
+
+.PHONY: serve test lint install install-test deb clean distclean
+
+$(PY):
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (needs Python 3.11)"; exit 2; }
+	$(PYTHON) -m venv $(VENV)
+
+# torch is pinned to the CPU wheel on these machines (a range would pull a CUDA build);
+# mediapipe goes in with --no-deps, its few needs are in pyproject (see ../shared/PLATFORM.md).
+$(STAMP_BASE): pyproject.toml | $(PY)
+	$(PIP) install "torch==2.13.0"
+	$(PIP) install -e .
+	$(PIP) install --no-deps "mediapipe==0.10.21"
+	@touch $@
+
+$(STAMP_TEST): $(STAMP_BASE) pyproject.toml
+	$(PIP) install -e ".[test]"
+	@touch $@
+
+$(STAMP_DEB):
+	@missing=""; for c in $(DEB_TEST_COMMANDS); do command -v $$c >/dev/null || missing="$$missing $$c"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages for tests (missing:$$missing)"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(DEB_TEST_PACKAGES); \
+	fi
+	@mkdir -p $(VENV) && touch $@
+
+install: $(STAMP_BASE)
+install-test: $(STAMP_TEST) $(STAMP_DEB)
+deb: $(STAMP_DEB)
+
+serve: $(STAMP_BASE)
+	$(VENV)/bin/emo-stream serve --config $(CONFIG) --host $(HOST) --port $(PORT)
+
+test: install-test
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP_TEST)
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf .pytest_cache .ruff_cache build *.egg-info
+distclean: clean
+	rm -rf $(VENV) .cache

@@ -1,0 +1,1 @@
+"""The emo-stream application layer: CLI, HTTP/WebSocket server, sessions. Depends on emo_stream."""

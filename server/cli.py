@@ -1,0 +1,102 @@
+"""The ``emo-stream`` command: serve | render | metrics.
+
+Heavy imports stay inside each subcommand so ``--help`` and the lite path start fast.
+A user error prints ``error: <message>`` on one stderr line and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GLOG_minloglevel", "2")
+
+EXIT_USER_ERROR = 2
+EXIT_BUG = 1
+REPO_DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from emo_stream.config import load_config
+    from server.app import create_app
+
+    config_path = args.config or (REPO_DEFAULT_CONFIG if REPO_DEFAULT_CONFIG.is_file() else None)
+    config = load_config(config_path, {"server.host": args.host, "server.port": args.port,
+                                       "server.token": args.token})
+    app = create_app(config)
+    print(f"emo-stream serving on http://{config.server.host}:{config.server.port} "
+          f"(backend {config.animator.backend})", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=config.server.host, port=config.server.port, log_level=args.log_level,
+                ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key)
+    return 0
+
+
+def _cmd_metrics(args: argparse.Namespace) -> int:
+    from emo_stream.metrics import compute_video_metrics
+
+    result = compute_video_metrics(args.video, audio_path=args.audio, progress=sys.stderr.isatty())
+    print(json.dumps(result.to_dict(), indent=None if args.compact else 2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="emo-stream", description=(
+        "One portrait photo + a voice -> a live, expressive talking portrait."))
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the HTTP/WebRTC server")
+    serve.add_argument("--config", type=Path, help="YAML config (default: configs/default.yaml)")
+    serve.add_argument("--host", help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8080)")
+    serve.add_argument("--token", help="require this bearer token on /v1 (env EMO_STREAM_TOKEN)",
+                       default=os.environ.get("EMO_STREAM_TOKEN"))
+    serve.add_argument("--tls-cert", help="TLS certificate (PEM)")
+    serve.add_argument("--tls-key", help="TLS private key (PEM)")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(func=_cmd_serve)
+
+    metrics = sub.add_parser("metrics", help="score a video: lip-sync, mouth range, blinks, head motion (JSON)")
+    metrics.add_argument("video", type=Path, help="video file to score")
+    metrics.add_argument("--audio", type=Path, help="audio to sync against (default: the video's own track)")
+    metrics.add_argument("--compact", action="store_true", help="one-line JSON")
+    metrics.set_defaults(func=_cmd_metrics)
+
+    from server.cli_render import add_render_parser
+
+    add_render_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from emo_stream.errors import EmoStreamError
+
+    try:
+        return int(args.func(args) or 0)
+    except EmoStreamError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: one line unless asked for the traceback
+        if args.debug:
+            raise
+        print(f"error: internal error ({type(exc).__name__}: {exc}); rerun with --debug for details",
+              file=sys.stderr)
+        return EXIT_BUG
+
+
+if __name__ == "__main__":
+    sys.exit(main())
