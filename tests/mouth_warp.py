@@ -105,9 +105,9 @@ def close_eyes(rig: PortraitRig, closure: float) -> np.ndarray:
     stretched down), and a dark lash line is drawn where the lid meets the lower rim.
     """
     closure = float(np.clip(closure, 0.0, 1.0))
-    out = rig.rgb.astype(np.float32)
     if closure <= 0.0:
         return rig.rgb.copy()
+    out = rig.rgb.astype(np.float32)
     p = rig.points
     for outer, inner, top, bottom in ((EYE_OUTER_RIGHT, EYE_INNER_RIGHT, RIGHT_EYE_TOP, RIGHT_EYE_BOTTOM),
                                       (EYE_OUTER_LEFT, EYE_INNER_LEFT, LEFT_EYE_TOP, LEFT_EYE_BOTTOM)):

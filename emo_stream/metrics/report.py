@@ -37,7 +37,8 @@ class VideoMetrics:
         face_found: fraction of frames in which a face was found (0..1).
         mouth_open_range: p95 − p5 of the per-frame mouth opening, in eye spans (0 for a still mouth).
         lipsync_r: Pearson r of mouth opening against the audio envelope at the best lag within
-            ±200 ms; None without audio, 0.0 when the mouth or the sound never changes.
+            ±200 ms; None without audio or with under 10 frames showing a face, 0.0 when the
+            mouth or the sound never changes.
         av_offset_ms: that lag; POSITIVE = the video (mouth) is LATE relative to the audio.
         blinks: number of blinks.
         blinks_per_min: blinks per minute of video.
