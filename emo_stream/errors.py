@@ -15,8 +15,11 @@ Exception tree::
     │   ├── NoAudioStreamError    a media file with no audio track
     │   ├── CorruptAudioError     undecodable audio
     │   └── EmptyAudioError       an audio track with no samples
-    └── VideoError
-        └── CorruptVideoError     a video that cannot be decoded
+    ├── VideoError
+    │   └── CorruptVideoError     a video that cannot be decoded
+    ├── UnknownBackendError       a backend name that does not exist
+    ├── OutputError               an output file that cannot be written
+    └── CheckpointError           a model checkpoint that is missing or does not fit
 
 The CLI catches the root and prints ``error: <message>`` on one line (exit 2); the
 server maps each class to a 4xx status in one table.
@@ -89,3 +92,19 @@ class VideoError(EmoStreamError):
 
 class CorruptVideoError(VideoError):
     code = "corrupt_video"
+
+
+class UnknownBackendError(EmoStreamError):
+    code = "unknown_backend"
+
+
+class OutputError(EmoStreamError):
+    """The output file cannot be written (missing folder, no permission, bad suffix)."""
+
+    code = "bad_output"
+
+
+class CheckpointError(EmoStreamError):
+    """A model checkpoint folder is missing, incomplete or does not match the model."""
+
+    code = "bad_checkpoint"

@@ -70,7 +70,7 @@ class FrameFeatures:
     Attributes:
         index: frame number ``n``; the frame shows the audio centred on ``n / fps`` seconds.
         time_s: centre of the frame, in seconds from the first sample.
-        rms: root-mean-square amplitude of the frame's one-frame span (full scale = 1).
+        rms: root-mean-square amplitude of the frame's span, ``time_s`` ± half a frame (full scale = 1).
         level_db: ``rms`` in dBFS, floored at -100.
         loudness: 0..1 against an adaptive speech level, so quiet and loud speakers both reach 1 on
             vowels; ~0 in silence and in background noise.
@@ -86,7 +86,8 @@ class FrameFeatures:
         voicing: 0..1 periodicity (peak of the normalised autocorrelation).
         f0_hz: fundamental frequency, 0 when unvoiced.
         pitch_st: semitones above (+) or below (-) the speaker's running pitch, 0 when unvoiced.
-        stress: 0..1 stressed-syllable cue: louder and higher than the speaker's running average.
+        stress: 0..1 stressed-syllable cue: louder (up to +6 dB) and higher (up to +3 semitones) than the
+            speaker's running average syllable; 0 for an average one and when unvoiced.
         closure: 0..1 lips-closed cue: a quiet gap right before a burst (b, p, m before a vowel) or a
             voiced nasal murmur (quiet, low-band only).
         singing: 0..1: sustained voicing with stable pitch over the last ~0.8 s.
@@ -175,7 +176,8 @@ class FeatureExtractor:
         sr = self.sample_rate
         self.lookahead_samples = round(LOOKAHEAD_S * sr)
         self._hop = sr / self.fps
-        self._span_half = max(1, round(self._hop / 2))  # rms covers one frame's span, so frames tile the audio
+        # rms covers the frame's own span, so frames tile the audio (capped by the lookahead at low fps).
+        self._span_half = max(1, min(round(self._hop / 2), self.lookahead_samples))
         self._spec_n = round(_SPECTRUM_WINDOW_S * sr)
         self._pitch_n = round(_PITCH_WINDOW_S * sr)
         self._block = max(1, round(_BLOCK_S * sr))
@@ -192,7 +194,7 @@ class FeatureExtractor:
         self._band_masks = [(freqs >= lo) & (freqs < min(hi, sr / 2 + 1)) for lo, hi in BANDS_HZ]
         self._flux_mask = (freqs >= BANDS_HZ[0][0]) & (freqs < min(BANDS_HZ[-1][1], sr / 2 + 1))
         self._nasal_lo = (freqs >= 100.0) & (freqs < 400.0)
-        self._nasal_all = (freqs >= 100.0) & (freqs < 4000.0)
+        self._nasal_all = (freqs >= 100.0) & (freqs < 8000.0)
         # Scale that maps a full-scale sine's FFT peak to its RMS: makes the log spectrum comparable to dBFS.
         self._spec_scale = 1.0 / (np.sum(self._spec_win) / (2.0 * math.sqrt(2.0)))
 
@@ -230,10 +232,7 @@ class FeatureExtractor:
         self._flushed = False
         self._level_db = _INITIAL_LEVEL_DB
         self._mean_db: float | None = None
-        # Prefilled with silence: until the window has seen 3 s of audio, assume the stream began quiet,
-        # rather than taking the first (maybe loud) frames for the noise floor.
-        noise_len = max(1, round(_NOISE_WINDOW_S * self.fps))
-        self._noise: deque[float] = deque([_FLOOR_DB] * noise_len, maxlen=noise_len)
+        self._noise: deque[float] = deque(maxlen=max(1, round(_NOISE_WINDOW_S * self.fps)))
         self._since_loud = 1 << 30  # frames since the last clearly loud one
         self._prev_logspec: np.ndarray | None = None
         self._pitch_ref_st: float | None = None
@@ -257,11 +256,13 @@ class FeatureExtractor:
         """Add mono samples; return the frames whose audio (centre plus lookahead) is now complete.
 
         Raises:
-            ValueError: ``samples`` is not 1-D, or the stream was already flushed.
+            ValueError: ``samples`` is not 1-D float, or the stream was already flushed.
         """
         samples = np.asarray(samples)
         if samples.ndim != 1:
             raise ValueError(f"samples must be mono 1-D, got shape {samples.shape}")
+        if samples.size and not np.issubdtype(samples.dtype, np.floating):
+            raise ValueError(f"samples must be float in [-1, 1], got {samples.dtype}")
         if self._flushed:
             raise ValueError("push after flush: call reset() to start a new stream")
         if len(samples):
@@ -307,14 +308,18 @@ class FeatureExtractor:
         """Features of frame ``n`` from ``seg`` = samples [centre - left, centre + lookahead)."""
         c = self._left  # the centre's index in seg
 
-        # 1. Level: RMS of the frame's own span, adaptive speech level and noise floor.
+        # 1. Level: RMS of the frame's own span.
         span = seg[c - self._span_half: c + self._span_half]
         power = float(np.dot(span, span) / len(span))
         rms = math.sqrt(power)
         level_db = _db(power)
-        loudness = self._update_level(level_db)
 
-        # 2. Spectrum of the 32 ms window around the centre: bands, nasal balance, flux.
+        # 2. Pitch and voicing (against the speech level so far); then the level itself, which only
+        #    voiced or clearly-above-noise frames may move.
+        voicing, f0_hz = self._pitch(seg, c, level_db)
+        loudness = self._update_level(level_db, f0_hz > 0)
+
+        # 3. Spectrum of the 32 ms window around the centre: bands, nasal balance, flux.
         h = self._spec_n // 2
         win = seg[c - h: c - h + self._spec_n]
         spec = np.fft.rfft(win * self._spec_win)
@@ -324,9 +329,6 @@ class FeatureExtractor:
         bands = [e / band_total for e in band_e] if band_total > 1e-20 else [0.0, 0.0, 0.0]
         flux = self._flux(np.sqrt(pspec) * self._spec_scale)
         onset = _clip01((flux - 2.0) / 8.0)
-
-        # 3. Pitch and voicing.
-        voicing, f0_hz = self._pitch(seg, c, level_db)
 
         # 4. Formants, only where there is a voice to have them.
         f1_hz = f2_hz = 0.0
@@ -347,6 +349,9 @@ class FeatureExtractor:
             jaw = loudness * (0.4 + 0.6 * _clip01((f1_hz - 300.0) / 450.0))
         if f2_hz > 0:
             spread = max(-1.0, min(1.0, (f2_hz - 1500.0) / 600.0)) * _clip01(voicing / 0.7)
+            if spread < 0:
+                # A low F2 means rounded lips only in close vowels ("oo"); "aa" has a low F2 too, unrounded.
+                spread *= 1.0 - _clip01((f1_hz - 350.0) / 300.0)
 
         # 7. Lips closed: a quiet gap right before a burst, or a nasal murmur.
         closure = self._closure(seg, c, level_db, loudness, voicing, pspec)
@@ -358,26 +363,31 @@ class FeatureExtractor:
             voicing=voicing, f0_hz=f0_hz, pitch_st=pitch_st, stress=stress, closure=closure, singing=singing,
         )
 
-    def _update_level(self, level_db: float) -> float:
-        """Track the speech level (fast up, slow down) and the noise floor; return loudness 0..1."""
-        self._noise.append(level_db)
+    def _update_level(self, level_db: float, voiced: bool) -> float:
+        """Track the speech level (fast up, slow down) and the noise floor; return loudness 0..1.
+
+        The noise floor is the quietest unvoiced frame of the last 3 s (voiced frames are the voice, not
+        the room). Only speech-like frames (voiced, or well above that floor) move the speech level, and
+        the level is never taken below floor + 15 dB, so a steady hum or hiss stays at loudness ~0.
+        """
+        if not voiced:
+            self._noise.append(level_db)
+        noise_db = min(self._noise) if self._noise else _FLOOR_DB
         gate = _clip01((level_db - _GATE_DB[0]) / (_GATE_DB[1] - _GATE_DB[0]))
-        if gate > 0:
+        if gate > 0 and (voiced or level_db > noise_db + 10.0):
             if level_db > self._level_db:
                 self._level_db += 0.5 * (level_db - self._level_db)
             elif level_db > self._level_db - 12.0:
                 # Loud-ish frames pull the level towards the vowels' level, not the consonants'.
-                self._level_db += 0.02 * (level_db - self._level_db)
+                self._level_db += 0.05 * (level_db - self._level_db)
             else:
-                # Someone got quieter for good (or moved off the mic): let the level fall 2.5 dB/s.
-                self._level_db -= 2.5 / self.fps
+                # Someone got quieter for good (or moved off the mic): let the level fall 3 dB/s.
+                self._level_db -= 3.0 / self.fps
             self._level_db = max(self._level_db, _GATE_DB[1])
-        # Silence holds the level, so loudness stays ~0 in pauses instead of drifting up.
-        noise_db = min(self._noise)
-        lo = max(self._level_db - _LOUDNESS_RANGE_DB, noise_db + 6.0)
-        if self._level_db - lo < 6.0:
-            return 0.0
-        return gate * _clip01((level_db - lo) / (self._level_db - lo))
+        ref_db = max(self._level_db, noise_db + 15.0)
+        # Loudness 0 sits R dB under the speech level, or just over the noise floor when that is higher.
+        lo = max(ref_db - _LOUDNESS_RANGE_DB, min(noise_db + 6.0, ref_db - 12.0))
+        return gate * _clip01((level_db - lo) / (ref_db - lo))
 
     def _flux(self, mag: np.ndarray) -> float:
         """Mean positive change of the log spectrum (dB re the speech level, floored 50 dB below it)."""
@@ -412,23 +422,25 @@ class FeatureExtractor:
         seg_r = r[lo - 1: hi + 2]
         # Local maxima inside [min_lag, max_lag].
         peaks = np.flatnonzero((seg_r[1:-1] > seg_r[:-2]) & (seg_r[1:-1] >= seg_r[2:])) + lo
-        best_strength, best_r, best_lag = -np.inf, 0.0, 0.0
+        best_strength, best_r, best_lag, best_jump = -np.inf, 0.0, 0.0, 0.0
         for lag in peaks:
             a, b, g = r[lag - 1], r[lag], r[lag + 1]
             denom = a - 2.0 * b + g
             shift = 0.5 * (a - g) / denom if denom < 0 else 0.0
             peak_r = b - 0.25 * (a - g) * shift
             true_lag = lag + shift
-            strength = peak_r - _OCTAVE_COST * math.log2(F0_MIN_HZ * true_lag / self.sample_rate)
+            jump = 0.0
             if last_f0 > 0:
-                strength -= _OCTAVE_JUMP_COST * abs(math.log2(self.sample_rate / true_lag / last_f0))
+                jump = _OCTAVE_JUMP_COST * abs(math.log2(self.sample_rate / true_lag / last_f0))
+            strength = peak_r - _OCTAVE_COST * math.log2(F0_MIN_HZ * true_lag / self.sample_rate) - jump
             if strength > best_strength:
-                best_strength, best_r, best_lag = strength, peak_r, true_lag
+                best_strength, best_r, best_lag, best_jump = strength, peak_r, true_lag, jump
         voicing = _clip01(best_r)
         # Quiet frames (closures, breath) need clearer periodicity: their weak peaks are often formant
         # ringing, not the voice.
         threshold = _VOICING_THRESHOLD + 0.15 * _clip01((self._level_db - 20.0 - level_db) / 10.0)
-        if voicing < threshold or best_lag <= 0:
+        # A weak peak far from the running pitch is an outlier (a burst, a formant), not a new note.
+        if voicing - best_jump < threshold or best_lag <= 0:
             return voicing, 0.0
         f0_hz = self.sample_rate / best_lag
         self._last_f0, self._last_f0_age = f0_hz, 0
@@ -472,14 +484,18 @@ class FeatureExtractor:
         return rel
 
     def _stress(self, level_db: float, loudness: float, pitch_st: float, voiced: bool) -> float:
-        """Louder and higher than usual: 0..1. Updates the running mean level of active frames."""
-        if loudness < 0.2:
+        """Louder and higher than the speaker's usual syllable: 0..1 (0 for an average one, or unvoiced).
+
+        The running mean level is taken over voiced frames only, so it is the level of a typical
+        syllable nucleus, not pulled down by consonants.
+        """
+        if not voiced or loudness < 0.2:
             return 0.0
         if self._mean_db is None:
             self._mean_db = level_db
         louder = (level_db - self._mean_db) / 6.0
         self._mean_db += (level_db - self._mean_db) / (_LEVEL_MEAN_TAU_S * self.fps)
-        higher = pitch_st / 3.0 if voiced else 0.0
+        higher = pitch_st / 3.0
         return _clip01(0.5 * max(-1.0, min(1.0, louder)) + 0.5 * max(-1.0, min(1.0, higher)))
 
     def _update_singing(self, f0_hz: float) -> float:
@@ -502,7 +518,8 @@ class FeatureExtractor:
     def _closure(self, seg: np.ndarray, c: int, level_db: float, loudness: float, voicing: float,
                  pspec: np.ndarray) -> float:
         """Lips-closed cue 0..1: a short quiet gap before a burst in the lookahead, or a nasal murmur."""
-        recent_speech = _clip01((7 - self._since_loud) / 3.0)  # 1 up to 160 ms after speech, 0 from 280 ms
+        # Stop closures last 50-120 ms: a gap that began longer ago is a pause, where the mouth rests anyway.
+        recent_speech = _clip01((3.5 - self._since_loud) / 1.5)
         self._since_loud = 0 if loudness > 0.5 else self._since_loud + 1
         level = self._level_db
         stop = 0.0
@@ -527,12 +544,14 @@ class FeatureExtractor:
                 total = float(np.sum(p_ahead[self._ahead_all]))
                 high = float(np.sum(p_ahead[self._ahead_high])) / total if total > 0 else 0.0
                 stop *= 1.0 - _clip01((high - 0.3) / 0.3)
-        # A nasal murmur ("m"): voiced, quieter than the vowels, nearly all energy under 400 Hz.
+        # A nasal murmur ("m"): voiced, quieter than the vowels, nearly all energy under 400 Hz (a voiced
+        # fricative such as "z" has the same voice bar but also hiss up high, which this share counts).
         total = float(np.sum(pspec[self._nasal_all]))
         low_share = float(np.sum(pspec[self._nasal_lo])) / total if total > 0 else 0.0
-        dip = _clip01((level - 4.0 - level_db) / 6.0) * _clip01((level_db - (level - 35.0)) / 6.0)
-        nasal = _clip01(voicing / 0.6) * _clip01((low_share - 0.75) / 0.15) * dip
+        dip = _clip01((level - 3.0 - level_db) / 5.0) * _clip01((level_db - (level - 35.0)) / 6.0)
+        nasal = _clip01(voicing / 0.6) * _clip01((low_share - 0.7) / 0.15) * dip
         return max(stop, nasal)
+
 
 def frame_features(samples: np.ndarray, sample_rate: int = ENGINE_SAMPLE_RATE,
                    fps: float = DEFAULT_FPS) -> list[FrameFeatures]:
@@ -547,4 +566,9 @@ def frame_features(samples: np.ndarray, sample_rate: int = ENGINE_SAMPLE_RATE,
         One `FrameFeatures` per frame, equal to what `FeatureExtractor` streams for the same audio.
     """
     extractor = FeatureExtractor(sample_rate=sample_rate, fps=fps)
-    return extractor.push(samples) + extractor.flush()
+    frames: list[FrameFeatures] = []
+    # Fed in 10 s pieces so a long clip is never copied whole into the extractor's buffer.
+    step = 10 * int(sample_rate)
+    for start in range(0, len(samples), step):
+        frames += extractor.push(samples[start: start + step])
+    return frames + extractor.flush()

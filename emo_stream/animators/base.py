@@ -1,0 +1,50 @@
+"""The Animator protocol every backend implements (DESIGN.md, "Two backends, one interface")."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from emo_stream.types import AudioWindow, Avatar, Frame
+
+
+class AnimatorState(Protocol):
+    """Per-session state: the prepared avatar, a seeded generator, what is in flight."""
+
+    avatar: Avatar
+
+
+@runtime_checkable
+class Animator(Protocol):
+    """Audio windows in, frames out, on one clock.
+
+    ``latency_frames`` is the declared, constant lookahead: the frame for window ``n`` comes out
+    when window ``n + latency_frames`` goes in, and ``flush`` returns the last ones.
+    """
+
+    latency_frames: int
+    fps: int
+    size: int
+
+    def prepare(self, avatar: Avatar, seed: int = 0) -> AnimatorState:
+        """Once per session: per-portrait work is cached by ``avatar.cache_key``."""
+        ...
+
+    def feed(self, window: AudioWindow, state: AnimatorState) -> list[Frame]:
+        """One window in; the frames that are now complete out (pts on the window's clock)."""
+        ...
+
+    def feed_batch(self, items: list[tuple[AudioWindow, AnimatorState]]) -> list[list[Frame]]:
+        """Windows of many sessions in one call; equals calling ``feed`` one by one."""
+        ...
+
+    def idle(self, state: AnimatorState, pts: int) -> Frame:
+        """A frame of idle motion (breathing, blinks, sway) at ``pts``: for ticks with no audio."""
+        ...
+
+    def flush(self, state: AnimatorState) -> list[Frame]:
+        """End of stream: the frames still held by the lookahead."""
+        ...
+
+    def reset(self, state: AnimatorState) -> None:
+        """Barge-in: drop everything in flight; the next frames show idle motion."""
+        ...
