@@ -138,12 +138,7 @@ def _lip_colour(rgb: np.ndarray, pts: np.ndarray) -> np.ndarray:
     return np.median(rgb[mask > 0], axis=0).astype(np.float32) if mask.sum() else np.array([150, 80, 80], np.float32)
 
 
-def _saturation(rgb: np.ndarray) -> float:
-    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
-    return float(np.median(hsv[..., 1])) / 255.0
-
-
-def _interior_panel(lip: np.ndarray, brightness: float, colourful: float) -> np.ndarray:
+def _interior_panel(lip: np.ndarray, brightness: float) -> np.ndarray:
     """The synthesized mouth interior, three sections stacked: upper teeth, dark cavity,
     tongue with lower teeth. Colours come from the portrait's own lips and brightness, and
     are desaturated as much as the portrait is (greyscale photos get grey interiors)."""
@@ -152,16 +147,21 @@ def _interior_panel(lip: np.ndarray, brightness: float, colourful: float) -> np.
     corner_shade = 1.0 - 0.55 * np.abs(u) ** 2  # darker toward the mouth corners
     t = np.linspace(0, 1, r, dtype=np.float32)[:, None]
 
-    teeth_base = np.array([236, 230, 214], np.float32) * (0.55 + 0.45 * brightness)
+    # How colourful the lips are decides how much warm tint the interior gets: none for a
+    # greyscale portrait, full for a colour photo.
+    hsv = cv2.cvtColor(np.clip(lip, 0, 255).astype(np.uint8)[None, None, :], cv2.COLOR_RGB2HSV)[0, 0]
+    colourful = min(1.0, float(hsv[1]) / 255.0 * 2.5)
+    # Teeth take some of the lips' tint, so they sit in the photo's light rather than look blue.
+    teeth_base = (0.65 * np.array([248, 244, 232], np.float32) + 0.35 * lip) * (0.55 + 0.45 * brightness)
     # Incisor gaps: faint darker lines at fixed positions across the mouth.
     gaps = 1.0 - 0.18 * np.exp(-((np.abs(u) % 0.28 - 0.14) / 0.018) ** 2) * (np.abs(u) < 0.9)
-    upper_shade = (0.95 - 0.35 * t ** 2) * corner_shade * gaps  # teeth edges fade into the cavity
+    upper_shade = (1.0 - 0.25 * t ** 2) * corner_shade * gaps  # teeth edges fade into the cavity
     upper = teeth_base[None, None, :] * upper_shade[..., None]
 
-    cavity_colour = lip * 0.22 + np.array([18, 6, 6], np.float32)
+    cavity_colour = lip * 0.3 + np.array([28, 4, 8], np.float32) * colourful
     cavity = cavity_colour[None, None, :] * (corner_shade * (1.0 - 0.3 * t))[..., None]
 
-    tongue_colour = lip * 0.75 + np.array([30, 5, 10], np.float32)
+    tongue_colour = lip * 0.8 + np.array([35, 0, 10], np.float32) * colourful
     tongue_w = np.clip(1.0 - (u / 0.75) ** 2, 0, 1) * _smoothstep(t * 2.0)
     lower = cavity_colour[None, None, :] * (corner_shade * 0.8)[..., None]
     lower = lower * (1 - tongue_w[..., None]) + tongue_colour[None, None, :] * tongue_w[..., None] * corner_shade[..., None]
@@ -170,7 +170,7 @@ def _interior_panel(lip: np.ndarray, brightness: float, colourful: float) -> np.
 
     panel = np.concatenate([upper, cavity, lower], axis=0)
     grey = panel.mean(axis=2, keepdims=True)
-    panel = grey + (panel - grey) * min(1.0, colourful * 3.0)
+    panel = grey + (panel - grey) * colourful
     return np.clip(panel, 0, 255).astype(np.uint8)
 
 
@@ -253,7 +253,7 @@ def build_rig(avatar: Avatar) -> AvatarRig:
     # 4. The atlas: portrait, then the mouth-interior panel (sampled by the cavity's map).
     lip = _lip_colour(rgb, pts)
     brightness = float(np.mean(rgb)) / 255.0
-    panel = _interior_panel(lip, min(1.0, 0.4 + brightness), _saturation(rgb))
+    panel = _interior_panel(lip, min(1.0, 0.4 + brightness))
     atlas = np.zeros((size, size + PANEL_W + 4, 3), np.uint8)
     atlas[:, :size] = rgb
     atlas[: panel.shape[0], size + 2: size + 2 + PANEL_W] = panel

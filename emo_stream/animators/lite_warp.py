@@ -140,7 +140,7 @@ class LiteRenderer:
         mid = 0.5 * (a + b)
         lens = np.sqrt(np.clip(1 - (us / hw) ** 2, 0, 1)) ** 0.8
         chin_fall = 1 - _smoothstep((np.abs(us) - 0.8 * hw) / max(m.jaw_half_width - 0.8 * hw, 1.0))
-        drop = p.jaw * 0.95 * hw
+        drop = p.jaw * 0.8 * hw
         c = float(np.clip(p.close, 0, 1))
         s_up = -0.1 * drop * lens + c * g / 2
         s_lip = drop * lens - c * g / 2

@@ -18,6 +18,8 @@ from emo_stream.face import (
     LEFT_EYE_TOP,
     LIP_OUTER_BOTTOM,
     LIP_OUTER_TOP,
+    MOUTH_LEFT,
+    MOUTH_RIGHT,
     NOSE_TIP,
     RIGHT_EYE_BOTTOM,
     RIGHT_EYE_TOP,
@@ -44,6 +46,12 @@ def mouth_opening(points: np.ndarray) -> float:
     lips = _dist(points, LIP_OUTER_TOP, LIP_OUTER_BOTTOM)
     jaw = _dist(points, NOSE_TIP, CHIN)
     return 0.5 * (lips + jaw) / span
+
+
+def mouth_width(points: np.ndarray) -> float:
+    """Corner-to-corner width of the mouth (61 to 291), in eye spans: wide for "ee", narrow for "oo"."""
+    span = eye_span(points)
+    return _dist(points, MOUTH_LEFT, MOUTH_RIGHT) / span if span > 0 else float("nan")
 
 
 def eye_aspect_ratio(points: np.ndarray) -> float:

@@ -17,7 +17,7 @@ import numpy as np
 
 from emo_stream.errors import CorruptVideoError, InputNotFoundError
 from emo_stream.face import RIGID_POINTS, FaceMesh
-from emo_stream.metrics.face_measures import eye_aspect_ratio, mouth_opening, rigid_shape
+from emo_stream.metrics.face_measures import eye_aspect_ratio, mouth_opening, mouth_width, rigid_shape
 
 # Larger frames are scaled down before the face mesh: the measures are ratios, so scale does not
 # change them, and mediapipe works on ~200 px face crops anyway; this only saves conversion time.
@@ -32,6 +32,7 @@ class VideoMeasures:
         times: media time of each frame in seconds, from the container's start.
         mouth: mouth opening in eye spans (``face_measures.mouth_opening``).
         ear: eye aspect ratio (``face_measures.eye_aspect_ratio``).
+        width: mouth width in eye spans (``face_measures.mouth_width``).
         rigid: (N, K, 3) rigid landmarks for head pose (``face_measures.rigid_shape``).
         fps: the stream's average frame rate.
         duration_s: time the frames cover (last frame's time − first's + one frame).
@@ -44,6 +45,7 @@ class VideoMeasures:
     ear: np.ndarray
     rigid: np.ndarray
     fps: float
+    width: np.ndarray
     duration_s: float
     audio_start_s: float | None
 
@@ -94,6 +96,7 @@ def measure_video(path: str | Path, progress: bool = False) -> VideoMeasures:
     times: list[float] = []
     mouth: list[float] = []
     ear: list[float] = []
+    width: list[float] = []
     rigid: list[np.ndarray] = []
     missing = np.full((len(RIGID_POINTS), 3), np.nan)
     with _open(p) as container:
@@ -127,10 +130,12 @@ def measure_video(path: str | Path, progress: bool = False) -> VideoMeasures:
                         pts = faces[0].points
                         mouth.append(mouth_opening(pts))
                         ear.append(eye_aspect_ratio(pts))
+                        width.append(mouth_width(pts))
                         rigid.append(rigid_shape(pts))
                     else:
                         mouth.append(np.nan)
                         ear.append(np.nan)
+                        width.append(np.nan)
                         rigid.append(missing)
                     if bar is not None:
                         bar.update(1)
@@ -146,7 +151,7 @@ def measure_video(path: str | Path, progress: bool = False) -> VideoMeasures:
         rate = (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 and t[-1] > t[0] else 25.0
     duration = float(t[-1] - t[0] + 1.0 / rate)
     return VideoMeasures(times=t, mouth=np.asarray(mouth), ear=np.asarray(ear), rigid=np.stack(rigid),
-                         fps=rate, duration_s=duration, audio_start_s=audio_start_s)
+                         fps=rate, width=np.asarray(width), duration_s=duration, audio_start_s=audio_start_s)
 
 
 def _progress_bar(enabled: bool, total: int | None, name: str):

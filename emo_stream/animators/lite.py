@@ -1,0 +1,122 @@
+"""The lite backend: a CPU landmark-warp animator that needs no weights (imports no torch).
+
+Audio windows -> speech features (``audio.features``) -> FaceParams (``lite_motion``) ->
+one remap of the portrait (``lite_warp``). Per-portrait set-up (``lite_rig``) is cached by the
+avatar's content key. Latency: the feature extractor looks one frame ahead and the motion
+controller one more (to anticipate openings and close the lips before a burst). Frame n
+shows the audio at n/fps, the start of window n; the extractor needs window n itself (40 ms
+past that time), the controller one window more, so frame n comes out with window n + 1.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+from emo_stream.animators.lite_motion import MotionController
+from emo_stream.animators.lite_rig import AvatarRig, build_rig
+from emo_stream.animators.lite_warp import FaceParams, LiteRenderer
+from emo_stream.audio.features import FeatureExtractor, FrameFeatures, lookahead_frames
+from emo_stream.streaming import frame_pts
+from emo_stream.types import AudioWindow, Avatar, Frame
+
+CONTROLLER_LOOKAHEAD_FRAMES = 1
+RIG_CACHE_SIZE = 16
+
+
+@dataclass
+class LiteState:
+    """One session's state: its avatar, renderer, feature extractor and motion controller."""
+
+    avatar: Avatar
+    renderer: LiteRenderer
+    extractor: FeatureExtractor
+    controller: MotionController
+    pending: deque[FrameFeatures] = field(default_factory=deque)
+    frame_pts: deque[int] = field(default_factory=deque)
+    last_pts: int | None = None
+    last_params: FaceParams = field(default_factory=FaceParams)
+
+
+class LiteAnimator:
+    """The Animator protocol on the CPU. One instance serves many sessions.
+
+    Args:
+        size: output side in pixels (the avatar must have been prepared at this size).
+        fps: frames per second.
+        motion: head, brow and gaze motion strength (0..3).
+    """
+
+    name = "lite"
+
+    def __init__(self, size: int = 512, fps: int = 25, motion: float = 1.0) -> None:
+        self.size = size
+        self.fps = fps
+        self.motion = motion
+        # The extractor's lookahead, counted from the frame's time, is covered by the frame's own
+        # window for the first frame of it.
+        self.latency_frames = max(0, lookahead_frames(fps) - 1) + CONTROLLER_LOOKAHEAD_FRAMES
+        self._rigs: OrderedDict[str, AvatarRig] = OrderedDict()
+
+    def _rig(self, avatar: Avatar) -> AvatarRig:
+        rig = self._rigs.get(avatar.cache_key)
+        if rig is None:
+            rig = build_rig(avatar)
+            self._rigs[avatar.cache_key] = rig
+            while len(self._rigs) > RIG_CACHE_SIZE:
+                self._rigs.popitem(last=False)
+        else:
+            self._rigs.move_to_end(avatar.cache_key)
+        return rig
+
+    def prepare(self, avatar: Avatar, seed: int = 0) -> LiteState:
+        if avatar.size != self.size:
+            raise ValueError(f"avatar is {avatar.size}px but the animator renders {self.size}px")
+        return LiteState(avatar=avatar, renderer=LiteRenderer(self._rig(avatar)),
+                         extractor=FeatureExtractor(sample_rate=16_000, fps=self.fps),
+                         controller=MotionController(fps=self.fps, motion=self.motion, seed=seed))
+
+    def _frame(self, state: LiteState, feat: FrameFeatures | None, ahead: FrameFeatures | None) -> Frame:
+        params = state.controller.step(feat, ahead)
+        state.last_params = params
+        pts = state.frame_pts.popleft() if state.frame_pts else (
+            (state.last_pts + frame_pts(1, self.fps)) if state.last_pts is not None else 0)
+        state.last_pts = pts
+        return Frame(rgb=state.renderer.render(params), pts=pts)
+
+    def _drain(self, state: LiteState, keep: int) -> list[Frame]:
+        frames = []
+        while len(state.pending) > keep:
+            feat = state.pending.popleft()
+            ahead = state.pending[0] if state.pending else None
+            frames.append(self._frame(state, feat, ahead))
+        return frames
+
+    def feed(self, window: AudioWindow, state: LiteState) -> list[Frame]:
+        if window.sample_rate != 16_000:
+            raise ValueError(f"the lite animator takes 16 kHz windows, got {window.sample_rate} Hz")
+        state.frame_pts.append(window.start_pts)
+        state.pending.extend(state.extractor.push(window.samples))
+        return self._drain(state, keep=CONTROLLER_LOOKAHEAD_FRAMES)
+
+    def feed_batch(self, items: list[tuple[AudioWindow, LiteState]]) -> list[list[Frame]]:
+        # On the CPU there is nothing to gain from batching: one by one is the batch.
+        return [self.feed(window, state) for window, state in items]
+
+    def idle(self, state: LiteState, pts: int) -> Frame:
+        params = state.controller.step(None)
+        state.last_params = params
+        state.last_pts = pts
+        return Frame(rgb=state.renderer.render(params), pts=pts)
+
+    def flush(self, state: LiteState) -> list[Frame]:
+        state.pending.extend(state.extractor.flush())
+        frames = self._drain(state, keep=0)
+        state.frame_pts.clear()
+        return frames
+
+    def reset(self, state: LiteState) -> None:
+        state.extractor.reset()
+        state.pending.clear()
+        state.frame_pts.clear()
+        state.controller.reset_mouth()
