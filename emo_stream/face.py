@@ -69,6 +69,22 @@ def _native_stderr_silenced() -> Iterator[None]:
         os.close(devnull)
 
 
+def import_mediapipe() -> Any:
+    """Import mediapipe without its drawing helpers.
+
+    ``mediapipe.solutions`` imports its drawing utilities, which import matplotlib.pyplot:
+    0.4 s of start-up for code we never call. Empty stand-ins are registered for those two
+    modules first (only if nobody imported them yet). Call inside ``_native_stderr_silenced``.
+    """
+    import types
+
+    for name in ("mediapipe.python.solutions.drawing_utils", "mediapipe.python.solutions.drawing_styles"):
+        sys.modules.setdefault(name, types.ModuleType(name))
+    import mediapipe
+
+    return mediapipe
+
+
 class FaceMesh:
     """Find faces and their 478 landmarks in RGB images.
 
@@ -95,8 +111,7 @@ class FaceMesh:
         # frame is through (calculators start on their own threads): keep it all in one block.
         _silence_native_logging()
         with _native_stderr_silenced():
-            import mediapipe as mp  # heavy: imported only when a mesh is used
-
+            mp = import_mediapipe()  # heavy: imported only when a mesh is used
             self._mesh = mp.solutions.face_mesh.FaceMesh(**self._options)
             return self._mesh.process(rgb)
 
@@ -146,8 +161,7 @@ class FaceDetector:
         if self._detector is None:
             _silence_native_logging()
             with _native_stderr_silenced():
-                import mediapipe as mp
-
+                mp = import_mediapipe()
                 self._detector = mp.solutions.face_detection.FaceDetection(
                     model_selection=1, min_detection_confidence=self._min_confidence)
                 result = self._detector.process(rgb)

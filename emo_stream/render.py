@@ -10,27 +10,25 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import re
+import queue
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import av
-import numpy as np
 
 from emo_stream.animators import create_animator
 from emo_stream.audio.decode import OUTPUT_SAMPLE_RATE, iter_audio, probe_audio
 from emo_stream.avatar import AvatarLimits, prepare_avatar
+from emo_stream.compositing import composite, parse_background
 from emo_stream.errors import ConfigError, OutputError
 from emo_stream.streaming import AudioWindowBuffer, samples_per_frame
-from emo_stream.types import Frame
 
 ENGINE_RATE = 16_000
 OUTPUT_SUFFIXES = (".mp4", ".mov", ".mkv")
-BACKGROUND_RE = re.compile(r"^(original|green|transparent|#[0-9a-fA-F]{6})$")
 
 
 @dataclass(frozen=True)
@@ -51,8 +49,7 @@ class RenderOptions:
             raise ConfigError(f"--fps must divide 16000 (e.g. 25, 20, 40, 50), got {self.fps}")
         if not 0.0 <= self.motion <= 3.0:
             raise ConfigError(f"--motion must be in 0..3, got {self.motion}")
-        if not BACKGROUND_RE.match(self.background):
-            raise ConfigError(f"--background must be original, green or #rrggbb, got {self.background!r}")
+        parse_background(self.background)
 
 
 @dataclass(frozen=True)
@@ -113,6 +110,40 @@ class _AudioTrack:
         container.mux(self.stream.encode(None))
 
 
+_END = object()
+
+
+def _animate_into(animator, state, audio: Path, fps: int, background, out: queue.Queue,
+                  stop: threading.Event) -> None:
+    """Decode at 16 kHz, animate and composite; hand each picture (or the error) to ``out``."""
+
+    def put(item) -> None:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    try:
+        buffer = AudioWindowBuffer(ENGINE_RATE, fps)
+        spf = samples_per_frame(ENGINE_RATE, fps)
+        for chunk in iter_audio(audio, sample_rate=ENGINE_RATE, chunk_samples=spf * 25):
+            for window in buffer.push(chunk):
+                for frame in animator.feed(window, state):
+                    put(composite(frame, background))
+                if stop.is_set():
+                    return
+        for window in buffer.flush():
+            for frame in animator.feed(window, state):
+                put(composite(frame, background))
+        for frame in animator.flush(state):
+            put(composite(frame, background))
+        put(_END)
+    except BaseException as exc:  # handed to the encoding thread, which raises it
+        put(exc)
+
+
 def _progress(total: int | None, enabled: bool):
     if not enabled:
         return contextlib.nullcontext(None)
@@ -132,6 +163,7 @@ def render_file(image: str | Path, audio: str | Path, output: str | Path,
     started = time.perf_counter()
     options = options or RenderOptions()
     options.validate()
+    background = parse_background(options.background)
     output = Path(output)
     check_output_path(output)
     audio = Path(audio)
@@ -153,12 +185,21 @@ def render_file(image: str | Path, audio: str | Path, output: str | Path,
             video.pix_fmt = "yuv420p"
             video.options = {"crf": str(options.crf), "preset": "veryfast", "tune": "animation"}
             track = _AudioTrack(container, audio, options.fps)
-            buffer = AudioWindowBuffer(ENGINE_RATE, options.fps)
-
-            def write(out: list[Frame]) -> None:
-                nonlocal frames
-                for frame in out:
-                    vf = av.VideoFrame.from_ndarray(frame.rgb, format="rgb24")
+            frames_out: queue.Queue = queue.Queue(maxsize=16)
+            stop = threading.Event()
+            # Animation runs on its own thread while this one encodes: numpy, OpenCV and the
+            # codecs release the GIL, so the two stages share the machine's cores.
+            producer = threading.Thread(target=_animate_into, name="render-animate", daemon=True,
+                                        args=(animator, state, audio, options.fps, background, frames_out, stop))
+            producer.start()
+            try:
+                while True:
+                    item = frames_out.get()
+                    if item is _END:
+                        break
+                    if isinstance(item, BaseException):
+                        raise item
+                    vf = av.VideoFrame.from_ndarray(item, format="rgb24")
                     vf.pts = frames
                     vf.time_base = Fraction(1, options.fps)
                     container.mux(video.encode(vf))
@@ -166,22 +207,20 @@ def render_file(image: str | Path, audio: str | Path, output: str | Path,
                     frames += 1
                     if bar is not None:
                         bar.update(1)
-
-            spf = samples_per_frame(ENGINE_RATE, options.fps)
-            for chunk in iter_audio(audio, sample_rate=ENGINE_RATE, chunk_samples=spf * 25):
-                for window in buffer.push(chunk):
-                    write(animator.feed(window, state))
-            for window in buffer.flush():
-                write(animator.feed(window, state))
-            write(animator.flush(state))
+            finally:
+                stop.set()
+                producer.join(timeout=5)
             container.mux(video.encode(None))
             track.finish(container)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the result is an ordinary file
         os.replace(tmp, output)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-    samples = frames * spf
+    samples = frames * samples_per_frame(ENGINE_RATE, options.fps)
     return RenderSummary(output=str(output), frames=frames, fps=options.fps, duration_s=frames / options.fps,
                          audio_duration_s=info.duration_s or samples / ENGINE_RATE,
                          render_s=time.perf_counter() - started, backend=options.backend, size=options.size)

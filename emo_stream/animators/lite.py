@@ -82,7 +82,8 @@ class LiteAnimator:
         pts = state.frame_pts.popleft() if state.frame_pts else (
             (state.last_pts + frame_pts(1, self.fps)) if state.last_pts is not None else 0)
         state.last_pts = pts
-        return Frame(rgb=state.renderer.render(params), pts=pts)
+        rgb, matte = state.renderer.render(params)
+        return Frame(rgb=rgb, pts=pts, matte=matte)
 
     def _drain(self, state: LiteState, keep: int) -> list[Frame]:
         frames = []
@@ -107,7 +108,8 @@ class LiteAnimator:
         params = state.controller.step(None)
         state.last_params = params
         state.last_pts = pts
-        return Frame(rgb=state.renderer.render(params), pts=pts)
+        rgb, matte = state.renderer.render(params)
+        return Frame(rgb=rgb, pts=pts, matte=matte)
 
     def flush(self, state: LiteState) -> list[Frame]:
         state.pending.extend(state.extractor.flush())

@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from emo_stream.face import CHIN, FOREHEAD, MOUTH_LEFT, MOUTH_RIGHT
+from emo_stream.matte import FACE_OVAL, person_matte
 from emo_stream.types import Avatar
 
 # mediapipe face-mesh contours, ordered corner to corner.
@@ -27,9 +28,6 @@ RIGHT_EYE = (33, 133, (246, 161, 160, 159, 158, 157, 173), (7, 163, 144, 145, 15
              (70, 63, 105, 66, 107), 468, 469)
 LEFT_EYE = (263, 362, (466, 388, 387, 386, 385, 384, 398), (249, 390, 373, 374, 380, 381, 382),
             (300, 293, 334, 296, 336), 473, 474)
-FACE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377, 152,
-             148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109)
-
 PANEL_W = 96  # columns of the mouth-interior panel: u from -1 to 1 across the mouth
 PANEL_ROWS = 32  # rows per section: upper teeth, cavity, tongue and lower teeth
 LOW_RES = 64  # grid of the smooth head-motion field
@@ -43,6 +41,12 @@ class LocalFrame:
     ex: np.ndarray
     ey: np.ndarray
 
+    def __post_init__(self) -> None:
+        # float32 so per-pixel maps stay float32 (cv2.remap's map type) without copies.
+        self.c = np.asarray(self.c, np.float32)
+        self.ex = np.asarray(self.ex, np.float32)
+        self.ey = np.asarray(self.ey, np.float32)
+
     @staticmethod
     def through(left: np.ndarray, right: np.ndarray) -> LocalFrame:
         ex = (right - left) / max(float(np.linalg.norm(right - left)), 1e-6)
@@ -53,7 +57,8 @@ class LocalFrame:
         return np.stack([d @ self.ex, d @ self.ey], axis=-1)
 
     def to_image(self, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return (self.c[0] + u * self.ex[0] + v * self.ey[0], self.c[1] + u * self.ex[1] + v * self.ey[1])
+        c, ex, ey = self.c, self.ex, self.ey
+        return (c[0] + u * ex[0] + v * ey[0], c[1] + u * ex[1] + v * ey[1])
 
 
 @dataclass
@@ -105,7 +110,7 @@ class AvatarRig:
     """Everything the per-frame warp needs for one portrait."""
 
     size: int
-    atlas: np.ndarray  # the portrait with the mouth-interior panel to its right
+    atlas: np.ndarray  # RGBA: the portrait (alpha = person matte), the mouth-interior panel to its right
     mouth: MouthRig
     eyes: tuple[EyeRig, EyeRig]
     face_height: float
@@ -254,9 +259,12 @@ def build_rig(avatar: Avatar) -> AvatarRig:
     lip = _lip_colour(rgb, pts)
     brightness = float(np.mean(rgb)) / 255.0
     panel = _interior_panel(lip, min(1.0, 0.4 + brightness))
-    atlas = np.zeros((size, size + PANEL_W + 4, 3), np.uint8)
-    atlas[:, :size] = rgb
-    atlas[: panel.shape[0], size + 2: size + 2 + PANEL_W] = panel
+    # Its fourth channel is the person's matte, warped by the same map as the picture.
+    atlas = np.zeros((size, size + PANEL_W + 4, 4), np.uint8)
+    atlas[:, :size, :3] = rgb
+    atlas[:, :size, 3] = person_matte(rgb, avatar.landmarks)
+    atlas[: panel.shape[0], size + 2: size + 2 + PANEL_W, :3] = panel
+    atlas[: panel.shape[0], size + 2: size + 2 + PANEL_W, 3] = 255
 
     return AvatarRig(size=size, atlas=atlas, mouth=mouth, eyes=(eyes[0], eyes[1]), face_height=face_height,
                      face_center=face_center, pivot=chin + np.array([0, 0.35 * face_height]),

@@ -60,15 +60,63 @@ def _smoothstep(x: np.ndarray) -> np.ndarray:
     return x * x * (3 - 2 * x)
 
 
+class _Luts:
+    """Functions of ``u`` tabulated every quarter pixel: a per-pixel lookup is one index
+    computation and a gather per function instead of np.interp's float64 search."""
+
+    STEP = 0.25
+
+    def __init__(self, lo: float, hi: float, **functions) -> None:
+        self.lo = lo
+        grid = np.arange(lo, hi + self.STEP, self.STEP, dtype=np.float64)
+        self.n = len(grid)
+        self.tables = {name: np.asarray(fn(grid), dtype=np.float32) for name, fn in functions.items()}
+
+    def index(self, u: np.ndarray) -> np.ndarray:
+        i = ((u - self.lo) * (1.0 / self.STEP) + 0.5).astype(np.int32)
+        return np.clip(i, 0, self.n - 1, out=i)
+
+    def __getitem__(self, key: tuple[str, np.ndarray]) -> np.ndarray:
+        name, idx = key
+        return self.tables[name][idx]
+
+
+MAP_SCALE = 2  # the map is built at 1/MAP_SCALE resolution and upsampled
+
+
 class LiteRenderer:
     """Renders FaceParams for one rig; holds the reusable full-resolution grids."""
 
     def __init__(self, rig: AvatarRig) -> None:
         self.rig = rig
         s = rig.size
-        self._gx, self._gy = np.meshgrid(np.arange(s, dtype=np.float32), np.arange(s, dtype=np.float32))
+        # Centres of the half-resolution map's cells, in full-resolution pixels (as cv2.resize
+        # aligns them when it upsamples the map).
+        coords = (np.arange(s // MAP_SCALE, dtype=np.float32) + 0.5) * MAP_SCALE - 0.5
+        self._lx, self._ly = np.meshgrid(coords, coords)
         self._mouth_box = self._box_for_mouth(rig.mouth)
         self._eye_boxes = [self._box_for_eye(e) for e in rig.eyes]
+        mr = rig.mouth
+        cu = np.array([-1.3, 1.3, -1.3, 1.3]) * mr.half_width
+        cv = np.array([mr.inner_upper.v.min() - 0.3 * mr.half_width] * 2 + [mr.inner_lower.v.max() + 1.2 * mr.half_width] * 2)
+        cxs, cys = mr.frame.to_image(cu, cv)
+        self._cavity_box = self._clip_box(np.asarray(cxs), np.asarray(cys), margin=2)
+        m = rig.mouth
+        hw, reach = m.half_width, m.jaw_half_width * 1.3 + 0.3 * rig.face_height
+        self._mouth_luts = _Luts(
+            -reach, reach,
+            upper=m.inner_upper, lower=m.inner_lower,
+            mid=lambda u: 0.5 * (m.inner_upper(u) + m.inner_lower(u)),
+            lens=lambda u: np.sqrt(np.clip(1 - (u / hw) ** 2, 0, 1)) ** 0.8,
+            chin_fall=lambda u: 1 - _smoothstep((np.abs(u) - 0.8 * hw) / max(m.jaw_half_width - 0.8 * hw, 1.0)),
+            horiz=lambda u: np.where(np.abs(u) <= hw, u / hw, np.sign(u) * (1 - _smoothstep((np.abs(u) - hw) / hw))))
+        self._eye_luts = []
+        for e in rig.eyes:
+            ehw, reach = e.half_width, e.brow_half_width * 2.0 + 0.2 * rig.face_height
+            self._eye_luts.append(_Luts(
+                -reach, reach, upper=e.upper_lid, lower=e.lower_lid, brow=e.brow,
+                inside=lambda u, ehw=ehw: np.sqrt(np.clip(1 - (u / ehw) ** 2, 0, 1)) ** 0.5,
+                brow_fall=lambda u, e=e: 1 - _smoothstep((np.abs(u) - e.brow_half_width) / (0.4 * e.brow_half_width))))
 
     # ------------------------------------------------------------------ regions
     def _clip_box(self, xs: np.ndarray, ys: np.ndarray, margin: float) -> tuple[int, int, int, int]:
@@ -93,8 +141,9 @@ class LiteRenderer:
         return self._clip_box(np.asarray(xs), np.asarray(ys), margin=0.08 * self.rig.face_height)
 
     # ------------------------------------------------------------------ head
-    def head_field(self, p: FaceParams) -> np.ndarray | None:
-        """Backward displacement (2×H×W) of head motion, or None when the head is still."""
+    def head_field(self, p: FaceParams, out_size: int | None = None) -> np.ndarray | None:
+        """Backward displacement (2×n×n, in full-resolution pixels) of head motion on an n×n
+        grid (n = ``out_size``, default the frame size), or None when the head is still."""
         rig = self.rig
         if max(abs(p.yaw), abs(p.pitch), abs(p.roll), abs(p.shift_x), abs(p.shift_y), abs(p.breath)) < 1e-4:
             return None
@@ -113,33 +162,38 @@ class LiteRenderer:
         field_x = m * fx
         field_y = m * fy - p.breath * 0.012 * rig.face_height * rig.torso_mask * (1 - m)
         field = np.stack([field_x, field_y]).astype(np.float32)
-        s = rig.size
-        return np.stack([cv2.resize(f, (s, s), interpolation=cv2.INTER_LINEAR) for f in field])
+        n = out_size or rig.size
+        return np.stack([cv2.resize(f, (n, n), interpolation=cv2.INTER_LINEAR) for f in field])
 
     # ------------------------------------------------------------------ mouth
-    def _mouth(self, p: FaceParams, X: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _mouth(self, p: FaceParams, X: np.ndarray, Y: np.ndarray, cavity_only: bool = False):
+        """The mouth's map at positions (X, Y); with ``cavity_only``, the new cavity's alpha and
+        its interior-panel coordinates instead."""
         m = self.rig.mouth
         f = m.frame
         hw = m.half_width
-        dxp, dyp = X - f.c[0], Y - f.c[1]
+        dxp, dyp = X - np.float32(f.c[0]), Y - np.float32(f.c[1])
         u = dxp * f.ex[0] + dyp * f.ex[1]
         v = dxp * f.ey[0] + dyp * f.ey[1]
 
+        luts = self._mouth_luts
         # 1. Lip width: corners move out ("ee") or in ("oo"), fading away from the lips.
-        lip_mid = 0.5 * (m.inner_upper(u) + m.inner_lower(u))
         gain = 0.14 if p.spread >= 0 else 0.2
         corner_shift = p.spread * gain * hw
-        vert = np.exp(-(((v - lip_mid) / (0.8 * hw)) ** 2))
-        horiz = np.where(np.abs(u) <= hw, u / hw, np.sign(u) * (1 - _smoothstep((np.abs(u) - hw) / hw)))
-        us = u - corner_shift * horiz * vert
+        if abs(corner_shift) > 1e-3:
+            i = luts.index(u)
+            vert = np.exp(-(((v - luts["mid", i]) * (1.0 / (0.8 * hw))) ** 2))
+            us = u - corner_shift * luts["horiz", i] * vert
+        else:
+            us = u
 
         # 2. Per column (at the source column us): lids of the lips, jaw drop and closure.
-        a = m.inner_upper(us)
-        b = m.inner_lower(us)
+        i = luts.index(us)
+        a = luts["upper", i]
+        b = luts["lower", i]
         g = np.maximum(b - a, 0.0)
-        mid = 0.5 * (a + b)
-        lens = np.sqrt(np.clip(1 - (us / hw) ** 2, 0, 1)) ** 0.8
-        chin_fall = 1 - _smoothstep((np.abs(us) - 0.8 * hw) / max(m.jaw_half_width - 0.8 * hw, 1.0))
+        lens = luts["lens", i]
+        chin_fall = luts["chin_fall", i]
         drop = p.jaw * 0.8 * hw
         c = float(np.clip(p.close, 0, 1))
         s_up = -0.1 * drop * lens + c * g / 2
@@ -161,8 +215,12 @@ class LiteRenderer:
         # the photo's own interior, upper half, attached to the upper lip
         sel = (v >= up_end) & (v < up_int_end)
         vs = np.where(sel, a + (v - up_end) / keep, vs)
-        # the new cavity between the lips
-        cavity = (v >= up_int_end) & (v < low_int_start)
+        if cavity_only:
+            return self._cavity(m, v, us, up_int_end, low_int_start)
+        # the new cavity between the lips maps to the lip line, where both interior halves
+        # end: the map stays continuous, and the cavity is painted over it at full resolution
+        sel = (v >= up_int_end) & (v < low_int_start)
+        vs = np.where(sel, 0.5 * (a + b), vs)
         # the photo's own interior, lower half, attached to the lower lip
         sel = (v >= low_int_start) & (v < low_start)
         vs = np.where(sel, b - (low_start - v) / keep, vs)
@@ -182,40 +240,43 @@ class LiteRenderer:
         sx = sx.astype(np.float32)
         sy = sy.astype(np.float32)
 
-        # 3. Cavity pixels sample the interior panel: teeth under the upper lip, tongue and
-        #    lower teeth above the lower lip, dark in between.
-        if cavity.any():
-            top = up_int_end
-            height = np.maximum(low_int_start - top, 1e-3)
-            depth_top = v - top
-            depth_bottom = low_int_start - v
-            teeth = 0.0 if m.own_teeth else 0.28 * hw
-            lower_teeth = 0.2 * hw * np.clip((height - teeth) / (0.5 * hw), 0, 1)
-            rows = PANEL_ROWS
-            py = np.where(
-                depth_top < teeth, depth_top / max(teeth, 1e-3) * (rows - 1),
-                np.where(depth_bottom < lower_teeth,
-                         2 * rows + (1 - depth_bottom / np.maximum(lower_teeth, 1e-3)) * (rows - 1),
-                         rows + np.clip((depth_top - teeth) / np.maximum(height - teeth - lower_teeth, 1e-3), 0, 1)
-                         * (rows - 1)))
-            px = self.rig.panel_x0 + (np.clip(us / hw, -1, 1) * 0.5 + 0.5) * (PANEL_W - 1)
-            sx = np.where(cavity, px, sx).astype(np.float32)
-            sy = np.where(cavity, py, sy).astype(np.float32)
         return sx, sy
 
+    def _cavity(self, m: MouthRig, v: np.ndarray, us: np.ndarray, top: np.ndarray, bottom: np.ndarray):
+        """Alpha (anti-aliased edges) and interior-panel coordinates of the cavity between the
+        lips: teeth under the upper lip, tongue and lower teeth above the lower lip, dark between."""
+        hw = m.half_width
+        height = np.maximum(bottom - top, 1e-3)
+        # Anti-aliased edges; a cavity thinner than a pixel (toward the corners) fades out.
+        alpha = np.clip(np.minimum(v - top, bottom - v) + 0.5, 0.0, 1.0) * np.clip(height - 0.5, 0.0, 1.0)
+        alpha *= np.abs(us) < hw
+        depth_top = v - top
+        depth_bottom = bottom - v
+        teeth = 0.0 if m.own_teeth else 0.28 * hw
+        lower_teeth = 0.2 * hw * np.clip((height - teeth) / (0.5 * hw), 0, 1)
+        rows = PANEL_ROWS
+        py = np.where(
+            depth_top < teeth, depth_top / max(teeth, 1e-3) * (rows - 1),
+            np.where(depth_bottom < lower_teeth,
+                     2 * rows + (1 - depth_bottom / np.maximum(lower_teeth, 1e-3)) * (rows - 1),
+                     rows + np.clip((depth_top - teeth) / np.maximum(height - teeth - lower_teeth, 1e-3), 0, 1)
+                     * (rows - 1)))
+        px = (np.clip(us / hw, -1, 1) * 0.5 + 0.5) * (PANEL_W - 1)
+        return alpha.astype(np.float32), px.astype(np.float32), np.clip(py, 0, 3 * rows - 1).astype(np.float32)
+
     # ------------------------------------------------------------------ eyes
-    def _eye(self, e: EyeRig, blink: float, p: FaceParams, X: np.ndarray, Y: np.ndarray):
+    def _eye(self, e: EyeRig, luts: _Luts, blink: float, p: FaceParams, X: np.ndarray, Y: np.ndarray):
         f = e.frame
         dxp, dyp = X - f.c[0], Y - f.c[1]
         u = dxp * f.ex[0] + dyp * f.ex[1]
         v = dxp * f.ey[0] + dyp * f.ey[1]
         hw = e.half_width
-        a = e.upper_lid(u)
-        b = e.lower_lid(u)
-        brow = e.brow(u)
-        inside = np.sqrt(np.clip(1 - (u / hw) ** 2, 0, 1)) ** 0.5
-        lid = a + inside * (b - a) * float(np.clip(blink, 0, 1)) * 0.97
-        raise_px = p.brow * 0.2 * hw * (1 - _smoothstep((np.abs(u) - e.brow_half_width) / (0.4 * e.brow_half_width)))
+        i = luts.index(u)
+        a = luts["upper", i]
+        b = luts["lower", i]
+        brow = luts["brow", i]
+        lid = a + luts["inside", i] * (b - a) * (float(np.clip(blink, 0, 1)) * 0.97)
+        raise_px = (p.brow * 0.2 * hw) * luts["brow_fall", i]
         brow_out = brow - raise_px
         fore = e.v_forehead
 
@@ -237,23 +298,62 @@ class LiteRenderer:
         return sx.astype(np.float32), sy.astype(np.float32)
 
     # ------------------------------------------------------------------ all
-    def render(self, p: FaceParams) -> np.ndarray:
-        """The frame for ``p`` (size×size×3 uint8)."""
-        field = self.head_field(p)
+    def render(self, p: FaceParams) -> tuple[np.ndarray, np.ndarray]:
+        """The frame for ``p``: RGB (size×size×3 uint8) and the person's matte (size×size uint8).
+
+        The map is built at half resolution (it is smooth but for the lips' and lids' edges)
+        and upsampled; the cavity between the lips is painted at full resolution over it.
+        """
+        s, k = self.rig.size, MAP_SCALE
+        n = s // k
+        field = self.head_field(p, n)
         if field is None:
-            X, Y = self._gx.copy(), self._gy.copy()
+            X, Y = self._lx.copy(), self._ly.copy()
             margin = 0
         else:
-            X, Y = self._gx - field[0], self._gy - field[1]
-            margin = int(math.ceil(float(np.abs(field).max()))) + 1
-        s = self.rig.size
-        regions = [(self._mouth_box, lambda x, y: self._mouth(p, x, y))]
-        for eye, blink, box in zip(self.rig.eyes, (p.blink_right, p.blink_left), self._eye_boxes, strict=True):
-            regions.append((box, lambda x, y, eye=eye, blink=blink: self._eye(eye, blink, p, x, y)))
+            X, Y = self._lx - field[0], self._ly - field[1]
+            margin = int(math.ceil(float(np.abs(field).max()) / k)) + 1
+        head_x, head_y = X.copy(), Y.copy()
+        mouth_active = max(p.jaw, abs(p.spread), p.close) > 1e-3  # else the mouth is as in the photo
+        regions = []
+        if mouth_active:
+            regions.append((self._mouth_box, lambda x, y: self._mouth(p, x, y)))
+        for eye, luts, blink, box in zip(self.rig.eyes, self._eye_luts, (p.blink_right, p.blink_left),
+                                         self._eye_boxes, strict=True):
+            if blink < 1e-3 and p.brow < 1e-3 and abs(p.gaze_x) < 1e-3 and abs(p.gaze_y) < 1e-3:
+                continue  # the eye is at rest: the head-moved positions are the map
+            regions.append((box, lambda x, y, eye=eye, luts=luts, blink=blink: self._eye(eye, luts, blink, p, x, y)))
         for (x0, y0, x1, y1), mapping in regions:
-            x0, y0 = max(0, x0 - margin), max(0, y0 - margin)
-            x1, y1 = min(s, x1 + margin), min(s, y1 + margin)
+            x0, y0 = max(0, x0 // k - margin), max(0, y0 // k - margin)
+            x1, y1 = min(n, -(-x1 // k) + margin), min(n, -(-y1 // k) + margin)
             sx, sy = mapping(X[y0:y1, x0:x1], Y[y0:y1, x0:x1])
             X[y0:y1, x0:x1] = sx
             Y[y0:y1, x0:x1] = sy
-        return cv2.remap(self.rig.atlas, X, Y, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
+        X = cv2.resize(X, (s, s), interpolation=cv2.INTER_LINEAR)
+        Y = cv2.resize(Y, (s, s), interpolation=cv2.INTER_LINEAR)
+        rgba = cv2.remap(self.rig.atlas, X, Y, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
+        if mouth_active:
+            self._paint_cavity(p, rgba, head_x, head_y, margin * k)
+        return cv2.cvtColor(rgba, cv2.COLOR_RGBA2RGB), cv2.extractChannel(rgba, 3)
+
+    def _paint_cavity(self, p: FaceParams, rgba: np.ndarray, head_x: np.ndarray, head_y: np.ndarray,
+                      margin: int) -> None:
+        s, k = self.rig.size, MAP_SCALE
+        x0, y0, x1, y1 = self._cavity_box
+        x0, y0 = max(0, x0 - margin), max(0, y0 - margin)
+        x1, y1 = min(s, x1 + margin), min(s, y1 + margin)
+        if x1 <= x0 or y1 <= y0:
+            return
+        # Full-resolution head-moved positions in the box, sampled from the half-resolution ones.
+        gx, gy = np.meshgrid(np.arange(x0, x1, dtype=np.float32), np.arange(y0, y1, dtype=np.float32))
+        lx, ly = (gx + 0.5) / k - 0.5, (gy + 0.5) / k - 0.5
+        X = cv2.remap(head_x, lx, ly, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        Y = cv2.remap(head_y, lx, ly, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        alpha, px, py = self._mouth(p, X, Y, cavity_only=True)
+        if not (alpha > 0).any():
+            return
+        panel = self.rig.atlas[: 3 * PANEL_ROWS, self.rig.panel_x0: self.rig.panel_x0 + PANEL_W]
+        interior = cv2.remap(panel, px, py, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        patch = rgba[y0:y1, x0:x1].astype(np.float32)
+        a = alpha[..., None]
+        rgba[y0:y1, x0:x1] = np.round(patch * (1 - a) + interior.astype(np.float32) * a).astype(np.uint8)
