@@ -76,9 +76,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_native_stderr() -> None:
+    """Keep Python's stderr and send fd 2 to /dev/null: mediapipe's and FFmpeg's C++ code log
+    there on their own, which would break the promise of one-line errors."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        sys.stderr = os.fdopen(saved, "w", buffering=1, encoding="utf-8", errors="backslashreplace")
+    except OSError:  # no usable fd 2: nothing to quiet
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not args.debug:
+        _quiet_native_stderr()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from emo_stream.errors import EmoStreamError
 

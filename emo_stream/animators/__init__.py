@@ -2,10 +2,29 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from emo_stream.animators.base import Animator, AnimatorState
-from emo_stream.errors import UnknownBackendError
+from emo_stream.errors import CheckpointError, UnknownBackendError
 
 BACKENDS = ("lite", "emo")
+
+
+def check_checkpoint_folder(checkpoint: str | Path | None) -> Path:
+    """The emo backend's checkpoint folder, checked before any model code is imported.
+
+    Raises:
+        CheckpointError: none given, not a folder, or no ``model_index.json`` in it.
+    """
+    if checkpoint is None:
+        raise CheckpointError("the emo backend needs a checkpoint folder: pass --checkpoint DIR "
+                              "(or animator.checkpoint in the config)")
+    folder = Path(checkpoint).expanduser()
+    if not folder.is_dir():
+        raise CheckpointError(f"checkpoint folder not found: {folder}")
+    if not (folder / "model_index.json").is_file():
+        raise CheckpointError(f"{folder} is not a checkpoint folder (no model_index.json)")
+    return folder
 
 
 def create_animator(backend: str = "lite", *, size: int = 512, fps: int = 25, motion: float = 1.0,
@@ -16,8 +35,13 @@ def create_animator(backend: str = "lite", *, size: int = 512, fps: int = 25, mo
 
         return LiteAnimator(size=size, fps=fps, motion=motion)
     if backend == "emo":
-        from emo_stream.animators.emo import EmoAnimator  # torch: imported only here
-
+        check_checkpoint_folder(checkpoint)
+        try:
+            from emo_stream.animators.emo import EmoAnimator  # torch: imported only here
+        except ModuleNotFoundError as exc:
+            if exc.name != "emo_stream.animators.emo":
+                raise
+            raise UnknownBackendError("the emo backend is not available in this build; use --backend lite") from None
         return EmoAnimator.from_checkpoint(checkpoint, size=size, fps=fps, device=device)
     raise UnknownBackendError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
 

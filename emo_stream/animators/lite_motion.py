@@ -20,8 +20,8 @@ from emo_stream.audio.features import FrameFeatures
 
 # Blink shape over frames at 25 fps: close in 2, hold 1, open in 3 (about 240 ms in all).
 BLINK_SHAPE = (0.55, 1.0, 1.0, 0.65, 0.3, 0.08)
-BLINK_MEAN_INTERVAL_SPEECH_S = 3.6   # ≈ 17 a minute
-BLINK_MEAN_INTERVAL_PAUSE_S = 2.7    # ≈ 22 a minute: people blink more in pauses
+BLINK_MEAN_INTERVAL_SPEECH_S = 3.5   # ≈ 17 a minute once the minimum gap and the blink itself are added
+BLINK_MEAN_INTERVAL_PAUSE_S = 2.8    # ≈ 22 a minute: people blink more in pauses
 BLINK_MIN_INTERVAL_S = 0.7
 JAW_GAIN = 0.7
 

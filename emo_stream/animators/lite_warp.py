@@ -275,7 +275,8 @@ class LiteRenderer:
         a = luts["upper", i]
         b = luts["lower", i]
         brow = luts["brow", i]
-        lid = a + luts["inside", i] * (b - a) * (float(np.clip(blink, 0, 1)) * 0.97)
+        # A little past the lower lid landmarks, which sit just below the visible lid edge.
+        lid = a + luts["inside", i] * (b - a) * (float(np.clip(blink, 0, 1)) * 1.15)
         raise_px = (p.brow * 0.2 * hw) * luts["brow_fall", i]
         brow_out = brow - raise_px
         fore = e.v_forehead
