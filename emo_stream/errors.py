@@ -19,7 +19,14 @@ Exception tree::
     │   └── CorruptVideoError     a video that cannot be decoded
     ├── UnknownBackendError       a backend name that does not exist
     ├── OutputError               an output file that cannot be written
-    └── CheckpointError           a model checkpoint that is missing or does not fit
+    ├── CheckpointError           a model checkpoint that is missing or does not fit
+    ├── RequestError              a request the server cannot take
+    │   └── InvalidSdpError       an SDP offer that cannot be parsed or has no audio
+    ├── NotFoundError
+    │   ├── AvatarNotFoundError   an unknown avatar id
+    │   └── SessionNotFoundError  an unknown or closed session
+    ├── UnauthorizedError         a missing or wrong token
+    └── OverloadedError           one more session would make the others late (503)
 
 The CLI catches the root and prints ``error: <message>`` on one line (exit 2); the
 server maps each class to a 4xx status in one table.
@@ -108,3 +115,39 @@ class CheckpointError(EmoStreamError):
     """A model checkpoint folder is missing, incomplete or does not match the model."""
 
     code = "bad_checkpoint"
+
+
+class RequestError(EmoStreamError):
+    """A request the server cannot take as it is."""
+
+    code = "bad_request"
+
+
+class InvalidSdpError(RequestError):
+    code = "invalid_sdp"
+
+
+class NotFoundError(EmoStreamError):
+    code = "not_found"
+
+
+class AvatarNotFoundError(NotFoundError):
+    code = "avatar_not_found"
+
+
+class SessionNotFoundError(NotFoundError):
+    code = "session_not_found"
+
+
+class UnauthorizedError(EmoStreamError):
+    code = "unauthorized"
+
+
+class OverloadedError(EmoStreamError):
+    """One more session would make the running ones late: try again later."""
+
+    code = "overloaded"
+
+    def __init__(self, message: str, retry_after_s: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

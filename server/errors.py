@@ -6,6 +6,12 @@ from emo_stream import errors as e
 
 STATUS_BY_ERROR: list[tuple[type[e.EmoStreamError], int]] = [
     (e.InputNotFoundError, 404),
+    (e.NotFoundError, 404),
+    (e.UnauthorizedError, 401),
+    (e.OverloadedError, 503),
+    (e.RequestError, 400),
+    (e.UnknownBackendError, 400),
+    (e.CheckpointError, 422),
     (e.ImageTooLargeError, 413),
     (e.NoFaceFoundError, 422),
     (e.FaceTooSmallError, 422),

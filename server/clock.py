@@ -1,0 +1,121 @@
+"""The session's one clock: every 40 ms it releases one video frame and the 40 ms of audio that
+frame shows, stamped with the same media time. The tracks only pull from it.
+
+It never stalls: ``TickSource.tick`` always returns a picture (the frame if it is ready, else a
+hold or idle frame, counted as late by the source) and the audio keeps playing. Deadlines are
+computed from the start time, so ticks do not drift; if the loop falls behind, the missed ticks
+are released at once (audio must stay continuous) and the lag is reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+class TickSource(Protocol):
+    def tick(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The picture (H×W×3 uint8) and audio (float32 mono, one tick at 48 kHz) of tick ``index``."""
+        ...
+
+
+class TickQueue:
+    """A bounded queue of (tick index, payload): the oldest item goes when a slow consumer lets it fill."""
+
+    def __init__(self, maxsize: int) -> None:
+        self._queue: asyncio.Queue = asyncio.Queue(maxsize=maxsize)
+        self.dropped = 0
+
+    def offer(self, item: tuple[int, np.ndarray]) -> None:
+        if self._queue.full():
+            with contextlib.suppress(asyncio.QueueEmpty):
+                self._queue.get_nowait()
+                self.dropped += 1
+        self._queue.put_nowait(item)
+
+    async def get(self) -> tuple[int, np.ndarray]:
+        return await self._queue.get()
+
+    def clear(self) -> None:
+        while not self._queue.empty():
+            self._queue.get_nowait()
+
+    def __len__(self) -> int:
+        return self._queue.qsize()
+
+
+class MediaClock:
+    """Ticks at ``fps`` and hands each tick's picture and audio to the two tracks' queues.
+
+    Args:
+        source: where ticks come from (the session).
+        fps: ticks per second.
+        on_lag: called with the lateness in seconds of each tick (for metrics).
+    """
+
+    def __init__(self, source: TickSource, fps: int = 25, on_lag: Callable[[float], None] | None = None) -> None:
+        self.source = source
+        self.fps = fps
+        self.period = 1.0 / fps
+        self.video = TickQueue(maxsize=8)
+        self.audio = TickQueue(maxsize=50)
+        self.on_lag = on_lag
+        self._start: float | None = None
+        self._task: asyncio.Task | None = None
+        self.ticks = 0
+
+    @property
+    def started(self) -> bool:
+        return self._start is not None
+
+    def current_tick(self) -> int:
+        """The tick being shown now (0 before the clock starts)."""
+        if self._start is None:
+            return 0
+        return max(0, int((asyncio.get_running_loop().time() - self._start) / self.period))
+
+    def start(self) -> None:
+        if self._task is None:
+            self._start = asyncio.get_running_loop().time()
+            self._task = asyncio.create_task(self._run(), name="media-clock")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def flush(self) -> None:
+        """Barge-in: drop what the tracks have not sent yet."""
+        self.video.clear()
+        self.audio.clear()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        index = 0
+        while True:
+            deadline = self._start + index * self.period
+            delay = deadline - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            lag = loop.time() - deadline
+            if self.on_lag is not None:
+                self.on_lag(lag)
+            try:
+                picture, audio = self.source.tick(index)
+            except Exception:  # the clock must never die: log and keep ticking
+                logger.exception("tick %d failed", index)
+                index += 1
+                continue
+            self.video.offer((index, picture))
+            self.audio.offer((index, audio))
+            index += 1
+            self.ticks = index

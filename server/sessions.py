@@ -1,0 +1,404 @@
+"""A live session: an aiortc peer connection, the mic in, the avatar and its voice out.
+
+Data flow (DESIGN.md): mic track (opus 48 kHz) -> decoded frames -> two PyAV resamplers
+(48 kHz mono for the output voice, 16 kHz mono for the engine) -> one-frame windows -> the
+InferenceWorker (VAD + animator) -> frames by tick -> the MediaClock -> the two tracks.
+
+Timing: input window ``i`` is shown at clock tick ``i + anchor``. The anchor is set when input
+starts (or resumes after a gap, or after an interrupt) to ``now + delay_ticks``, where
+``delay_ticks`` = the animator's lookahead + 2 (one tick for the window to fill, one for the
+worker). The voice is delayed by exactly that many ticks, so picture and sound leave together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import time
+from bisect import bisect_right
+from dataclasses import dataclass, field
+
+import av
+import numpy as np
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtcrtpsender import RTCRtpSender
+
+from emo_stream.errors import InvalidSdpError, SessionNotFoundError
+from emo_stream.streaming import AudioWindowBuffer
+from emo_stream.types import AudioWindow, Avatar, Frame
+from server.clock import MediaClock
+from server.telemetry import Telemetry
+from server.tracks import AvatarAudioTrack, AvatarVideoTrack
+from server.worker import FeedResult, InferenceWorker, Job, WorkerOverloaded
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_RATE = 48_000
+ENGINE_RATE = 16_000
+QUIET_DBFS = -45.0  # below this a window counts as quiet (resuming after an interrupt)
+SILENT_PEER_S = 5.0  # no media from the peer this long: it is gone
+FIRST_MEDIA_GRACE_S = 15.0  # time to connect before the first media arrives
+
+
+@dataclass
+class SessionOptions:
+    size: int = 512
+    fps: int = 25
+    backend: str = "lite"
+    background: str = "original"
+    audio_source: str = "mic"
+    name: str | None = None
+    seed: int = 0
+
+
+@dataclass
+class SessionStats:
+    created: float = field(default_factory=time.monotonic)
+    ticks: int = 0
+    frames_sent: int = 0
+    frames_late: int = 0
+    windows_in: int = 0
+    last_input: float | None = None
+    speaking: bool = False
+
+
+class _Anchors:
+    """Piecewise map from input window index to clock tick: ``tick = index + anchor``."""
+
+    def __init__(self) -> None:
+        self._starts: list[int] = []
+        self._anchors: list[int] = []
+
+    def set(self, from_index: int, anchor: int) -> None:
+        while self._starts and self._starts[-1] >= from_index:
+            self._starts.pop()
+            self._anchors.pop()
+        self._starts.append(from_index)
+        self._anchors.append(anchor)
+        del self._starts[:-8], self._anchors[:-8]  # only recent segments matter
+
+    def tick(self, index: int) -> int | None:
+        i = bisect_right(self._starts, index) - 1
+        return None if i < 0 else index + self._anchors[i]
+
+    def clear(self) -> None:
+        self._starts.clear()
+        self._anchors.clear()
+
+
+class Session:
+    """One peer: its connection, input buffers, frames by tick, clock and tracks."""
+
+    def __init__(self, avatar: Avatar, options: SessionOptions, worker: InferenceWorker, telemetry: Telemetry,
+                 ice_servers: list[str], latency_frames: int, vad_factory=None) -> None:
+        self.id = secrets.token_urlsafe(18)  # 144 bits
+        self.control_token = secrets.token_urlsafe(24)
+        self.avatar = avatar
+        self.options = options
+        self.worker = worker
+        self.telemetry = telemetry
+        self.delay_ticks = latency_frames + 2
+        self.stats = SessionStats()
+        self.generation = 0
+        self.closed = False
+        self._vad_factory = vad_factory
+        self._anchors = _Anchors()
+        self._audio_out: dict[int, np.ndarray] = {}
+        self._frames: dict[int, Frame] = {}
+        self._idle_requested: set[int] = set()
+        self._hold = avatar.image
+        self._silence = np.zeros(OUTPUT_RATE // options.fps, np.float32)
+        self._win48 = AudioWindowBuffer(OUTPUT_RATE, options.fps)
+        self._win16 = AudioWindowBuffer(ENGINE_RATE, options.fps)
+        self._index48 = 0
+        self._index16 = 0
+        self._resample48 = av.AudioResampler(format="flt", layout="mono", rate=OUTPUT_RATE)
+        self._resample16 = av.AudioResampler(format="flt", layout="mono", rate=ENGINE_RATE)
+        self._muted_until_quiet = False
+        self._quiet_run = 0
+        self._last_mapped_tick = -1
+        self._ready = False
+        self._tasks: list[asyncio.Task] = []
+        self.clock = MediaClock(self, fps=options.fps, on_lag=lambda s: telemetry.observe("tick_lag", max(0.0, s)))
+        self.video_track = AvatarVideoTrack(self.clock.video, fps=options.fps, on_sent=self._on_sent)
+        self.audio_track = AvatarAudioTrack(self.clock.audio, fps=options.fps)
+        config = RTCConfiguration(iceServers=[RTCIceServer(urls=u) for u in ice_servers]) if ice_servers else None
+        self.pc = RTCPeerConnection(configuration=config)
+        self.on_close: list = []
+
+    # ------------------------------------------------------------------ signalling
+    async def accept(self, offer_sdp: str, offer_type: str = "offer") -> RTCSessionDescription:
+        """Apply the browser's offer, attach our tracks, return the answer."""
+        if offer_type != "offer":
+            raise InvalidSdpError(f"expected an SDP offer, got type {offer_type!r}")
+        if "v=0" not in offer_sdp or "m=" not in offer_sdp:
+            raise InvalidSdpError("the body is not an SDP offer (no v= or m= lines)")
+        if self.options.audio_source == "mic" and "m=audio" not in offer_sdp:
+            raise InvalidSdpError("the offer has no audio: send the microphone (an m=audio line)")
+
+        @self.pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            if track.kind == "audio" and self.options.audio_source == "mic":
+                self._tasks.append(asyncio.create_task(self._consume_mic(track), name=f"mic-{self.id[:6]}"))
+
+        @self.pc.on("datachannel")
+        def on_datachannel(channel) -> None:
+            @channel.on("message")
+            def on_message(message) -> None:
+                if isinstance(message, str) and '"interrupt"' in message:
+                    with contextlib.suppress(ValueError):
+                        if json.loads(message).get("type") == "interrupt":
+                            self.interrupt()
+
+        @self.pc.on("connectionstatechange")
+        async def on_state() -> None:
+            if self.pc.connectionState in ("failed", "closed"):
+                await self.close(reason=f"connection {self.pc.connectionState}")
+
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+        except (ValueError, KeyError, IndexError, AttributeError, TypeError) as exc:
+            raise InvalidSdpError(f"the SDP offer cannot be parsed: {str(exc) or type(exc).__name__}") from None
+        self._attach_tracks()
+        answer = await self.pc.createAnswer()
+        await self.pc.setLocalDescription(answer)
+        return self.pc.localDescription
+
+    def _attach_tracks(self) -> None:
+        video_done = audio_done = False
+        for transceiver in self.pc.getTransceivers():
+            if transceiver.kind == "video" and not video_done:
+                transceiver.direction = "sendonly" if transceiver.direction in ("sendonly", "inactive") else "sendrecv"
+                transceiver.sender.replaceTrack(self.video_track)
+                codecs = RTCRtpSender.getCapabilities("video").codecs
+                # VP8 preferred (cheaper to encode), H.264 offered.
+                ordered = [c for c in codecs if c.mimeType == "video/VP8"] + \
+                          [c for c in codecs if c.mimeType == "video/H264"] + \
+                          [c for c in codecs if c.mimeType == "video/rtx"]
+                with contextlib.suppress(Exception):
+                    transceiver.setCodecPreferences(ordered)
+                video_done = True
+            elif transceiver.kind == "audio" and not audio_done:
+                transceiver.direction = "sendrecv"
+                transceiver.sender.replaceTrack(self.audio_track)
+                audio_done = True
+        if not video_done:
+            self.pc.addTrack(self.video_track)
+        if not audio_done:
+            self.pc.addTrack(self.audio_track)
+
+    async def start(self) -> None:
+        """Prepare the avatar on the worker, then start the clock and the watchdog."""
+        loop = asyncio.get_running_loop()
+        prepared = loop.create_future()
+        self.worker.submit(Job(session_id=self.id, generation=self.generation, kind="prepare", avatar=self.avatar,
+                               seed=self.options.seed, vad_factory=self._vad_factory,
+                               done=lambda ok: prepared.done() or prepared.set_result(ok)), urgent=True)
+        self.clock.start()
+        self._tasks.append(asyncio.create_task(self._await_ready(prepared), name=f"ready-{self.id[:6]}"))
+        self._tasks.append(asyncio.create_task(self._watchdog(), name=f"watchdog-{self.id[:6]}"))
+
+    async def _await_ready(self, prepared: asyncio.Future) -> None:
+        await prepared
+        self._ready = True
+
+    # ------------------------------------------------------------------ input
+    async def _consume_mic(self, track: MediaStreamTrack) -> None:
+        while not self.closed:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            self.stats.last_input = time.monotonic()
+            t0 = time.perf_counter()
+            self.push_audio_frame(frame)
+            self.telemetry.observe("decode", time.perf_counter() - t0)
+
+    def push_audio_frame(self, frame: av.AudioFrame) -> None:
+        """Decoded input audio (any rate/layout) into the 48 kHz and 16 kHz window streams."""
+        frame.pts = None  # timestamps from the peer are not ours: windows are counted by samples
+        for out in self._resample48.resample(frame):
+            for window in self._win48.push(out.to_ndarray().reshape(-1)):
+                self._on_window48(window.samples)
+        for out in self._resample16.resample(frame):
+            for window in self._win16.push(out.to_ndarray().reshape(-1)):
+                self._on_window16(window.samples)
+
+    def _map(self, index: int) -> int | None:
+        """The tick for input window ``index``, re-anchoring when input starts or fell behind."""
+        tick = self._anchors.tick(index)
+        now = self.clock.current_tick()
+        if tick is None or tick <= now or tick > now + self.delay_ticks + 12:
+            self._anchors.set(index, now + self.delay_ticks - index)
+            tick = now + self.delay_ticks
+        return tick
+
+    def _on_window48(self, samples: np.ndarray) -> None:
+        index = self._index48
+        self._index48 += 1
+        if self._muted_until_quiet:
+            level = 20 * np.log10(max(float(np.sqrt(np.mean(samples.astype(np.float64) ** 2))), 1e-9))
+            self._quiet_run = self._quiet_run + 1 if level < QUIET_DBFS else 0
+            if self._quiet_run < 5:
+                return
+            self._muted_until_quiet = False
+            self._anchors.clear()
+        tick = self._map(index)
+        self._audio_out[tick] = samples
+        self._last_mapped_tick = max(self._last_mapped_tick, tick)
+
+    def _on_window16(self, samples: np.ndarray) -> None:
+        index = self._index16
+        self._index16 += 1
+        self.stats.windows_in += 1
+        if self._muted_until_quiet or not self._ready:
+            return
+        tick = self._anchors.tick(index)
+        if tick is None or tick <= self.clock.current_tick():
+            return  # its audio was dropped or is already past: do not animate it
+        window = AudioWindow(samples=samples, sample_rate=ENGINE_RATE, start_pts=tick * (90_000 // self.options.fps))
+        try:
+            self.worker.submit(Job(session_id=self.id, generation=self.generation, kind="feed", window=window,
+                                   done=self._on_frames))
+        except WorkerOverloaded:
+            self.telemetry.frames_late.inc()
+
+    def _on_frames(self, result: FeedResult) -> None:
+        if self.closed:
+            return
+        self.telemetry.observe("vad", result.vad_s)
+        self.telemetry.observe("animate", result.animate_s)
+        self.telemetry.observe("worker_queue", result.queued_s)
+        if result.speaking != self.stats.speaking:
+            self.stats.speaking = result.speaking
+            self.telemetry.speaking.inc() if result.speaking else self.telemetry.speaking.dec()
+        ticks_per_pts = 90_000 // self.options.fps
+        for frame in result.frames:
+            self._frames[frame.pts // ticks_per_pts] = frame
+
+    def _on_idle_frame(self, frame: Frame) -> None:
+        if not self.closed:
+            self._frames.setdefault(frame.pts // (90_000 // self.options.fps), frame)
+
+    # ------------------------------------------------------------------ output
+    def tick(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The clock's tick: this tick's frame (or a hold frame, counted late) and its audio."""
+        self.stats.ticks = index + 1
+        audio = self._audio_out.pop(index, None)
+        frame = self._frames.pop(index, None)
+        if frame is not None:
+            self._hold = frame.rgb
+        elif audio is not None or index in self._idle_requested:
+            self.stats.frames_late += 1
+            self.telemetry.frames_late.inc()
+        self._idle_requested.discard(index)
+        # Drop anything for ticks that have passed.
+        for store in (self._audio_out, self._frames):
+            for stale in [k for k in store if k <= index]:
+                del store[stale]
+        # No input mapped ahead: keep idle motion coming, two ticks ahead of the clock.
+        ahead = index + 2
+        if self._ready and self._last_mapped_tick < ahead and ahead not in self._idle_requested:
+            self._request_idle(ahead)
+        return self._hold, (audio if audio is not None else self._silence)
+
+    def _request_idle(self, tick: int, urgent: bool = False) -> None:
+        try:
+            self.worker.submit(Job(session_id=self.id, generation=self.generation, kind="idle",
+                                   pts=tick * (90_000 // self.options.fps), done=self._on_idle_frame), urgent=urgent)
+            self._idle_requested.add(tick)
+        except WorkerOverloaded:
+            pass
+
+    def _on_sent(self, index: int) -> None:
+        self.stats.frames_sent += 1
+        self.telemetry.frames_sent.inc()
+
+    # ------------------------------------------------------------------ control
+    def interrupt(self) -> None:
+        """Barge-in: drop buffered audio, queued and in-flight windows and both tracks' queues
+        within one tick; input is ignored until the speaker pauses (the utterance is cut)."""
+        self.generation += 1
+        self.worker.invalidate(self.id, self.generation)
+        self.worker.submit(Job(session_id=self.id, generation=self.generation, kind="reset"), urgent=True)
+        self._audio_out.clear()
+        self._frames.clear()
+        self._idle_requested.clear()
+        self._anchors.clear()
+        self._win16.clear()
+        self._win48.clear()
+        self._last_mapped_tick = -1
+        self._muted_until_quiet = True
+        self._quiet_run = 0
+        self.clock.flush()
+        self.audio_track.clear()
+        self.telemetry.interrupts.inc()
+        now = self.clock.current_tick()
+        for tick in (now + 1, now + 2):
+            self._request_idle(tick, urgent=True)
+
+    async def _watchdog(self) -> None:
+        """Reap a peer that stopped sending media (aioice alone waits ~30 s)."""
+        while not self.closed:
+            await asyncio.sleep(0.5)
+            now = time.monotonic()
+            if self.options.audio_source != "mic":
+                continue
+            last = self.stats.last_input
+            if last is None and now - self.stats.created > FIRST_MEDIA_GRACE_S:
+                await self.close(reason="no media")
+            elif last is not None and now - last > SILENT_PEER_S:
+                await self.close(reason="silent peer")
+
+    async def close(self, reason: str = "closed") -> None:
+        if self.closed:
+            return
+        self.closed = True
+        logger.info("session %s closed: %s", self.id[:8], reason)
+        current = asyncio.current_task()
+        for task in self._tasks:
+            if task is not current:
+                task.cancel()
+        for task in self._tasks:
+            if task is not current:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        await self.clock.stop()
+        self.video_track.stop()
+        self.audio_track.stop()
+        with contextlib.suppress(Exception):
+            await self.pc.close()
+        self.worker.drop_session(self.id)
+        if self.stats.speaking:
+            self.telemetry.speaking.dec()
+        for callback in self.on_close:
+            callback(self, reason)
+
+
+class SessionRegistry:
+    """The live sessions by id (and by name for PCM sessions)."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[str, Session] = {}
+
+    def add(self, session: Session) -> None:
+        self._sessions[session.id] = session
+
+    def remove(self, session: Session) -> None:
+        self._sessions.pop(session.id, None)
+
+    def get(self, session_id: str) -> Session:
+        session = self._sessions.get(session_id)
+        if session is None or session.closed:
+            raise SessionNotFoundError(f"no live session {session_id!r}")
+        return session
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def all(self) -> list[Session]:
+        return list(self._sessions.values())

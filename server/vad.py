@@ -1,0 +1,96 @@
+"""Voice activity detection, injected into sessions through one small protocol.
+
+``SileroVAD`` runs the silero-vad package's bundled TorchScript model on 512-sample chunks of
+16 kHz audio; ``EnergyVAD`` is a threshold on loudness (no model) for tests and fallbacks.
+``SpeechGate`` turns per-window probabilities into a speaking/idle state with hysteresis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+SILERO_CHUNK = 512  # samples at 16 kHz: the model's fixed input
+
+
+class VoiceActivityDetector(Protocol):
+    def speech_probability(self, samples: np.ndarray) -> float:
+        """Probability of speech in this span of 16 kHz mono float32 audio."""
+        ...
+
+    def reset(self) -> None:
+        ...
+
+
+class SileroVAD:
+    """silero-vad (weights inside the package); keeps the model's state across windows."""
+
+    def __init__(self) -> None:
+        import torch
+        from silero_vad import load_silero_vad
+
+        self._torch = torch
+        self._model = load_silero_vad(onnx=False)
+        self._pending = np.zeros(0, np.float32)
+        self._last = 0.0
+
+    def speech_probability(self, samples: np.ndarray) -> float:
+        data = np.concatenate([self._pending, samples.astype(np.float32, copy=False)])
+        n = len(data) // SILERO_CHUNK
+        probs = []
+        with self._torch.inference_mode():
+            for i in range(n):
+                chunk = self._torch.from_numpy(data[i * SILERO_CHUNK:(i + 1) * SILERO_CHUNK].copy())
+                probs.append(float(self._model(chunk, 16_000).item()))
+        self._pending = data[n * SILERO_CHUNK:]
+        if probs:
+            self._last = max(probs)
+        return self._last
+
+    def reset(self) -> None:
+        self._model.reset_states()
+        self._pending = np.zeros(0, np.float32)
+        self._last = 0.0
+
+
+class EnergyVAD:
+    """Speech when the window's level is above ``threshold_db`` dBFS (no model)."""
+
+    def __init__(self, threshold_db: float = -45.0) -> None:
+        self.threshold_db = threshold_db
+
+    def speech_probability(self, samples: np.ndarray) -> float:
+        rms = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64)))) if len(samples) else 0.0
+        level = 20 * np.log10(max(rms, 1e-9))
+        return float(np.clip((level - self.threshold_db) / 10.0 + 0.5, 0.0, 1.0))
+
+    def reset(self) -> None:
+        pass
+
+
+@dataclass
+class SpeechGate:
+    """Speaking after ``start_windows`` windows above threshold; idle after ``stop_windows`` below."""
+
+    threshold: float = 0.5
+    start_windows: int = 2
+    stop_windows: int = 8
+    speaking: bool = False
+    _run: int = 0
+
+    def update(self, probability: float) -> bool:
+        above = probability >= self.threshold
+        if above == self.speaking:
+            self._run = 0
+        else:
+            self._run += 1
+            if self._run >= (self.start_windows if above else self.stop_windows):
+                self.speaking = above
+                self._run = 0
+        return self.speaking
+
+    def reset(self) -> None:
+        self.speaking = False
+        self._run = 0

@@ -1,0 +1,180 @@
+"""A real aiortc peer for the live tests: sends a WAV as its microphone, records what comes back.
+
+Received frames are kept with their arrival times; ``write_recording`` turns them into an MP4
+(video at 25 fps, audio at 48 kHz) on the arrival timeline, for ``emo-stream metrics``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fractions
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import av
+import httpx
+import numpy as np
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+RATE = 48_000
+PTIME = 0.02
+
+
+class WavMicrophone(MediaStreamTrack):
+    """A microphone that plays ``samples`` (48 kHz mono float32) in real time, then silence."""
+
+    kind = "audio"
+
+    def __init__(self, samples: np.ndarray) -> None:
+        super().__init__()
+        self.samples = samples.astype(np.float32)
+        self.position = 0
+        self.start: float | None = None
+        self.sent_at: list[float] = []  # wall time each 20 ms frame left
+        self._n = int(RATE * PTIME)
+
+    def silence_from_now(self) -> None:
+        self.samples = self.samples[: self.position]
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self.start is None:
+            self.start = time.monotonic()
+        index = len(self.sent_at)
+        wait = self.start + index * PTIME - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        chunk = self.samples[self.position: self.position + self._n]
+        self.position += self._n
+        if len(chunk) < self._n:
+            chunk = np.pad(chunk, (0, self._n - len(chunk)))
+        frame = av.AudioFrame.from_ndarray((chunk * 32767).astype(np.int16)[None, :], format="s16", layout="mono")
+        frame.sample_rate = RATE
+        frame.pts = index * self._n
+        frame.time_base = fractions.Fraction(1, RATE)
+        self.sent_at.append(time.monotonic())
+        return frame
+
+
+@dataclass
+class Received:
+    video: list[tuple[float, np.ndarray]] = field(default_factory=list)
+    audio: list[tuple[float, np.ndarray]] = field(default_factory=list)
+
+
+class LivePeer:
+    """Connects to a running server, sends the microphone, records the answer's tracks."""
+
+    def __init__(self, base_url: str, samples: np.ndarray, avatar_id: str | None = None) -> None:
+        self.base_url = base_url
+        self.mic = WavMicrophone(samples)
+        self.avatar_id = avatar_id
+        self.pc = RTCPeerConnection()
+        self.received = Received()
+        self.session_id: str | None = None
+        self.channel = None
+        self._tasks: list[asyncio.Task] = []
+
+    async def connect(self, data_channel: bool = False) -> dict:
+        self.pc.addTrack(self.mic)
+        self.pc.addTransceiver("video", direction="recvonly")
+        if data_channel:
+            self.channel = self.pc.createDataChannel("control")
+
+        @self.pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            self._tasks.append(asyncio.create_task(self._record(track)))
+
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        body = {"sdp": self.pc.localDescription.sdp, "type": "offer"}
+        if self.avatar_id:
+            body["avatar_id"] = self.avatar_id
+        async with httpx.AsyncClient(base_url=self.base_url, timeout=30) as client:
+            answer = await client.post("/v1/sessions", json=body)
+        answer.raise_for_status()
+        data = answer.json()
+        self.session_id = data["session_id"]
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=data["sdp"], type=data["type"]))
+        return data
+
+    async def _record(self, track: MediaStreamTrack) -> None:
+        store = self.received.video if track.kind == "video" else self.received.audio
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            now = time.monotonic()
+            if track.kind == "video":
+                store.append((now, frame.to_ndarray(format="rgb24")))
+            else:
+                pcm = frame.to_ndarray().astype(np.float32) / 32768.0
+                mono = pcm.reshape(-1, len(frame.layout.channels)).mean(axis=1) if pcm.shape[0] == 1 else pcm.mean(axis=0)
+                store.append((now, mono))
+
+    async def interrupt(self) -> None:
+        async with httpx.AsyncClient(base_url=self.base_url, timeout=10) as client:
+            r = await client.post(f"/v1/sessions/{self.session_id}/interrupt")
+        r.raise_for_status()
+
+    async def close(self, goodbye: bool = True) -> None:
+        if goodbye and self.session_id:
+            async with httpx.AsyncClient(base_url=self.base_url, timeout=10) as client:
+                with contextlib.suppress(httpx.HTTPError):
+                    await client.delete(f"/v1/sessions/{self.session_id}")
+        for task in self._tasks:
+            task.cancel()
+        await self.pc.close()
+
+
+def received_fps(received: Received, skip_s: float = 1.0) -> float:
+    times = [t for t, _ in received.video]
+    if len(times) < 3:
+        return 0.0
+    start = times[0] + skip_s
+    kept = [t for t in times if t >= start]
+    return (len(kept) - 1) / (kept[-1] - kept[0]) if len(kept) > 2 else 0.0
+
+
+def audio_timeline(received: Received) -> tuple[float, np.ndarray]:
+    """(wall time of the first received sample, all samples): audio frames are continuous."""
+    first_t, first = received.audio[0]
+    samples = np.concatenate([a for _, a in received.audio])
+    return first_t - len(first) / RATE, samples
+
+
+def write_recording(received: Received, path: Path, audio_hold_s: float = 0.0, video_hold_s: float = 0.0) -> Path:
+    """An MP4 of what arrived: frames placed at their arrival times (minus the receiver's
+    constant hold times), audio from its first arrival, both on one clock."""
+    audio_t0, samples = audio_timeline(received)
+    audio_t0 -= audio_hold_s
+    video = [(t - video_hold_s, f) for t, f in received.video]
+    t0 = min(audio_t0, video[0][0])
+    h, w = video[0][1].shape[:2]
+    end = max(video[-1][0], audio_t0 + len(samples) / RATE)
+    with av.open(str(path), "w") as out:
+        vs = out.add_stream("libx264", rate=25)
+        vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
+        vs.options = {"crf": "18", "preset": "veryfast"}
+        au = out.add_stream("aac", rate=RATE, layout="mono")
+        n_frames = int((end - t0) * 25)
+        j = 0
+        for i in range(n_frames):
+            t = t0 + i / 25
+            while j + 1 < len(video) and video[j + 1][0] <= t:
+                j += 1
+            vf = av.VideoFrame.from_ndarray(video[j][1], format="rgb24")
+            vf.pts, vf.time_base = i, fractions.Fraction(1, 25)
+            out.mux(vs.encode(vf))
+        out.mux(vs.encode(None))
+        lead = int(round((audio_t0 - t0) * RATE))
+        padded = np.concatenate([np.zeros(max(0, lead), np.float32), samples]).astype(np.float32)
+        af = av.AudioFrame.from_ndarray(padded[None, :], format="flt", layout="mono")
+        af.sample_rate, af.pts, af.time_base = RATE, 0, fractions.Fraction(1, RATE)
+        out.mux(au.encode(af))
+        out.mux(au.encode(None))
+    return path
