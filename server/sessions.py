@@ -124,7 +124,9 @@ class Session:
         self._ready = False
         self._tasks: list[asyncio.Task] = []
         self.clock = MediaClock(self, fps=options.fps, on_lag=lambda s: telemetry.observe("tick_lag", max(0.0, s)))
-        self.video_track = AvatarVideoTrack(self.clock.video, fps=options.fps, on_sent=self._on_sent)
+        self.video_track = AvatarVideoTrack(self.clock.video, fps=options.fps, on_sent=self._on_sent,
+                                            on_encoded=lambda s: telemetry.observe("encode", s))
+        self._arrived: dict[int, float] = {}  # tick -> when its input window arrived
         self.audio_track = AvatarAudioTrack(self.clock.audio, fps=options.fps)
         config = RTCConfiguration(iceServers=[RTCIceServer(urls=u) for u in ice_servers]) if ice_servers else None
         self.pc = RTCPeerConnection(configuration=config)
@@ -260,6 +262,7 @@ class Session:
         tick = self._anchors.tick(index)
         if tick is None or tick <= self.clock.current_tick():
             return  # its audio was dropped or is already past: do not animate it
+        self._arrived[tick] = time.perf_counter()
         window = AudioWindow(samples=samples, sample_rate=ENGINE_RATE, start_pts=tick * (90_000 // self.options.fps))
         try:
             self.worker.submit(Job(session_id=self.id, generation=self.generation, kind="feed", window=window,
@@ -290,14 +293,17 @@ class Session:
         self.stats.ticks = index + 1
         audio = self._audio_out.pop(index, None)
         frame = self._frames.pop(index, None)
+        arrived = self._arrived.pop(index, None)
         if frame is not None:
             self._hold = frame.rgb
+            if arrived is not None:  # input window in -> its frame out, on this server
+                self.telemetry.observe("end_to_end", time.perf_counter() - arrived)
         elif audio is not None or index in self._idle_requested:
             self.stats.frames_late += 1
             self.telemetry.frames_late.inc()
         self._idle_requested.discard(index)
         # Drop anything for ticks that have passed.
-        for store in (self._audio_out, self._frames):
+        for store in (self._audio_out, self._frames, self._arrived):
             for stale in [k for k in store if k <= index]:
                 del store[stale]
         # No input mapped ahead: keep idle motion coming, two ticks ahead of the clock.
@@ -327,6 +333,7 @@ class Session:
         self.worker.submit(Job(session_id=self.id, generation=self.generation, kind="reset"), urgent=True)
         self._audio_out.clear()
         self._frames.clear()
+        self._arrived.clear()
         self._idle_requested.clear()
         self._anchors.clear()
         self._win16.clear()

@@ -7,6 +7,7 @@ Both carry the tick index as media time: video at 90 kHz (tick × 3600 at 25 fps
 from __future__ import annotations
 
 import fractions
+import time
 from collections.abc import Callable
 
 import av
@@ -22,9 +23,12 @@ AUDIO_RATE = 48_000
 class AvatarVideoTrack(MediaStreamTrack):
     kind = "video"
 
-    def __init__(self, queue: TickQueue, fps: int = 25, on_sent: Callable[[int], None] | None = None) -> None:
+    def __init__(self, queue: TickQueue, fps: int = 25, on_sent: Callable[[int], None] | None = None,
+                 on_encoded: Callable[[float], None] | None = None) -> None:
         super().__init__()
         self._queue = queue
+        self._on_encoded = on_encoded
+        self._returned_at: float | None = None
         self._ticks_to_pts = VIDEO_CLOCK_RATE // fps
         self._time_base = fractions.Fraction(1, VIDEO_CLOCK_RATE)
         self._on_sent = on_sent
@@ -32,12 +36,17 @@ class AvatarVideoTrack(MediaStreamTrack):
     async def recv(self) -> av.VideoFrame:
         if self.readyState != "live":
             raise MediaStreamError
+        if self._returned_at is not None and self._on_encoded is not None:
+            # aiortc's sender encodes (on an executor thread) and sends the last frame before
+            # asking for the next: the gap is the encode + packetize + send stage.
+            self._on_encoded(time.perf_counter() - self._returned_at)
         index, rgb = await self._queue.get()
         frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
         frame.pts = index * self._ticks_to_pts
         frame.time_base = self._time_base
         if self._on_sent is not None:
             self._on_sent(index)
+        self._returned_at = time.perf_counter()
         return frame
 
 
