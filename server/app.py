@@ -8,22 +8,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import secrets
 import threading
 import time
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from emo_stream.animators import create_animator
 from emo_stream.avatar import AvatarLimits
 from emo_stream.config import Config
-from emo_stream.errors import EmoStreamError, OverloadedError, RequestError
+from emo_stream.errors import (
+    EmoStreamError,
+    ImageTooLargeError,
+    NotFoundError,
+    OverloadedError,
+    RequestError,
+    UnauthorizedError,
+)
 from server.avatars import DEFAULT_AVATAR_ID, AvatarStore, default_portrait_bytes
 from server.errors import error_body, status_for
 from server.sessions import Session, SessionOptions, SessionRegistry
@@ -61,7 +72,8 @@ class Engine:
         self.telemetry = Telemetry()
         self.avatars = AvatarStore(config.animator.size, AvatarLimits(
             max_pixels=config.limits.max_image_pixels, max_bytes=config.limits.max_image_bytes,
-            min_face_px=config.limits.min_face_px))
+            min_face_px=config.limits.min_face_px), data_dir=config.server.data_dir)
+        self.utilization = 0.0  # the worker's busy fraction, smoothed over a few seconds
         self.sessions = SessionRegistry()
         self.animator = None
         self.worker: InferenceWorker | None = None
@@ -94,6 +106,7 @@ class Engine:
 
     async def _watch_loop_lag(self) -> None:
         loop = asyncio.get_running_loop()
+        last_busy, last_time = 0.0, loop.time()
         while True:
             start = loop.time()
             await asyncio.sleep(0.1)
@@ -102,7 +115,24 @@ class Engine:
             self.telemetry.loop_lag_hist.observe(lag)
             if self.worker is not None:
                 self.telemetry.worker_queue_depth.set(self.worker.queue_depth)
+                now, busy = loop.time(), self.worker.busy_s
+                if now - last_time >= 1.0:
+                    sample = min(1.0, (busy - last_busy) / (now - last_time))
+                    self.utilization = 0.6 * self.utilization + 0.4 * sample
+                    self.telemetry.worker_utilization.set(self.utilization)
+                    last_busy, last_time = busy, now
             self.telemetry.track_queue_depth.set(sum(len(s.clock.video) for s in self.sessions.all()))
+
+    def admit(self) -> None:
+        """Refuse a session that would make the running ones late (503 + Retry-After)."""
+        running = len(self.sessions)
+        if running >= self.config.server.max_sessions:
+            raise OverloadedError(f"{running} sessions are running, the limit is "
+                                  f"{self.config.server.max_sessions}: try again later", retry_after_s=10)
+        # Each session costs about utilization / running of the worker: one more must fit.
+        if running and self.utilization * (running + 1) / running > 0.85:
+            raise OverloadedError(f"the animator is {self.utilization:.0%} busy with {running} sessions; one more "
+                                  "would make them late: try again later", retry_after_s=15)
 
     async def create_session(self, offer_sdp: str, offer_type: str, avatar_id: str | None,
                              body: SessionOptionsBody) -> Session:
@@ -113,13 +143,13 @@ class Engine:
             raise RequestError(f"options.fps {body.fps} is not offered: this server runs at {a.fps} fps")
         if body.backend is not None and body.backend != a.backend:
             raise RequestError(f"options.backend {body.backend!r} is not offered: this server runs {a.backend!r}")
-        if body.audio_source not in ("mic",):
-            raise RequestError(f"options.audio_source {body.audio_source!r} is not supported here: use 'mic'")
+        if body.audio_source not in ("mic", "pcm"):
+            raise RequestError(f"options.audio_source must be 'mic' or 'pcm', got {body.audio_source!r}")
+        if body.name is not None and self.sessions.by_name(body.name) is not None:
+            raise RequestError(f"a session named {body.name!r} is running: join it by name or pick another")
         if body.background != "original":
             raise RequestError("options.background other than 'original' is not supported by this server yet")
-        if len(self.sessions) >= self.config.server.max_sessions:
-            raise OverloadedError(f"{len(self.sessions)} sessions are running, the limit is "
-                                  f"{self.config.server.max_sessions}: try again later", retry_after_s=10)
+        self.admit()
         avatar = await asyncio.to_thread(self.avatars.get, avatar_id or DEFAULT_AVATAR_ID)
         options = SessionOptions(size=a.size, fps=a.fps, backend=a.backend, background=body.background,
                                  audio_source=body.audio_source, name=body.name,
@@ -147,6 +177,21 @@ class Engine:
         return session
 
 
+def _bearer(request: Request | WebSocket) -> str | None:
+    header = request.headers.get("authorization", "")
+    return header[7:].strip() if header.lower().startswith("bearer ") else None
+
+
+CLIENT_DIR = Path(__file__).resolve().parent.parent / "client_web"
+
+
+def _page(name: str) -> Response:
+    path = CLIENT_DIR / name
+    if not path.is_file():
+        raise NotFoundError(f"{name} is not part of this installation")
+    return FileResponse(path, media_type="text/html", headers={"Cache-Control": "no-cache"})
+
+
 def create_app(config: Config | None = None, vad_factory: Any = None) -> FastAPI:
     """Build the app for ``config`` (defaults when None); ``vad_factory`` injects the VAD."""
     config = config or Config()
@@ -163,6 +208,28 @@ def create_app(config: Config | None = None, vad_factory: Any = None) -> FastAPI
     app = FastAPI(title="emo-stream", version="1", docs_url="/docs", redoc_url=None, lifespan=lifespan)
     app.state.config = config
     app.state.engine = engine
+
+    @app.middleware("http")
+    async def require_token(request: Request, call_next):
+        token = config.server.token
+        if token and request.url.path.startswith("/v1"):
+            given = request.query_params.get("token") or _bearer(request)
+            # A session's own control token also opens its control routes.
+            if not (given and secrets.compare_digest(given, token)) and not _holds_control_token(request):
+                return JSONResponse(error_body("unauthorized", "this server needs a token: "
+                                               "Authorization: Bearer T or ?token=T"), status_code=401)
+        return await call_next(request)
+
+    def _holds_control_token(request: Request) -> bool:
+        parts = request.url.path.split("/")
+        if len(parts) < 4 or parts[2] != "sessions":
+            return False
+        try:
+            session = engine.sessions.get(parts[3])
+        except EmoStreamError:
+            return False
+        given = request.headers.get("x-control-token") or request.query_params.get("control_token")
+        return bool(given) and secrets.compare_digest(given, session.control_token)
 
     @app.exception_handler(EmoStreamError)
     async def _engine_error(_: Request, exc: EmoStreamError) -> JSONResponse:
@@ -182,6 +249,17 @@ def create_app(config: Config | None = None, vad_factory: Any = None) -> FastAPI
         return JSONResponse(error_body("bad_request", f"{where}: {first.get('msg', 'invalid request')}"),
                             status_code=400)
 
+    if CLIENT_DIR.is_dir():
+        app.mount("/static", StaticFiles(directory=CLIENT_DIR), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def demo_page() -> Response:
+        return _page("index.html")
+
+    @app.get("/overlay", include_in_schema=False)
+    async def overlay_page() -> Response:
+        return _page("overlay.html")
+
     @app.get("/healthz")
     async def healthz() -> dict:
         return {"status": "ok"}
@@ -198,7 +276,7 @@ def create_app(config: Config | None = None, vad_factory: Any = None) -> FastAPI
 
     @app.get("/v1/avatars")
     async def list_avatars() -> dict:
-        return {"avatars": engine.avatars.ids()}
+        return {"avatars": engine.avatars.listing()}
 
     @app.post("/v1/sessions", status_code=201)
     async def create_session(request: Request) -> Response:
@@ -220,17 +298,164 @@ def create_app(config: Config | None = None, vad_factory: Any = None) -> FastAPI
                              "control_token": session.control_token,
                              "latency_ms": session.delay_ticks * 1000 // session.options.fps}, status_code=201)
 
-    @app.delete("/v1/sessions/{session_id}", status_code=204)
-    async def delete_session(session_id: str) -> Response:
+    def controlled(request: Request | WebSocket, session_id: str) -> Session:
+        """The session, if the caller holds its control token (header, or query for WebSockets)."""
         session = engine.sessions.get(session_id)
-        await session.close(reason="deleted")
+        given = (request.headers.get("x-control-token") or request.query_params.get("control_token")
+                 or request.query_params.get("token") or _bearer(request))
+        if not given or not secrets.compare_digest(given, session.control_token):
+            raise UnauthorizedError("this session needs its control_token (X-Control-Token header or "
+                                    "?control_token=)")
+        return session
+
+    @app.delete("/v1/sessions/{session_id}", status_code=204)
+    async def delete_session(session_id: str, request: Request) -> Response:
+        await controlled(request, session_id).close(reason="deleted")
         return Response(status_code=204)
 
     @app.post("/v1/sessions/{session_id}/interrupt", status_code=204)
-    async def interrupt(session_id: str) -> Response:
+    async def interrupt(session_id: str, request: Request) -> Response:
         started = time.perf_counter()
-        engine.sessions.get(session_id).interrupt()
+        controlled(request, session_id).interrupt()
         engine.telemetry.observe("interrupt", time.perf_counter() - started)
         return Response(status_code=204)
+
+    @app.post("/v1/avatars", status_code=201)
+    async def upload_avatar(request: Request) -> JSONResponse:
+        limit = config.limits.max_image_bytes
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > limit + 64 * 1024:
+            raise ImageTooLargeError(f"upload is {int(length) / 2**20:.1f} MB; the limit is {limit / 2**20:.0f} MB")
+        try:
+            form = await request.form(max_files=1, max_fields=4)
+        except Exception as exc:  # malformed multipart
+            raise RequestError(f"send the photo as multipart/form-data in a field named 'file' ({exc})") from None
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise RequestError("send the photo as multipart/form-data in a field named 'file'")
+        data = await upload.read(limit + 1)
+        if len(data) > limit:
+            raise ImageTooLargeError(f"upload is over the {limit / 2**20:.0f} MB limit")
+        name = str(form.get("name") or Path(upload.filename or "portrait").stem)[:80]
+        record = await asyncio.to_thread(engine.avatars.add, data, name)
+        return JSONResponse({"id": record.id, "name": record.name, "width": record.width, "height": record.height,
+                             "faces": record.faces, "warnings": record.warnings,
+                             "thumbnail_url": f"/v1/avatars/{record.id}/thumbnail"}, status_code=201)
+
+    @app.get("/v1/avatars/{avatar_id}/thumbnail")
+    async def avatar_thumbnail(avatar_id: str) -> Response:
+        data = await asyncio.to_thread(engine.avatars.thumbnail, avatar_id)
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+
+    async def _ws_guard(websocket: WebSocket) -> bool:
+        """Check the server token on a WebSocket (middleware does not see them)."""
+        token = config.server.token
+        given = websocket.query_params.get("token") or _bearer(websocket)
+        if token and not (given and secrets.compare_digest(given, token)):
+            await websocket.close(code=4401, reason="unauthorized")
+            return False
+        return True
+
+    @app.websocket("/v1/sessions/{session_id}/events")
+    async def events(websocket: WebSocket, session_id: str) -> None:
+        if not await _ws_guard(websocket):
+            return
+        try:
+            session = controlled(websocket, session_id)
+        except EmoStreamError as exc:
+            await websocket.close(code=4404 if isinstance(exc, NotFoundError) else 4401, reason=exc.message[:120])
+            return
+        await websocket.accept()
+        queue = session.subscribe()
+
+        async def sender() -> None:
+            while True:
+                event = await queue.get()
+                await websocket.send_json(event)
+                if event.get("type") == "closed":
+                    return
+
+        send_task = asyncio.create_task(sender())
+        try:
+            while not send_task.done():
+                receive = asyncio.create_task(websocket.receive_text())
+                done, _ = await asyncio.wait({receive, send_task}, return_when=asyncio.FIRST_COMPLETED)
+                if receive not in done:
+                    receive.cancel()
+                    break
+                try:
+                    message = json.loads(receive.result())
+                except ValueError:
+                    await websocket.send_json({"type": "error", "message": "messages are JSON"})
+                    continue
+                if isinstance(message, dict) and message.get("type") == "interrupt":
+                    session.interrupt()
+                    await websocket.send_json({"type": "ack", "for": "interrupt"})
+                else:
+                    await websocket.send_json({"type": "error", "message": "unknown message; send {\"type\": "
+                                                                           "\"interrupt\"}"})
+        except (WebSocketDisconnect, RuntimeError):
+            pass
+        finally:
+            send_task.cancel()
+            session.unsubscribe(queue)
+            with contextlib.suppress(Exception):
+                await websocket.close()
+
+    @app.websocket("/v1/sessions/{session_id}/audio")
+    async def audio(websocket: WebSocket, session_id: str) -> None:
+        if not await _ws_guard(websocket):
+            return
+        try:
+            session = controlled(websocket, session_id)
+        except EmoStreamError as exc:
+            await websocket.close(code=4404 if isinstance(exc, NotFoundError) else 4401, reason=exc.message[:120])
+            return
+        await websocket.accept()
+        if session.options.audio_source != "pcm":
+            await websocket.send_json({"type": "error", "message": "this session takes its audio from the "
+                                                                   "microphone; create it with audio_source 'pcm'"})
+            await websocket.close(code=4400)
+            return
+        try:
+            while not session.closed:
+                message = await websocket.receive()
+                if message.get("type") == "websocket.disconnect":
+                    break
+                if message.get("bytes") is not None:
+                    try:
+                        session.pcm_push(message["bytes"])
+                    except EmoStreamError as exc:
+                        await websocket.send_json({"type": "error", "code": exc.code, "message": exc.message})
+                    continue
+                try:
+                    command = json.loads(message.get("text") or "")
+                    kind = command.get("type")
+                except (ValueError, AttributeError):
+                    await websocket.send_json({"type": "error", "message": "text messages are JSON commands"})
+                    continue
+                if kind == "start":
+                    rate, channels = command.get("sample_rate"), command.get("channels", 1)
+                    if not isinstance(rate, int) or not 8_000 <= rate <= 192_000 or channels not in (1, 2):
+                        await websocket.send_json({"type": "error", "message": "start needs sample_rate "
+                                                   "(8000..192000) and channels (1 or 2)"})
+                        continue
+                    session.pcm_start(rate, channels)
+                    await websocket.send_json({"type": "ack", "for": "start", "sample_rate": rate,
+                                               "channels": channels})
+                elif kind == "flush":
+                    session.pcm_flush()
+                    await websocket.send_json({"type": "ack", "for": "flush",
+                                               "buffered_s": round(session.pcm_buffered_s, 3)})
+                elif kind == "interrupt":
+                    session.interrupt()
+                    await websocket.send_json({"type": "ack", "for": "interrupt"})
+                else:
+                    await websocket.send_json({"type": "error", "message": f"unknown command {kind!r}"})
+        except (WebSocketDisconnect, RuntimeError):
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                await websocket.close()
 
     return app

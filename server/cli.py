@@ -26,13 +26,20 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from emo_stream.config import load_config
+    from emo_stream.errors import ConfigError
     from server.app import create_app
 
     config_path = args.config or (REPO_DEFAULT_CONFIG if REPO_DEFAULT_CONFIG.is_file() else None)
     config = load_config(config_path, {"server.host": args.host, "server.port": args.port,
                                        "server.token": args.token})
+    if config.server.host not in ("127.0.0.1", "localhost", "::1") and not config.server.token:
+        raise ConfigError(f"binding {config.server.host} exposes the server: set a token "
+                          "(--token T or EMO_STREAM_TOKEN) or bind 127.0.0.1")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ConfigError("TLS needs both --tls-cert and --tls-key")
     app = create_app(config)
-    print(f"emo-stream serving on http://{config.server.host}:{config.server.port} "
+    scheme = "https" if args.tls_cert else "http"
+    print(f"emo-stream serving on {scheme}://{config.server.host}:{config.server.port} "
           f"(backend {config.animator.backend})", file=sys.stderr, flush=True)
     uvicorn.run(app, host=config.server.host, port=config.server.port, log_level=args.log_level,
                 ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key)

@@ -19,6 +19,7 @@ import logging
 import secrets
 import time
 from bisect import bisect_right
+from collections import deque
 from dataclasses import dataclass, field
 
 import av
@@ -27,7 +28,7 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcrtpsender import RTCRtpSender
 
-from emo_stream.errors import InvalidSdpError, SessionNotFoundError
+from emo_stream.errors import InvalidSdpError, RequestError, SessionNotFoundError
 from emo_stream.streaming import AudioWindowBuffer
 from emo_stream.types import AudioWindow, Avatar, Frame
 from server.clock import MediaClock
@@ -123,6 +124,12 @@ class Session:
         self._last_mapped_tick = -1
         self._ready = False
         self._tasks: list[asyncio.Task] = []
+        self._pcm: deque[np.ndarray] = deque()
+        self._pcm_samples = 0
+        self._pcm_resampler: av.AudioResampler | None = None
+        self._pcm_format: tuple[int, int] | None = None
+        self._pcm_flushing = False
+        self._subscribers: list[asyncio.Queue] = []
         self.clock = MediaClock(self, fps=options.fps, on_lag=lambda s: telemetry.observe("tick_lag", max(0.0, s)))
         self.video_track = AvatarVideoTrack(self.clock.video, fps=options.fps, on_sent=self._on_sent,
                                             on_encoded=lambda s: telemetry.observe("encode", s))
@@ -203,6 +210,7 @@ class Session:
         self.clock.start()
         self._tasks.append(asyncio.create_task(self._await_ready(prepared), name=f"ready-{self.id[:6]}"))
         self._tasks.append(asyncio.create_task(self._watchdog(), name=f"watchdog-{self.id[:6]}"))
+        self._tasks.append(asyncio.create_task(self._publish_stats(), name=f"stats-{self.id[:6]}"))
 
     async def _await_ready(self, prepared: asyncio.Future) -> None:
         await prepared
@@ -279,6 +287,7 @@ class Session:
         if result.speaking != self.stats.speaking:
             self.stats.speaking = result.speaking
             self.telemetry.speaking.inc() if result.speaking else self.telemetry.speaking.dec()
+            self.publish({"type": "state", "state": "speaking" if result.speaking else "idle"})
         ticks_per_pts = 90_000 // self.options.fps
         for frame in result.frames:
             self._frames[frame.pts // ticks_per_pts] = frame
@@ -291,6 +300,8 @@ class Session:
     def tick(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The clock's tick: this tick's frame (or a hold frame, counted late) and its audio."""
         self.stats.ticks = index + 1
+        if self.options.audio_source == "pcm":
+            self._pull_pcm()
         audio = self._audio_out.pop(index, None)
         frame = self._frames.pop(index, None)
         arrived = self._arrived.pop(index, None)
@@ -324,6 +335,93 @@ class Session:
         self.stats.frames_sent += 1
         self.telemetry.frames_sent.inc()
 
+    # ------------------------------------------------------------------ PCM input (agents)
+    MAX_PCM_S = 120
+
+    def pcm_start(self, sample_rate: int, channels: int) -> None:
+        """Begin (or re-begin) PCM input: s16le at ``sample_rate`` with ``channels`` interleaved."""
+        self._pcm_format = (sample_rate, channels)
+        self._pcm_resampler = av.AudioResampler(format="flt", layout="mono", rate=OUTPUT_RATE)
+        self._pcm_flushing = False
+
+    def pcm_push(self, data: bytes) -> None:
+        """Queue PCM; it plays at real time from the next tick, however fast it arrives."""
+        if self._pcm_format is None or self._pcm_resampler is None:
+            raise RequestError("send a start message before audio")
+        rate, channels = self._pcm_format
+        usable = len(data) - len(data) % (2 * channels)
+        if usable <= 0:
+            return
+        pcm = np.frombuffer(data[:usable], dtype="<i2").reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono" if channels == 1 else "stereo")
+        frame.sample_rate = rate
+        for out in self._pcm_resampler.resample(frame):
+            samples = out.to_ndarray().reshape(-1).astype(np.float32)
+            self._pcm.append(samples)
+            self._pcm_samples += len(samples)
+        if self._pcm_samples > self.MAX_PCM_S * OUTPUT_RATE:
+            raise RequestError(f"more than {self.MAX_PCM_S} s of audio buffered: send at most a little "
+                                  "ahead of real time")
+        self._pcm_flushing = False
+        self.stats.last_input = time.monotonic()
+
+    def pcm_flush(self) -> None:
+        """End of an utterance: what is buffered plays out, the last window padded with silence."""
+        self._pcm_flushing = True
+
+    @property
+    def pcm_buffered_s(self) -> float:
+        return self._pcm_samples / OUTPUT_RATE
+
+    def _pull_pcm(self) -> None:
+        """One tick of queued PCM into the input path: bursts play at real time."""
+        need = OUTPUT_RATE // self.options.fps
+        if self._pcm_samples < need and not (self._pcm_flushing and self._pcm_samples):
+            return
+        parts, got = [], 0
+        while self._pcm and got < need:
+            head = self._pcm.popleft()
+            take = head[: need - got]
+            if len(take) < len(head):
+                self._pcm.appendleft(head[len(take):])
+            parts.append(take)
+            got += len(take)
+        self._pcm_samples -= got
+        chunk = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+        if len(chunk) < need:
+            chunk = np.pad(chunk, (0, need - len(chunk)))
+        frame = av.AudioFrame.from_ndarray(chunk[None, :].astype(np.float32), format="flt", layout="mono")
+        frame.sample_rate = OUTPUT_RATE
+        self.push_audio_frame(frame)
+
+    # ------------------------------------------------------------------ events
+    def subscribe(self) -> asyncio.Queue:
+        queue: asyncio.Queue = asyncio.Queue(maxsize=64)
+        self._subscribers.append(queue)
+        queue.put_nowait({"type": "state", "state": "speaking" if self.stats.speaking else "idle"})
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue) -> None:
+        with contextlib.suppress(ValueError):
+            self._subscribers.remove(queue)
+
+    def publish(self, event: dict) -> None:
+        for queue in list(self._subscribers):
+            if queue.full():
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    queue.get_nowait()
+            queue.put_nowait(event)
+
+    async def _publish_stats(self) -> None:
+        last_sent, last_late = self.stats.frames_sent, self.stats.frames_late
+        while not self.closed:
+            await asyncio.sleep(1.0)
+            sent, late = self.stats.frames_sent, self.stats.frames_late
+            self.publish({"type": "stats", "fps": sent - last_sent, "frames_sent": sent, "late_frames": late,
+                          "late_frames_per_s": late - last_late, "latency_ms": self.delay_ticks * 1000 // self.options.fps,
+                          "speaking": self.stats.speaking, "buffered_audio_s": round(self.pcm_buffered_s, 3)})
+            last_sent, last_late = sent, late
+
     # ------------------------------------------------------------------ control
     def interrupt(self) -> None:
         """Barge-in: drop buffered audio, queued and in-flight windows and both tracks' queues
@@ -339,8 +437,13 @@ class Session:
         self._win16.clear()
         self._win48.clear()
         self._last_mapped_tick = -1
-        self._muted_until_quiet = True
+        # A microphone keeps sending the cut utterance: ignore it until the speaker pauses.
+        # An agent's PCM stops on its own: its queue is simply dropped.
+        self._muted_until_quiet = self.options.audio_source == "mic"
         self._quiet_run = 0
+        self._pcm.clear()
+        self._pcm_samples = 0
+        self._pcm_flushing = False
         self.clock.flush()
         self.audio_track.clear()
         self.telemetry.interrupts.inc()
@@ -382,6 +485,7 @@ class Session:
         self.worker.drop_session(self.id)
         if self.stats.speaking:
             self.telemetry.speaking.dec()
+        self.publish({"type": "closed", "reason": reason})
         for callback in self.on_close:
             callback(self, reason)
 
@@ -391,18 +495,28 @@ class SessionRegistry:
 
     def __init__(self) -> None:
         self._sessions: dict[str, Session] = {}
+        self._names: dict[str, Session] = {}
 
     def add(self, session: Session) -> None:
         self._sessions[session.id] = session
+        if session.options.name:
+            self._names[session.options.name] = session
 
     def remove(self, session: Session) -> None:
         self._sessions.pop(session.id, None)
+        if session.options.name and self._names.get(session.options.name) is session:
+            del self._names[session.options.name]
 
     def get(self, session_id: str) -> Session:
-        session = self._sessions.get(session_id)
+        """A live session by id, or by name for named (PCM) sessions."""
+        session = self._sessions.get(session_id) or self._names.get(session_id)
         if session is None or session.closed:
             raise SessionNotFoundError(f"no live session {session_id!r}")
         return session
+
+    def by_name(self, name: str) -> Session | None:
+        session = self._names.get(name)
+        return None if session is None or session.closed else session
 
     def __len__(self) -> int:
         return len(self._sessions)

@@ -29,6 +29,8 @@ class Telemetry:
                                        buckets=_STAGE_BUCKETS, registry=r)
         self.stage_latency = Histogram("emo_stream_stage_latency_seconds", "Latency per pipeline stage", ["stage"],
                                        buckets=_STAGE_BUCKETS, registry=r)
+        self.worker_utilization = Gauge("emo_stream_worker_utilization", "Busy fraction of the inference worker",
+                                        registry=r)
         self.asyncio_tasks = Gauge("emo_stream_asyncio_tasks", "Tasks alive on the server's loop", registry=r)
         self.threads = Gauge("emo_stream_threads", "Threads alive in the server process", registry=r)
         self.speaking = Gauge("emo_stream_sessions_speaking", "Sessions whose VAD says speaking", registry=r)

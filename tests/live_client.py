@@ -76,6 +76,7 @@ class LivePeer:
         self.pc = RTCPeerConnection()
         self.received = Received()
         self.session_id: str | None = None
+        self.control_token: str | None = None
         self.channel = None
         self._tasks: list[asyncio.Task] = []
 
@@ -98,6 +99,7 @@ class LivePeer:
         answer.raise_for_status()
         data = answer.json()
         self.session_id = data["session_id"]
+        self.control_token = data["control_token"]
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=data["sdp"], type=data["type"]))
         return data
 
@@ -118,14 +120,16 @@ class LivePeer:
 
     async def interrupt(self) -> None:
         async with httpx.AsyncClient(base_url=self.base_url, timeout=10) as client:
-            r = await client.post(f"/v1/sessions/{self.session_id}/interrupt")
+            r = await client.post(f"/v1/sessions/{self.session_id}/interrupt",
+                                  headers={"X-Control-Token": self.control_token})
         r.raise_for_status()
 
     async def close(self, goodbye: bool = True) -> None:
         if goodbye and self.session_id:
             async with httpx.AsyncClient(base_url=self.base_url, timeout=10) as client:
                 with contextlib.suppress(httpx.HTTPError):
-                    await client.delete(f"/v1/sessions/{self.session_id}")
+                    await client.delete(f"/v1/sessions/{self.session_id}",
+                                        headers={"X-Control-Token": self.control_token})
         for task in self._tasks:
             task.cancel()
         await self.pc.close()

@@ -287,9 +287,12 @@ def test_whip_offer_and_routes(server):
     assert r.status_code == 201, r.text
     assert r.headers["content-type"].startswith("application/sdp") and r.text.startswith("v=0")
     location = r.headers["location"]
-    assert r.headers["x-control-token"]
-    assert httpx.post(f"{server}{location}/interrupt").status_code == 204
-    assert httpx.delete(f"{server}{location}").status_code == 204
+    control = {"X-Control-Token": r.headers["x-control-token"]}
+    # Controlling a session needs its control token.
+    assert httpx.post(f"{server}{location}/interrupt").status_code == 401
+    assert httpx.post(f"{server}{location}/interrupt", headers=control).status_code == 204
+    assert httpx.delete(f"{server}{location}", headers={"X-Control-Token": "wrong"}).status_code == 401
+    assert httpx.delete(f"{server}{location}", headers=control).status_code == 204
     assert httpx.get(f"{server}/v1/ice-servers").json()["ice_servers"]
     assert "default" in [a["id"] for a in httpx.get(f"{server}/v1/avatars").json()["avatars"]]
     text = httpx.get(f"{server}/metrics").text
