@@ -321,6 +321,11 @@ class Session:
         ahead = index + 2
         if self._ready and self._last_mapped_tick < ahead and ahead not in self._idle_requested:
             self._request_idle(ahead)
+        if self._last_mapped_tick < index - 8 and self.stats.speaking:
+            # No input for a while (an agent finished, a mic paused): the speaker is idle.
+            self.stats.speaking = False
+            self.telemetry.speaking.dec()
+            self.publish({"type": "state", "state": "idle"})
         return self._hold, (audio if audio is not None else self._silence)
 
     def _request_idle(self, tick: int, urgent: bool = False) -> None:

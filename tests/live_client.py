@@ -69,9 +69,12 @@ class Received:
 class LivePeer:
     """Connects to a running server, sends the microphone, records the answer's tracks."""
 
-    def __init__(self, base_url: str, samples: np.ndarray, avatar_id: str | None = None) -> None:
+    def __init__(self, base_url: str, samples: np.ndarray | None = None, avatar_id: str | None = None,
+                 options: dict | None = None, headers: dict | None = None) -> None:
         self.base_url = base_url
-        self.mic = WavMicrophone(samples)
+        self.options = options
+        self.headers = headers or {}
+        self.mic = WavMicrophone(samples) if samples is not None else None
         self.avatar_id = avatar_id
         self.pc = RTCPeerConnection()
         self.received = Received()
@@ -81,7 +84,10 @@ class LivePeer:
         self._tasks: list[asyncio.Task] = []
 
     async def connect(self, data_channel: bool = False) -> dict:
-        self.pc.addTrack(self.mic)
+        if self.mic is not None:
+            self.pc.addTrack(self.mic)
+        else:  # an agent's session: the voice comes back, nothing is sent
+            self.pc.addTransceiver("audio", direction="recvonly")
         self.pc.addTransceiver("video", direction="recvonly")
         if data_channel:
             self.channel = self.pc.createDataChannel("control")
@@ -94,7 +100,9 @@ class LivePeer:
         body = {"sdp": self.pc.localDescription.sdp, "type": "offer"}
         if self.avatar_id:
             body["avatar_id"] = self.avatar_id
-        async with httpx.AsyncClient(base_url=self.base_url, timeout=30) as client:
+        if self.options:
+            body["options"] = self.options
+        async with httpx.AsyncClient(base_url=self.base_url, timeout=30, headers=self.headers) as client:
             answer = await client.post("/v1/sessions", json=body)
         answer.raise_for_status()
         data = answer.json()
@@ -119,14 +127,14 @@ class LivePeer:
                 store.append((now, mono))
 
     async def interrupt(self) -> None:
-        async with httpx.AsyncClient(base_url=self.base_url, timeout=10) as client:
+        async with httpx.AsyncClient(base_url=self.base_url, timeout=10, headers=self.headers) as client:
             r = await client.post(f"/v1/sessions/{self.session_id}/interrupt",
                                   headers={"X-Control-Token": self.control_token})
         r.raise_for_status()
 
     async def close(self, goodbye: bool = True) -> None:
         if goodbye and self.session_id:
-            async with httpx.AsyncClient(base_url=self.base_url, timeout=10) as client:
+            async with httpx.AsyncClient(base_url=self.base_url, timeout=10, headers=self.headers) as client:
                 with contextlib.suppress(httpx.HTTPError):
                     await client.delete(f"/v1/sessions/{self.session_id}",
                                         headers={"X-Control-Token": self.control_token})

@@ -1,0 +1,274 @@
+"""Production server: agent PCM over WebSocket, events, avatar uploads, admission control,
+auth and TLS, and a bounded fuzz of the HTTP API. Real server processes, real aiortc peers."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import random
+import time
+
+import httpx
+import numpy as np
+import pytest
+import websockets
+from PIL import Image
+
+from emo_stream.audio import load_audio
+from tests import bad_inputs, media
+from tests.live_client import RATE, LivePeer, audio_timeline, received_fps
+from tests.servers import run_server
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    data = tmp_path_factory.mktemp("data")
+    with run_server({"server": {"data_dir": str(data), "max_sessions": 4}}) as running:
+        running.data_dir = data
+        yield running
+
+
+def ws_url(base: str, path: str) -> str:
+    return base.replace("http", "ws", 1) + path
+
+
+def _pcm_s16(samples: np.ndarray) -> bytes:
+    return (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+def test_agent_pcm_plays_at_real_time_and_idles_between_utterances(server):
+    tts = load_audio(media.espeak_wav("weather"), sample_rate=24_000)  # ~4 s of "TTS" at 24 kHz
+
+    async def run():
+        peer = LivePeer(server.base, samples=None, options={"audio_source": "pcm", "name": "agent-1"})
+        answer = await peer.connect()
+        events = []
+        async with websockets.connect(ws_url(server.base, f"/v1/sessions/agent-1/audio?control_token="
+                                                          f"{answer['control_token']}")) as audio_ws, \
+                websockets.connect(ws_url(server.base, f"/v1/sessions/{answer['session_id']}/events?control_token="
+                                                       f"{answer['control_token']}")) as events_ws:
+
+            async def collect():
+                async for message in events_ws:
+                    events.append((time.monotonic(), json.loads(message)))
+
+            collector = asyncio.create_task(collect())
+            await asyncio.sleep(1.5)  # idle before the agent talks
+            await audio_ws.send(json.dumps({"type": "start", "sample_rate": 24_000, "channels": 1}))
+            assert json.loads(await audio_ws.recv())["for"] == "start"
+            sent_at = time.monotonic()
+            await audio_ws.send(_pcm_s16(tts))  # all of it at once: a burst
+            await audio_ws.send(json.dumps({"type": "flush"}))
+            assert json.loads(await audio_ws.recv())["for"] == "flush"
+            await asyncio.sleep(len(tts) / 24_000 + 2.5)
+            collector.cancel()
+        await peer.close()
+        return peer, sent_at, events
+
+    peer, sent_at, events = asyncio.run(run())
+    assert received_fps(peer.received) >= 24
+    t0, voice = audio_timeline(peer.received)
+    loud = np.flatnonzero(np.abs(voice) > 0.05)
+    first, last = t0 + loud[0] / RATE, t0 + loud[-1] / RATE
+    source_loud = np.flatnonzero(np.abs(tts) > 0.05)
+    duration = (source_loud[-1] - source_loud[0]) / 24_000
+    # Played at real time: the voice spans about its own duration, not the burst's few ms.
+    assert duration - 0.3 <= last - first <= duration + 0.3, (last - first, duration)
+    assert first - sent_at < 0.6
+    # Idle motion before the utterance: the picture keeps changing.
+    idle = [f.astype(np.int16) for t, f in peer.received.video if t < sent_at][-25:]
+    assert max(np.abs(f - idle[0]).mean() for f in idle[1:]) > 0.2
+    states = [e["state"] for _, e in events if e["type"] == "state"]
+    assert states[0] == "idle" and "speaking" in states and states[-1] == "idle", states
+    stats = [e for _, e in events if e["type"] == "stats"]
+    assert len(stats) >= 3 and all("fps" in s and "late_frames" in s for s in stats)
+
+
+def test_events_take_interrupt_and_pcm_interrupt_drops_the_queue(server):
+    tts = load_audio(media.espeak_wav("story"), sample_rate=16_000)
+
+    async def run():
+        peer = LivePeer(server.base, samples=None, options={"audio_source": "pcm"})
+        answer = await peer.connect()
+        token = answer["control_token"]
+        async with websockets.connect(ws_url(server.base, f"/v1/sessions/{answer['session_id']}/audio"
+                                                          f"?control_token={token}")) as audio_ws:
+            await audio_ws.send(json.dumps({"type": "start", "sample_rate": 16_000, "channels": 1}))
+            await audio_ws.recv()
+            await audio_ws.send(_pcm_s16(tts))
+            await asyncio.sleep(1.5)
+            async with websockets.connect(ws_url(server.base, f"/v1/sessions/{answer['session_id']}/events"
+                                                              f"?control_token={token}")) as events_ws:
+                await events_ws.send(json.dumps({"type": "interrupt"}))
+                t_int = time.monotonic()
+                while True:
+                    event = json.loads(await events_ws.recv())
+                    if event["type"] == "ack":
+                        break
+            await asyncio.sleep(1.5)
+        await peer.close()
+        return peer, t_int
+
+    peer, t_int = asyncio.run(run())
+    after = [a for t, a in peer.received.audio if t_int + 0.35 < t < t_int + 1.4]
+    before = [a for t, a in peer.received.audio if t_int - 1.0 < t < t_int]
+    assert np.sqrt(np.mean(np.concatenate(before) ** 2)) > 0.02
+    assert np.sqrt(np.mean(np.concatenate(after) ** 2)) < 0.005
+
+
+def test_mic_session_refuses_pcm_and_unknown_commands(server):
+    async def run():
+        peer = LivePeer(server.base, samples=np.zeros(RATE * 5, np.float32))
+        answer = await peer.connect()
+        url = ws_url(server.base, f"/v1/sessions/{answer['session_id']}/audio?control_token={answer['control_token']}")
+        async with websockets.connect(url) as ws:
+            error = json.loads(await ws.recv())
+        bad_token = ws_url(server.base, f"/v1/sessions/{answer['session_id']}/events?control_token=nope")
+        with pytest.raises(websockets.exceptions.InvalidStatus):
+            async with websockets.connect(bad_token):
+                pass
+        await peer.close()
+        return error
+
+    assert asyncio.run(run())["type"] == "error"
+
+
+def _png(rgb) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_avatar_upload_list_thumbnail_and_errors(server, tmp_path):
+    photo = _png(media.grace_hopper())
+    r = httpx.post(f"{server.base}/v1/avatars", files={"file": ("hopper.png", photo, "image/png")}, timeout=60)
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["faces"] == 1 and body["width"] == 512 and len(body["id"]) >= 32
+    again = httpx.post(f"{server.base}/v1/avatars", files={"file": ("same.png", photo, "image/png")}, timeout=60)
+    assert again.json()["id"] == body["id"]  # cached by content hash
+    listing = httpx.get(f"{server.base}/v1/avatars").json()["avatars"]
+    entry = next(a for a in listing if a["id"] == body["id"])
+    thumb = httpx.get(f"{server.base}{entry['thumbnail_url']}")
+    assert thumb.headers["content-type"] == "image/jpeg" and Image.open(io.BytesIO(thumb.content)).size == (160, 160)
+    for builder, status, code in [(bad_inputs.text_file, 415, "not_an_image"),
+                                  (bad_inputs.no_face_png, 422, "no_face_found"),
+                                  (bad_inputs.png_bomb, 413, "image_too_large")]:
+        path = builder(tmp_path)
+        r = httpx.post(f"{server.base}/v1/avatars", files={"file": (path.name, path.read_bytes())}, timeout=60)
+        assert (r.status_code, r.json()["error"]["code"]) == (status, code), r.text
+    assert httpx.post(f"{server.base}/v1/avatars", data={"x": "1"}).status_code == 400
+    # A session with the upload.
+    async def run():
+        peer = LivePeer(server.base, np.zeros(RATE * 3, np.float32), avatar_id=body["id"])
+        await peer.connect()
+        await asyncio.sleep(2.0)
+        await peer.close()
+        return peer
+
+    assert received_fps(asyncio.run(run()).received, skip_s=0.5) >= 20
+    assert (server.data_dir / "avatars" / body["id"] / "meta.json").is_file()
+
+
+def test_uploads_survive_a_restart(tmp_path):
+    data = tmp_path / "data"
+    with run_server({"server": {"data_dir": str(data)}}) as first:
+        r = httpx.post(f"{first.base}/v1/avatars", files={"file": ("a.png", _png(media.astronaut()[:, ::-1].copy()))},
+                       timeout=60)
+        avatar_id = r.json()["id"]
+    with run_server({"server": {"data_dir": str(data)}}) as second:
+        ids = [a["id"] for a in httpx.get(f"{second.base}/v1/avatars").json()["avatars"]]
+        assert avatar_id in ids
+
+
+def test_admission_control_refuses_with_503_and_running_sessions_keep_their_rate():
+    with run_server({"server": {"max_sessions": 1}}) as srv:
+        async def run():
+            first = LivePeer(srv.base, np.zeros(RATE * 8, np.float32))
+            await first.connect()
+            await asyncio.sleep(1.0)
+            second = LivePeer(srv.base, np.zeros(RATE * 2, np.float32))
+            with pytest.raises(httpx.HTTPStatusError) as info:
+                await second.connect()
+            await second.pc.close()
+            await asyncio.sleep(3.0)
+            await first.close()
+            return first, info.value.response
+
+        first, refused = asyncio.run(run())
+        assert refused.status_code == 503 and int(refused.headers["retry-after"]) > 0
+        assert refused.json()["error"]["code"] == "overloaded"
+        assert received_fps(first.received) >= 24
+
+
+def test_token_auth_and_tls(tmp_path):
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    with run_server(args=["--token", "s3cret", "--tls-cert", str(cert_path), "--tls-key", str(key_path)],
+                    scheme="https", verify=False) as srv:
+        get = lambda path, **kw: httpx.get(f"{srv.base}{path}", verify=False, **kw)  # noqa: E731
+        assert get("/healthz").status_code == 200
+        assert get("/v1/avatars").status_code == 401
+        assert get("/v1/avatars").json()["error"]["code"] == "unauthorized"
+        assert get("/v1/avatars", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert get("/v1/avatars", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert get("/v1/avatars?token=s3cret").status_code == 200
+
+
+def test_non_loopback_bind_needs_a_token():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "server.cli", "serve", "--host", "0.0.0.0", "--port", "0"],
+                            capture_output=True, text=True, cwd=media.REPO, timeout=60,
+                            env={**__import__("os").environ, "EMO_STREAM_TOKEN": ""})
+    assert result.returncode == 2 and result.stderr.strip().startswith("error: binding 0.0.0.0")
+
+
+def test_api_fuzz_never_500(server):
+    """Random bodies, headers and paths: always a JSON 4xx, never a 500, and the server stays up."""
+    rng = random.Random(1234)
+    atoms = ["", "{", "}", "[]", "null", '"x"', "0", "-1", "1e999", "\x00", "v=0", "m=audio", "\ud800", "é" * 50]
+    paths = ["/v1/sessions", "/v1/avatars", "/v1/sessions/x/interrupt", "/v1/sessions/x", "/v1/ice-servers",
+             "/v1/avatars/x/thumbnail", "/v1/sessions/%00", "/v1/" + "a" * 300]
+    statuses = []
+    with httpx.Client(base_url=server.base, timeout=30) as client:
+        for _ in range(150):
+            path = rng.choice(paths)
+            method = rng.choice(["GET", "POST", "DELETE", "PUT"])
+            kind = rng.random()
+            if kind < 0.3:
+                content = "".join(rng.choice(atoms) for _ in range(rng.randint(0, 6))).encode("utf-8", "replace")
+                headers = {"content-type": rng.choice(["application/json", "application/sdp", "text/plain"])}
+                r = client.request(method, path, content=content, headers=headers)
+            elif kind < 0.6:
+                body = {rng.choice(["sdp", "type", "avatar_id", "options", "avatar"]): rng.choice(
+                    [None, 1, "offer", [], {}, {"size": "big"}, "v=0\r\nm=audio 9 x"]) for _ in range(3)}
+                r = client.request(method, path, json=body)
+            else:
+                blob = bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 2000)))
+                r = client.request(method, path, files={rng.choice(["file", "other"]): ("f.png", blob)})
+            statuses.append(r.status_code)
+            assert r.status_code < 500, (method, path, r.status_code, r.text[:200])
+            if r.status_code >= 400:
+                assert "error" in r.json(), r.text[:200]
+        assert client.get("/healthz").status_code == 200
+    assert any(400 <= s < 500 for s in statuses)
