@@ -182,7 +182,19 @@ def _bearer(request: Request | WebSocket) -> str | None:
     return header[7:].strip() if header.lower().startswith("bearer ") else None
 
 
-CLIENT_DIR = Path(__file__).resolve().parent.parent / "client_web"
+def _client_dir() -> Path:
+    """The web pages: ``$EMO_STREAM_CLIENT_DIR``, else beside the package (a checkout or an
+    editable install), else ``./client_web`` (a container's working directory)."""
+    import os
+
+    for candidate in (os.environ.get("EMO_STREAM_CLIENT_DIR"), Path(__file__).resolve().parent.parent / "client_web",
+                      Path.cwd() / "client_web"):
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate)
+    return Path(__file__).resolve().parent.parent / "client_web"
+
+
+CLIENT_DIR = _client_dir()
 
 
 def _page(name: str) -> Response:

@@ -31,7 +31,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     config_path = args.config or (REPO_DEFAULT_CONFIG if REPO_DEFAULT_CONFIG.is_file() else None)
     config = load_config(config_path, {"server.host": args.host, "server.port": args.port,
-                                       "server.token": args.token})
+                                       "server.token": args.token or None, "server.data_dir": args.data_dir})
     if config.server.host not in ("127.0.0.1", "localhost", "::1") and not config.server.token:
         raise ConfigError(f"binding {config.server.host} exposes the server: set a token "
                           "(--token T or EMO_STREAM_TOKEN) or bind 127.0.0.1")
@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port (default 8080)")
     serve.add_argument("--token", help="require this bearer token on /v1 (env EMO_STREAM_TOKEN)",
                        default=os.environ.get("EMO_STREAM_TOKEN"))
+    serve.add_argument("--data-dir", help="where uploaded avatars are kept (default ~/.cache/emo-stream)")
     serve.add_argument("--tls-cert", help="TLS certificate (PEM)")
     serve.add_argument("--tls-key", help="TLS private key (PEM)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
