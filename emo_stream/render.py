@@ -23,12 +23,13 @@ import av
 from emo_stream.animators import create_animator
 from emo_stream.audio.decode import OUTPUT_SAMPLE_RATE, iter_audio, probe_audio
 from emo_stream.avatar import AvatarLimits, prepare_avatar
-from emo_stream.compositing import composite, parse_background
+from emo_stream.compositing import Background, composite, parse_background, rgba
 from emo_stream.errors import ConfigError, OutputError
 from emo_stream.streaming import AudioWindowBuffer, samples_per_frame
 
 ENGINE_RATE = 16_000
 OUTPUT_SUFFIXES = (".mp4", ".mov", ".mkv")
+ALPHA_SUFFIXES = (".mov", ".webm")  # ProRes 4444 in MOV, VP9 with alpha in WebM
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class RenderOptions:
     background: str = "original"
     checkpoint: Path | None = None
     crf: int = 20
+    alpha: bool = False
 
     def validate(self) -> None:
         if not (64 <= self.size <= 2048 and self.size % 2 == 0):
@@ -49,7 +51,11 @@ class RenderOptions:
             raise ConfigError(f"--fps must divide 16000 (e.g. 25, 20, 40, 50), got {self.fps}")
         if not 0.0 <= self.motion <= 3.0:
             raise ConfigError(f"--motion must be in 0..3, got {self.motion}")
-        parse_background(self.background)
+        background = parse_background(self.background)
+        if background.kind == "transparent" and not self.alpha:
+            raise ConfigError("--background transparent needs --alpha (ProRes 4444 .mov or VP9 .webm)")
+        if self.alpha and background.kind == "colour":
+            raise ConfigError("--alpha keeps the background transparent: leave --background out (or original)")
 
 
 @dataclass(frozen=True)
@@ -67,10 +73,12 @@ class RenderSummary:
         return asdict(self)
 
 
-def check_output_path(output: Path) -> None:
+def check_output_path(output: Path, alpha: bool = False) -> None:
     """Refuse an output we cannot write before doing any work."""
-    if output.suffix.lower() not in OUTPUT_SUFFIXES:
-        raise OutputError(f"output must end in {', '.join(OUTPUT_SUFFIXES)}: {output}")
+    suffixes = ALPHA_SUFFIXES if alpha else OUTPUT_SUFFIXES
+    if output.suffix.lower() not in suffixes:
+        what = "with --alpha, output" if alpha else "output"
+        raise OutputError(f"{what} must end in {', '.join(suffixes)}: {output}")
     folder = output.parent if str(output.parent) else Path(".")
     if not folder.is_dir():
         raise OutputError(f"output folder does not exist: {folder}")
@@ -85,8 +93,8 @@ class _AudioTrack:
     """Feeds the 48 kHz audio to the AAC encoder in one-frame slices, pts from 0 (the muxer
     then trims the encoder's priming samples, PLATFORM.md)."""
 
-    def __init__(self, container: av.container.OutputContainer, audio: Path, fps: int) -> None:
-        self.stream = container.add_stream("aac", rate=OUTPUT_SAMPLE_RATE, layout="mono")
+    def __init__(self, container: av.container.OutputContainer, audio: Path, fps: int, codec: str = "aac") -> None:
+        self.stream = container.add_stream(codec, rate=OUTPUT_SAMPLE_RATE, layout="mono")
         self.stream.bit_rate = 96_000
         self._source = iter_audio(audio, sample_rate=OUTPUT_SAMPLE_RATE,
                                   chunk_samples=samples_per_frame(OUTPUT_SAMPLE_RATE, fps))
@@ -113,9 +121,34 @@ class _AudioTrack:
 _END = object()
 
 
-def _animate_into(animator, state, audio: Path, fps: int, background, out: queue.Queue,
-                  stop: threading.Event) -> None:
+def _video_stream(container: av.container.OutputContainer, output: Path, options: RenderOptions):
+    """(stream, input pixel format, audio codec) for the output: H.264 + AAC, or with ``alpha``
+    ProRes 4444 + AAC in MOV or VP9 with alpha + Opus in WebM."""
+    if not options.alpha:
+        video = container.add_stream("libx264", rate=options.fps)
+        video.width = video.height = options.size
+        video.pix_fmt = "yuv420p"
+        video.options = {"crf": str(options.crf), "preset": "veryfast", "tune": "animation"}
+        return video, "rgb24", "aac"
+    if output.suffix.lower() == ".webm":
+        video = container.add_stream("libvpx-vp9", rate=options.fps)
+        video.width = video.height = options.size
+        video.pix_fmt = "yuva420p"
+        video.options = {"crf": "30", "b": "0", "deadline": "realtime", "cpu-used": "8", "row-mt": "1"}
+        return video, "rgba", "libopus"
+    video = container.add_stream("prores_ks", rate=options.fps)
+    video.width = video.height = options.size
+    video.pix_fmt = "yuva444p10le"
+    video.options = {"profile": "4", "vendor": "apl0"}  # profile 4 = ProRes 4444
+    return video, "rgba", "aac"
+
+
+def _animate_into(animator, state, audio: Path, fps: int, background: Background, alpha: bool,
+                  out: queue.Queue, stop: threading.Event) -> None:
     """Decode at 16 kHz, animate and composite; hand each picture (or the error) to ``out``."""
+
+    def picture(frame):
+        return rgba(frame) if alpha else composite(frame, background)
 
     def put(item) -> None:
         while not stop.is_set():
@@ -131,14 +164,14 @@ def _animate_into(animator, state, audio: Path, fps: int, background, out: queue
         for chunk in iter_audio(audio, sample_rate=ENGINE_RATE, chunk_samples=spf * 25):
             for window in buffer.push(chunk):
                 for frame in animator.feed(window, state):
-                    put(composite(frame, background))
+                    put(picture(frame))
                 if stop.is_set():
                     return
         for window in buffer.flush():
             for frame in animator.feed(window, state):
-                put(composite(frame, background))
+                put(picture(frame))
         for frame in animator.flush(state):
-            put(composite(frame, background))
+            put(picture(frame))
         put(_END)
     except BaseException as exc:  # handed to the encoding thread, which raises it
         put(exc)
@@ -165,7 +198,7 @@ def render_file(image: str | Path, audio: str | Path, output: str | Path,
     options.validate()
     background = parse_background(options.background)
     output = Path(output)
-    check_output_path(output)
+    check_output_path(output, options.alpha)
     audio = Path(audio)
     info = probe_audio(audio)  # typed errors for a missing or unreadable file, before any work
     animator = create_animator(options.backend, size=options.size, fps=options.fps, motion=options.motion,
@@ -180,17 +213,15 @@ def render_file(image: str | Path, audio: str | Path, output: str | Path,
     frames = 0
     try:
         with av.open(str(tmp), "w") as container, _progress(expected_frames, progress) as bar:
-            video = container.add_stream("libx264", rate=options.fps)
-            video.width = video.height = options.size
-            video.pix_fmt = "yuv420p"
-            video.options = {"crf": str(options.crf), "preset": "veryfast", "tune": "animation"}
-            track = _AudioTrack(container, audio, options.fps)
+            video, pixel_format, audio_codec = _video_stream(container, output, options)
+            track = _AudioTrack(container, audio, options.fps, audio_codec)
             frames_out: queue.Queue = queue.Queue(maxsize=16)
             stop = threading.Event()
             # Animation runs on its own thread while this one encodes: numpy, OpenCV and the
             # codecs release the GIL, so the two stages share the machine's cores.
             producer = threading.Thread(target=_animate_into, name="render-animate", daemon=True,
-                                        args=(animator, state, audio, options.fps, background, frames_out, stop))
+                                        args=(animator, state, audio, options.fps, background, options.alpha,
+                                              frames_out, stop))
             producer.start()
             try:
                 while True:
@@ -199,7 +230,7 @@ def render_file(image: str | Path, audio: str | Path, output: str | Path,
                         break
                     if isinstance(item, BaseException):
                         raise item
-                    vf = av.VideoFrame.from_ndarray(item, format="rgb24")
+                    vf = av.VideoFrame.from_ndarray(item, format=pixel_format)
                     vf.pts = frames
                     vf.time_base = Fraction(1, options.fps)
                     container.mux(video.encode(vf))

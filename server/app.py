@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from emo_stream.animators import create_animator
 from emo_stream.avatar import AvatarLimits
+from emo_stream.compositing import parse_background
 from emo_stream.config import Config
 from emo_stream.errors import (
     EmoStreamError,
@@ -147,8 +148,7 @@ class Engine:
             raise RequestError(f"options.audio_source must be 'mic' or 'pcm', got {body.audio_source!r}")
         if body.name is not None and self.sessions.by_name(body.name) is not None:
             raise RequestError(f"a session named {body.name!r} is running: join it by name or pick another")
-        if body.background != "original":
-            raise RequestError("options.background other than 'original' is not supported by this server yet")
+        parse_background(body.background)  # a ConfigError (400) names a bad value
         self.admit()
         avatar = await asyncio.to_thread(self.avatars.get, avatar_id or DEFAULT_AVATAR_ID)
         options = SessionOptions(size=a.size, fps=a.fps, backend=a.backend, background=body.background,

@@ -28,6 +28,7 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcrtpsender import RTCRtpSender
 
+from emo_stream.compositing import parse_background
 from emo_stream.errors import InvalidSdpError, RequestError, SessionNotFoundError
 from emo_stream.streaming import AudioWindowBuffer
 from emo_stream.types import AudioWindow, Avatar, Frame
@@ -111,7 +112,8 @@ class Session:
         self._audio_out: dict[int, np.ndarray] = {}
         self._frames: dict[int, Frame] = {}
         self._idle_requested: set[int] = set()
-        self._hold = avatar.image
+        self.background = parse_background(options.background)
+        self._hold = self._first_picture(avatar)
         self._silence = np.zeros(OUTPUT_RATE // options.fps, np.float32)
         self._win48 = AudioWindowBuffer(OUTPUT_RATE, options.fps)
         self._win16 = AudioWindowBuffer(ENGINE_RATE, options.fps)
@@ -138,6 +140,14 @@ class Session:
         config = RTCConfiguration(iceServers=[RTCIceServer(urls=u) for u in ice_servers]) if ice_servers else None
         self.pc = RTCPeerConnection(configuration=config)
         self.on_close: list = []
+
+    def _first_picture(self, avatar: Avatar) -> np.ndarray:
+        """What the track shows before the first frame is animated."""
+        if self.background.kind == "colour":
+            return np.broadcast_to(np.asarray(self.background.colour, np.uint8), avatar.image.shape).copy()
+        if self.background.kind == "transparent":
+            return np.zeros((avatar.size, 2 * avatar.size, 3), np.uint8)
+        return avatar.image
 
     # ------------------------------------------------------------------ signalling
     async def accept(self, offer_sdp: str, offer_type: str = "offer") -> RTCSessionDescription:
@@ -205,7 +215,7 @@ class Session:
         loop = asyncio.get_running_loop()
         prepared = loop.create_future()
         self.worker.submit(Job(session_id=self.id, generation=self.generation, kind="prepare", avatar=self.avatar,
-                               seed=self.options.seed, vad_factory=self._vad_factory,
+                               seed=self.options.seed, vad_factory=self._vad_factory, background=self.background,
                                done=lambda ok: prepared.done() or prepared.set_result(ok)), urgent=True)
         self.clock.start()
         self._tasks.append(asyncio.create_task(self._await_ready(prepared), name=f"ready-{self.id[:6]}"))

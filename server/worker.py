@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from emo_stream.compositing import Background, composite
 from emo_stream.types import AudioWindow, Avatar, Frame
 from server.vad import SpeechGate, VoiceActivityDetector
 
@@ -30,6 +31,14 @@ class EngineSession:
     state: Any
     vad: VoiceActivityDetector | None
     gate: SpeechGate = field(default_factory=SpeechGate)
+    background: Background = field(default_factory=Background)
+
+    def picture(self, frame: Frame) -> Frame:
+        """The frame as it is sent: composited on the session's background, here on the worker
+        thread (a few ms per frame that must not run on the event loop)."""
+        if self.background.kind == "original":
+            return frame
+        return Frame(rgb=composite(frame, self.background), pts=frame.pts)
 
 
 @dataclass
@@ -47,6 +56,7 @@ class Job:
     pts: int = 0
     avatar: Avatar | None = None
     seed: int = 0
+    background: Background = field(default_factory=Background)
     vad_factory: Callable[[], VoiceActivityDetector] | None = None
     done: Callable[[Any], None] | None = None
     submitted: float = field(default_factory=time.perf_counter)
@@ -186,7 +196,7 @@ class InferenceWorker:
         if first.kind == "prepare":
             state = self.animator.prepare(first.avatar, seed=first.seed)
             vad = first.vad_factory() if first.vad_factory else None
-            self._sessions[first.session_id] = EngineSession(state=state, vad=vad)
+            self._sessions[first.session_id] = EngineSession(state=state, vad=vad, background=first.background)
             self._deliver(first, True)
             return
         if first.kind == "reset":
@@ -201,7 +211,7 @@ class InferenceWorker:
         if first.kind == "idle":
             engine = self._sessions.get(first.session_id)
             if engine is not None and not self._stale(first):
-                self._deliver(first, self.animator.idle(engine.state, first.pts))
+                self._deliver(first, engine.picture(self.animator.idle(engine.state, first.pts)))
             return
         # feed: VAD per window, then one batched animator call
         items, jobs, vad_info = [], [], []
@@ -224,5 +234,7 @@ class InferenceWorker:
         animate_s = (time.perf_counter() - t0) / len(items)
         self.last_batch = len(items)
         for job, frames, (speaking, prob, vad_s) in zip(jobs, outputs, vad_info, strict=True):
+            engine = self._sessions[job.session_id]
+            frames = [engine.picture(f) for f in frames]
             self._deliver(job, FeedResult(frames=frames, speaking=speaking, speech_probability=prob,
                                           animate_s=animate_s, vad_s=vad_s, queued_s=t0 - job.submitted))

@@ -272,3 +272,25 @@ def test_api_fuzz_never_500(server):
                 assert "error" in r.json(), r.text[:200]
         assert client.get("/healthz").status_code == 200
     assert any(400 <= s < 500 for s in statuses)
+
+
+@pytest.mark.parametrize("background", ["green", "#ff00ff", "transparent"])
+def test_session_backgrounds(server, background):
+    async def run():
+        peer = LivePeer(server.base, np.zeros(RATE * 3, np.float32), options={"background": background})
+        await peer.connect()
+        await asyncio.sleep(2.0)
+        await peer.close()
+        return peer
+
+    frame = asyncio.run(run()).received.video[-1][1].astype(int)
+    h, w = frame.shape[:2]
+    if background == "transparent":
+        assert w == 2 * h  # picture | matte
+        matte = frame[:, h:].mean(axis=2)
+        assert matte[5, 5] < 30 and matte[h // 2, h // 2] > 225  # background corner clear, face opaque
+    else:
+        colour = (0, 177, 64) if background == "green" else (255, 0, 255)
+        assert w == h and np.abs(frame[4, 4] - colour).max() < 30, frame[4, 4]
+    assert httpx.post(f"{server.base}/v1/sessions", json={"sdp": "v=0\r\nm=audio", "type": "offer",
+                                                          "options": {"background": "plaid"}}).status_code == 400

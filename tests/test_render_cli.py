@@ -176,3 +176,35 @@ def test_interrupted_render_leaves_no_output(tmp_path, portrait):
     assert proc.returncode != 0
     assert "Traceback" not in err
     assert not out.exists() and not list(tmp_path.glob(".cut.*"))
+
+
+def test_render_backgrounds_and_alpha(tmp_path, portrait):
+    speech = media.espeak_wav("hello")
+    green = tmp_path / "green.mp4"
+    result = cli("render", "--image", str(portrait), "--audio", str(speech), "-o", str(green), "--size", "128",
+                 "--background", "green")
+    assert result.returncode == 0, result.stderr
+    with av.open(str(green)) as c:
+        frame = next(c.decode(video=0)).to_ndarray(format="rgb24").astype(int)
+    assert np.abs(frame[3, 3] - (0, 177, 64)).max() < 25
+
+    overlay = tmp_path / "overlay.mov"
+    result = cli("render", "--image", str(portrait), "--audio", str(speech), "-o", str(overlay), "--size", "128",
+                 "--alpha")
+    assert result.returncode == 0, result.stderr
+    with av.open(str(overlay)) as c:
+        assert c.streams.video[0].codec_context.name == "prores"
+        rgba = next(c.decode(video=0)).to_ndarray(format="rgba")
+    assert rgba[2, 2, 3] < 20 and rgba[64, 64, 3] > 235  # clear background, opaque face
+
+    webm = tmp_path / "overlay.webm"
+    result = cli("render", "--image", str(portrait), "--audio", str(speech), "-o", str(webm), "--size", "128",
+                 "--alpha")
+    assert result.returncode == 0, result.stderr
+    with av.open(str(webm)) as c:
+        assert c.streams.video[0].metadata.get("alpha_mode") == "1"
+
+    _assert_one_line_error(cli("render", "--image", str(portrait), "--audio", str(speech), "-o",
+                               str(tmp_path / "x.mp4"), "--alpha"), "--alpha")
+    _assert_one_line_error(cli("render", "--image", str(portrait), "--audio", str(speech), "-o",
+                               str(tmp_path / "y.mp4"), "--background", "transparent"), "--alpha")
