@@ -146,11 +146,18 @@ class Engine:
             raise RequestError(f"options.backend {body.backend!r} is not offered: this server runs {a.backend!r}")
         if body.audio_source not in ("mic", "pcm"):
             raise RequestError(f"options.audio_source must be 'mic' or 'pcm', got {body.audio_source!r}")
-        if body.name is not None and self.sessions.by_name(body.name) is not None:
-            raise RequestError(f"a session named {body.name!r} is running: join it by name or pick another")
+        if body.name is not None and not (0 < len(body.name) <= 64 and body.name.replace("-", "").replace("_", "")
+                                              .isalnum()):
+            raise RequestError("options.name must be 1-64 letters, digits, '-' or '_'")
         parse_background(body.background)  # a ConfigError (400) names a bad value
-        self.admit()
+        if not (body.name and self.sessions.by_name(body.name)):  # a takeover adds no load
+            self.admit()
         avatar = await asyncio.to_thread(self.avatars.get, avatar_id or DEFAULT_AVATAR_ID)
+        previous = self.sessions.by_name(body.name) if body.name else None
+        if previous is not None:
+            # A page that reloads (an OBS source, a server restart) takes its name back; the
+            # agent keeps addressing the session by that name.
+            await previous.close(reason="taken over by a new session of the same name")
         options = SessionOptions(size=a.size, fps=a.fps, backend=a.backend, background=body.background,
                                  audio_source=body.audio_source, name=body.name,
                                  seed=body.seed if body.seed is not None else a.seed)
