@@ -27,7 +27,8 @@ class ServerConfig:
     token: str | None = None
     data_dir: str = "~/.cache/emo-stream"
     max_sessions: int = 6
-    ice_servers: list[str] = field(default_factory=lambda: ["stun:stun.l.google.com:19302"])
+    # Loopback needs none; a public deployment lists its STUN/TURN servers here.
+    ice_servers: list[str] = field(default_factory=list)
 
     def validate(self, prefix: str) -> None:
         _check(0 <= self.port <= 65535, f"{prefix}.port", f"must be 0..65535, got {self.port}")

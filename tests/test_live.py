@@ -293,7 +293,7 @@ def test_whip_offer_and_routes(server):
     assert httpx.post(f"{server}{location}/interrupt", headers=control).status_code == 204
     assert httpx.delete(f"{server}{location}", headers={"X-Control-Token": "wrong"}).status_code == 401
     assert httpx.delete(f"{server}{location}", headers=control).status_code == 204
-    assert httpx.get(f"{server}/v1/ice-servers").json()["ice_servers"]
+    assert isinstance(httpx.get(f"{server}/v1/ice-servers").json()["ice_servers"], list)
     assert "default" in [a["id"] for a in httpx.get(f"{server}/v1/avatars").json()["avatars"]]
     text = httpx.get(f"{server}/metrics").text
     for name in ("emo_stream_sessions_active", "emo_stream_frames_sent_total", "emo_stream_frames_late_total",

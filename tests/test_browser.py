@@ -1,0 +1,346 @@
+"""The demo page in a real headless Chromium (Selenium) against a real server process.
+
+The browser's microphone is a WAV of espeak-ng speech (Chromium's fake capture device); what
+the page receives is measured inside the page: frames drawn from the <video> into a canvas, and
+the returned voice's level through a WebAudio AnalyserNode on the remote stream.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests import browser, media
+
+pytestmark = [pytest.mark.timeout(180)]
+
+_why_not = browser.missing_browser()
+if _why_not:
+    pytest.skip(_why_not, allow_module_level=True)
+
+from selenium.webdriver.common.keys import Keys  # noqa: E402  (after the skip: selenium may be missing)
+
+# One sentence with no punctuation: espeak leaves no pause of 200 ms in it, so after an interrupt
+# the server keeps ignoring the rest of it (it waits for the speaker to pause).
+LONG_SENTENCE = ("the weather today is bright and sunny with a gentle breeze from the west and a small robot "
+                 "learned to paint portraits of everyone it met")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("emo-data")
+    with browser.run_server(extra_args=("--data-dir", str(data_dir))) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def hello_mic() -> Path:
+    """1 s of silence, "Hello there! ...", 0.5 s of silence; looped by Chromium."""
+    return browser.mic_wav(media.silence_then_speech("hello"), "hello")
+
+
+@pytest.fixture(scope="module")
+def long_mic() -> Path:
+    """2 s of silence, then ~8 s of unbroken speech, then silence (played once: %noloop)."""
+    speech = media.espeak_wav(LONG_SENTENCE)
+    return media.sox("mic48-long-sentence.wav", "-q", str(speech), "-r", "48000", "-c", "1", "-b", "16",
+                     "-e", "signed-integer", "{out}", "pad", "2.0", "4.0")
+
+
+def metric(base: str, name: str) -> float:
+    text = httpx.get(f"{base}/metrics", timeout=5).text
+    match = re.search(rf"^{name} ([0-9.e+-]+)$", text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def open_page(driver, base: str, query: str = "") -> None:
+    driver.get(f"{base}/{query}")
+    browser.wait_for(lambda: driver.execute_script("return document.body.dataset.ready === 'true'"), 15,
+                     "the page to list the portraits")
+
+
+def page_state(driver) -> str:
+    return driver.execute_script("return document.getElementById('state').dataset.state")
+
+
+def selected_avatar(driver) -> str | None:
+    return driver.execute_script(
+        "const b = document.querySelector('#gallery [aria-checked=\"true\"]'); return b && b.dataset.id;")
+
+
+def start_and_wait_for_video(driver) -> None:
+    driver.find_element("id", "start").click()
+    browser.wait_for(lambda: page_state(driver) in ("idle", "speaking"), 30, "the session to connect")
+    browser.wait_for(lambda: driver.execute_script(
+        "const v = document.getElementById('video'); return v.videoWidth > 0 && v.currentTime > 0;"),
+        15, "the video to play")
+
+
+def grab(driver) -> np.ndarray | None:
+    pixels = driver.execute_script(browser.GRAB_FRAME_JS)
+    return None if pixels is None else np.asarray(pixels, np.float32).reshape(64, 64)
+
+
+def no_errors(driver) -> None:
+    assert browser.console_errors(driver) == []
+    assert browser.page_errors(driver) == []
+
+
+def test_page_loads_clean_with_the_default_avatar_selected(server):
+    with browser.chromium() as driver:
+        open_page(driver, server)
+        no_errors(driver)
+        assert selected_avatar(driver) == "default"
+        assert driver.find_element("id", "start").is_enabled()
+        assert not driver.find_element("id", "stop").is_enabled()
+        assert page_state(driver) == "offline"
+        # Thumbnails (when the server has them) really load.
+        broken = driver.execute_script(
+            "return [...document.querySelectorAll('#gallery img')].filter(i => i.complete && !i.naturalWidth).length;")
+        assert broken == 0
+        # Every control has a name, status and errors are live regions.
+        unnamed = driver.execute_script(
+            "return [...document.querySelectorAll('button, input')].filter(e => !(e.getAttribute('aria-label')"
+            " || e.textContent.trim() || (e.labels && e.labels.length))).map(e => e.outerHTML);")
+        assert unnamed == []
+        assert driver.find_element("id", "status").get_attribute("aria-live") == "polite"
+        assert driver.find_element("id", "errors").get_attribute("role") == "alert"
+        # Phone width: nothing sticks out sideways.
+        driver.set_window_size(375, 800)
+        time.sleep(0.3)
+        overflow = driver.execute_script("return document.documentElement.scrollWidth - window.innerWidth;")
+        assert overflow <= 0, overflow
+        no_errors(driver)
+        # Uncaught errors and unhandled rejections show in the page, not only in the console.
+        driver.execute_script(  # as page code: a <script> of the page's own
+            "const s = document.createElement('script');"
+            "s.textContent = \"setTimeout(() => { throw new Error('boom'); }); Promise.reject(new Error('nope'));\";"
+            "document.body.append(s);")
+        browser.wait_for(lambda: len(browser.page_errors(driver)) == 2, 3, "the errors in the page")
+        shown = browser.page_errors(driver)
+        assert all(m.startswith("Something went wrong in the page") for m in shown), shown
+        assert any("boom" in m for m in shown) and any("nope" in m for m in shown), shown
+
+
+def test_start_plays_the_portrait_and_it_moves_while_the_mic_speaks(server, hello_mic):
+    with browser.chromium(hello_mic) as driver:
+        open_page(driver, server)
+        start_and_wait_for_video(driver)
+        assert driver.find_element("id", "stop").is_enabled()
+        t0 = driver.execute_script("return document.getElementById('video').currentTime")
+        # ~5 s of frames (the clip loops: 1 s silence, ~4 s speech, 0.5 s silence).
+        frames, states = [], []
+        end = time.monotonic() + 5.0
+        while time.monotonic() < end:
+            frame = grab(driver)
+            if frame is not None:
+                frames.append(frame)
+                states.append(page_state(driver))
+            time.sleep(0.08)
+        t1 = driver.execute_script("return document.getElementById('video').currentTime")
+        width = driver.execute_script("return document.getElementById('video').videoWidth")
+        assert width > 0 and t1 - t0 > 3.0, (t0, t1)
+        diffs = [float(np.abs(b - a).mean()) for a, b in zip(frames, frames[1:], strict=False)]
+        speaking = [d for d, s in zip(diffs, states[1:], strict=False) if s == "speaking"]
+        idle = [d for d, s in zip(diffs, states[1:], strict=False) if s == "idle"]
+        print(f"{len(frames)} frames; mean |diff| of successive samples (0..255): while speaking "
+              f"{np.mean(speaking) if speaking else float('nan'):.2f} over {len(speaking)} pairs, idle "
+              f"{np.mean(idle) if idle else float('nan'):.2f} over {len(idle)} pairs")
+        assert "speaking" in states, states
+        assert len(speaking) >= 5
+        assert np.mean(speaking) > 0.8, speaking  # the picture changes while the voice comes back
+        if len(idle) >= 4:
+            assert np.mean(speaking) > 1.3 * np.mean(idle), (speaking, idle)
+        # The stats panel fills in from getStats() and the server's events.
+        browser.wait_for(lambda: driver.find_element("id", "stat-fps").text not in ("", "—"), 5, "fps in the panel")
+        fps = float(driver.find_element("id", "stat-fps").text)
+        rtt = driver.find_element("id", "stat-rtt").text
+        latency = driver.find_element("id", "stat-latency").text
+        late = driver.find_element("id", "stat-late").text
+        extra = driver.find_element("id", "stat-extra").text
+        print(f"panel: fps {fps}, rtt {rtt} ms, latency {latency} ms, late {late}; {extra}")
+        assert fps > 5 and rtt != "—" and latency.startswith("≈") and late.isdigit()
+        assert metric(server, "emo_stream_sessions_active") == 1
+        no_errors(driver)
+        driver.find_element("id", "stop").click()
+        browser.wait_for(lambda: metric(server, "emo_stream_sessions_active") == 0, 5, "the session to be deleted")
+        assert page_state(driver) == "offline"
+        no_errors(driver)
+
+
+def _upload_route_exists(base: str) -> bool:
+    return httpx.post(f"{base}/v1/avatars", timeout=10).status_code not in (404, 405)
+
+
+def _thumbnail(base: str, avatar_id: str) -> np.ndarray:
+    import cv2
+
+    data = httpx.get(f"{base}/v1/avatars/{avatar_id}/thumbnail", timeout=10).content
+    grey = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+    return cv2.resize(grey, (64, 64), interpolation=cv2.INTER_AREA).astype(np.float32)
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+
+
+def test_upload_errors_then_a_portrait_that_becomes_the_live_avatar(server, hello_mic, tmp_path):
+    if not _upload_route_exists(server):
+        pytest.skip("this server has no POST /v1/avatars yet")
+    not_image = tmp_path / "holiday.png"
+    not_image.write_text("this is a text file, not a picture\n")
+    faceless = media.save_png(np.tile(np.linspace(40, 220, 400, dtype=np.uint8)[None, :, None], (300, 1, 3)),
+                              "gradient-no-face.png")
+    portrait = media.save_png(media.grace_hopper(), "grace_hopper.png")
+
+    with browser.chromium(hello_mic) as driver:
+        open_page(driver, server)
+        file_input = driver.find_element("id", "file")
+
+        def upload(path: Path, state: str) -> str:
+            file_input.send_keys(str(path))
+            browser.wait_for(lambda: driver.execute_script(
+                "return document.getElementById('dropzone').dataset.state") == state, 30, f"upload → {state}")
+            return driver.find_element("id", "upload-result").text
+
+        # Dropped files go the same way (a synthetic drop: WebDriver cannot drag from the desktop).
+        driver.execute_script(
+            "const dt = new DataTransfer(); dt.items.add(new File(['hello'], 'notes.txt', {type: 'text/plain'}));"
+            "document.getElementById('dropzone').dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true,"
+            " cancelable: true}));")
+        assert "not an image" in driver.find_element("id", "upload-result").text
+        message = upload(not_image, "error")
+        assert "not an image" in message.lower(), message
+        assert any("not an image" in m.lower() for m in browser.page_errors(driver))
+        message = upload(faceless, "error")
+        assert "no face" in message.lower(), message
+        assert any("no face" in m.lower() for m in browser.page_errors(driver))
+        assert selected_avatar(driver) == "default"
+        # The browser logs the refused uploads themselves; nothing else.
+        refused = browser.console_errors(driver)
+        assert len(refused) == 2 and all("/v1/avatars" in m for m in refused), refused
+
+        upload(portrait, "done")
+        new_id = selected_avatar(driver)
+        assert new_id and new_id != "default"
+        ids = driver.execute_script("return [...document.querySelectorAll('#gallery .avatar')].map(b => b.dataset.id)")
+        assert ids[:1] == ["default"] and new_id in ids
+        listed = [a["id"] for a in httpx.get(f"{server}/v1/avatars", timeout=5).json()["avatars"]]
+        assert new_id in listed
+
+        start_and_wait_for_video(driver)
+        assert driver.execute_script("return document.getElementById('video').dataset.avatarId") == new_id
+        time.sleep(0.5)
+        frame = grab(driver)
+        mine, default = _thumbnail(server, new_id), _thumbnail(server, "default")
+        r_mine, r_default = _correlation(frame, mine), _correlation(frame, default)
+        print(f"live frame vs uploaded thumbnail r={r_mine:.2f}, vs default r={r_default:.2f}")
+        assert r_mine > r_default + 0.2
+        # Picking another portrait while live (here with the keyboard) switches the session to it.
+        old_session = driver.execute_script("return document.getElementById('video').dataset.sessionId")
+        driver.find_element("css selector", '#gallery [aria-checked="true"]').send_keys(Keys.ARROW_LEFT)
+        assert selected_avatar(driver) == "default"
+        browser.wait_for(lambda: driver.execute_script(
+            "const v = document.getElementById('video');"
+            "return v.dataset.avatarId === 'default' && v.dataset.sessionId !== arguments[0] && v.currentTime > 0.2;",
+            old_session), 20, "the switch to the default portrait")
+        assert browser.console_errors(driver) == []
+        assert browser.page_errors(driver) == []
+        driver.find_element("id", "stop").click()
+
+
+def test_the_page_reconnects_when_the_server_drops_its_session(server, hello_mic):
+    with browser.chromium(hello_mic) as driver:
+        open_page(driver, server)
+        start_and_wait_for_video(driver)
+        first, token = driver.execute_script(
+            "return [window.emoDemo.session.sessionId, window.emoDemo.session.controlToken]")
+        r = httpx.delete(f"{server}/v1/sessions/{first}", headers={"X-Control-Token": token}, timeout=5)
+        assert r.status_code == 204
+        browser.wait_for(lambda: page_state(driver) == "reconnecting", 5, "the page to notice")
+        notices = browser.page_errors(driver)
+        print("notice:", notices)
+        assert any(re.search(r"(ended|closed) the session", m) for m in notices), notices
+        browser.wait_for(lambda: page_state(driver) in ("idle", "speaking"), 20, "the page to reconnect")
+        second = driver.execute_script("return window.emoDemo.session.sessionId")
+        assert second and second != first
+        t0 = driver.execute_script("return document.getElementById('video').currentTime")
+        time.sleep(1.0)
+        assert driver.execute_script("return document.getElementById('video').currentTime") > t0 + 0.5
+        # back to normal: the notice is gone, nothing else went wrong
+        no_errors(driver)
+        assert metric(server, "emo_stream_sessions_active") == 1
+        driver.find_element("id", "stop").click()
+        browser.wait_for(lambda: metric(server, "emo_stream_sessions_active") == 0, 5, "the session to be deleted")
+
+
+def test_a_token_in_the_page_url_is_passed_on(hello_mic, tmp_path):
+    with browser.run_server(extra_args=("--token", "s3cret", "--data-dir", str(tmp_path))) as base:
+        with browser.chromium(hello_mic) as driver:
+            open_page(driver, base)
+            assert any("token" in m.lower() for m in browser.page_errors(driver))
+            open_page(driver, base, "?token=s3cret")
+            assert browser.page_errors(driver) == []
+            assert selected_avatar(driver) == "default"
+            assert driver.execute_script(  # the thumbnail <img> carries the token too
+                "const i = document.querySelector('#gallery img'); return !i || (i.complete && i.naturalWidth > 0);")
+            start_and_wait_for_video(driver)
+            # the events WebSocket (server token + control token) delivers the server's stats
+            browser.wait_for(lambda: "server" in driver.find_element("id", "stat-extra").text, 6,
+                             "server stats over the events WebSocket")
+            driver.find_element("tag name", "body").send_keys(Keys.ESCAPE)  # the keyboard shortcut
+            browser.wait_for(lambda: "interrupted" in driver.find_element("id", "status").text.lower(), 3,
+                             "the interrupt")
+            assert browser.page_errors(driver) == []
+            driver.find_element("id", "stop").click()
+            browser.wait_for(lambda: metric_authed(base, "s3cret") == 0, 5, "the session to be deleted")
+
+
+def metric_authed(base: str, token: str) -> float:
+    text = httpx.get(f"{base}/metrics", headers={"Authorization": f"Bearer {token}"}, timeout=5).text
+    match = re.search(r"^emo_stream_sessions_active ([0-9.e+-]+)$", text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_interrupt_button_silences_the_returned_voice(server, long_mic):
+    with browser.chromium(long_mic, noloop=True) as driver:
+        open_page(driver, server)
+        start_and_wait_for_video(driver)
+        assert driver.execute_script("return window.emoDemo.session.dc.readyState") == "open"
+        assert driver.execute_script(browser.START_LEVEL_METER_JS)
+
+        def loud_for(seconds: float) -> bool:
+            levels = driver.execute_script(browser.LEVELS_JS)
+            if not levels:
+                return False
+            now = levels[-1][0]
+            recent = [v for t, v in levels if t > now - seconds * 1000]
+            return len(recent) > seconds * 25 and np.median(recent) > 0.02
+
+        browser.wait_for(lambda: loud_for(0.8), 15, "the returned voice")
+        interrupts = metric(server, "emo_stream_interrupts_total")
+        t0 = driver.execute_script("return performance.now()")
+        driver.find_element("id", "interrupt").click()
+        time.sleep(1.8)
+        levels = np.asarray(driver.execute_script(browser.LEVELS_JS))
+        t, v = levels[:, 0] - t0, levels[:, 1]
+        before = float(np.sqrt(np.mean(v[(t > -800) & (t < 0)] ** 2)))
+        after = float(np.sqrt(np.mean(v[(t > 1000) & (t < 1800)] ** 2)))
+        # when it went quiet: the first moment from which 200 ms stay under a tenth of the level before
+        quiet = v < 0.1 * before
+        went_quiet = next((t[i] for i in np.flatnonzero((t > 0) & quiet)
+                           if quiet[(t >= t[i]) & (t < t[i] + 200)].all()), None)
+        print(f"returned voice rms before {before:.4f}, 1.0-1.8 s after {after:.4f}; quiet from {went_quiet} ms")
+        assert before > 0.01
+        assert after < 0.1 * before, (before, after)
+        assert went_quiet is not None and went_quiet < 1000
+        assert metric(server, "emo_stream_interrupts_total") == interrupts + 1
+        assert driver.execute_script("return document.getElementById('stage').dataset.interruptedVia") == "datachannel"
+        assert "interrupted" in driver.find_element("id", "status").text.lower()
+        no_errors(driver)
+        driver.find_element("id", "stop").click()
