@@ -129,7 +129,7 @@ export class LiveSession extends EventTarget {
   /**
    * @param {import('./api.js').Api} api
    * @param {{avatarId?: string|null, options?: object, microphone?: boolean, audio?: object,
-   *          reconnect?: boolean, maxAttempts?: number, events?: boolean}} [opts]
+   *          reconnect?: boolean, maxAttempts?: number, maxDelayMs?: number, events?: boolean}} [opts]
    *   microphone: send the microphone (false: receive only, e.g. a PCM session for the overlay);
    *   events: also open the session's events WebSocket (state + server stats) when the server has it.
    */
@@ -142,6 +142,7 @@ export class LiveSession extends EventTarget {
     this.audio = opts.audio ?? DEFAULT_AUDIO_CONSTRAINTS;
     this.reconnect = opts.reconnect ?? true;
     this.maxAttempts = opts.maxAttempts ?? 8;
+    this.maxDelayMs = opts.maxDelayMs ?? 30000;
     this.useEvents = opts.events ?? true;
 
     this.state = 'new';
@@ -378,7 +379,7 @@ export class LiveSession extends EventTarget {
       this.stop();
       return;
     }
-    let delayMs = Math.min(30000, 1000 * 2 ** (this._attempt - 1)) * (0.8 + 0.4 * Math.random());
+    let delayMs = Math.min(this.maxDelayMs, 1000 * 2 ** (this._attempt - 1)) * (0.8 + 0.4 * Math.random());
     if (err && err.retryAfterS) delayMs = Math.max(delayMs, err.retryAfterS * 1000);
     delayMs = Math.round(delayMs);
     this._setState('reconnecting', { attempt: this._attempt, delayMs, reason: describeError(err) });
