@@ -29,10 +29,15 @@ class ServerConfig:
     max_sessions: int = 6
     # Loopback needs none; a public deployment lists its STUN/TURN servers here.
     ice_servers: list[str] = field(default_factory=list)
+    # Ticks of slack, beyond the animator's lookahead and the window's own tick, for the worker's
+    # compute and the network's jitter: 0 is the lowest latency, 1 rides out busy moments.
+    delay_margin_ticks: int = 1
 
     def validate(self, prefix: str) -> None:
         _check(0 <= self.port <= 65535, f"{prefix}.port", f"must be 0..65535, got {self.port}")
         _check(self.max_sessions >= 1, f"{prefix}.max_sessions", f"must be >= 1, got {self.max_sessions}")
+        _check(0 <= self.delay_margin_ticks <= 10, f"{prefix}.delay_margin_ticks",
+               f"must be 0..10, got {self.delay_margin_ticks}")
 
 
 @dataclass

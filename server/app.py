@@ -123,6 +123,14 @@ class Engine:
                     self.telemetry.worker_utilization.set(self.utilization)
                     last_busy, last_time = busy, now
             self.telemetry.track_queue_depth.set(sum(len(s.clock.video) for s in self.sessions.all()))
+            for s in self.sessions.all():
+                for name, q in (("video", s.clock.video), ("audio", s.clock.audio)):
+                    if q.dropped:
+                        self.telemetry.frames_dropped.labels(track=name).inc(q.dropped)
+                        q.dropped = 0
+            if self.worker is not None and self.worker.jobs_skipped:
+                skipped, self.worker.jobs_skipped = self.worker.jobs_skipped, 0
+                self.telemetry.windows_skipped.inc(skipped)
 
     def admit(self) -> None:
         """Refuse a session that would make the running ones late (503 + Retry-After)."""
@@ -162,7 +170,8 @@ class Engine:
                                  audio_source=body.audio_source, name=body.name,
                                  seed=body.seed if body.seed is not None else a.seed)
         session = Session(avatar, options, self.worker, self.telemetry, self.config.server.ice_servers,
-                          latency_frames=self.animator.latency_frames, vad_factory=self.vad_factory)
+                          latency_frames=self.animator.latency_frames, vad_factory=self.vad_factory,
+                          delay_margin_ticks=self.config.server.delay_margin_ticks)
         try:
             answer = await session.accept(offer_sdp, offer_type)
         except BaseException:

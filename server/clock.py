@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -64,8 +65,10 @@ class MediaClock:
         self.source = source
         self.fps = fps
         self.period = 1.0 / fps
+        # Equal bounds: if one sender falls behind, its oldest ticks go, so the two tracks
+        # can never drift apart by more than this many ticks.
         self.video = TickQueue(maxsize=8)
-        self.audio = TickQueue(maxsize=50)
+        self.audio = TickQueue(maxsize=8)
         self.on_lag = on_lag
         self._start: float | None = None
         self._task: asyncio.Task | None = None
@@ -80,6 +83,13 @@ class MediaClock:
         if self._start is None:
             return 0
         return max(0, int((asyncio.get_running_loop().time() - self._start) / self.period))
+
+    def tick_time(self, index: int) -> float:
+        """When tick ``index`` is due, on ``time.perf_counter``'s clock (the worker's)."""
+        if self._start is None:
+            return float("inf")
+        loop_now = asyncio.get_running_loop().time()
+        return time.perf_counter() + (self._start + index * self.period - loop_now)
 
     def start(self) -> None:
         if self._task is None:

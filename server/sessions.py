@@ -6,8 +6,9 @@ InferenceWorker (VAD + animator) -> frames by tick -> the MediaClock -> the two 
 
 Timing: input window ``i`` is shown at clock tick ``i + anchor``. The anchor is set when input
 starts (or resumes after a gap, or after an interrupt) to ``now + delay_ticks``, where
-``delay_ticks`` = the animator's lookahead + 2 (one tick for the window to fill, one for the
-worker). The voice is delayed by exactly that many ticks, so picture and sound leave together.
+``delay_ticks`` = the animator's lookahead + 1 (the tick the window arrives in) + a margin
+for the worker and network jitter (``server.delay_margin_ticks``). The voice is delayed by
+exactly that many ticks, so picture and sound leave together.
 """
 
 from __future__ import annotations
@@ -44,6 +45,19 @@ ENGINE_RATE = 16_000
 QUIET_DBFS = -45.0  # below this a window counts as quiet (resuming after an interrupt)
 SILENT_PEER_S = 5.0  # no media from the peer this long: it is gone
 FIRST_MEDIA_GRACE_S = 15.0  # time to connect before the first media arrives
+# aiortc's audio receiver releases a packet only once 4 more are queued (80 ms); on loopback
+# and LANs reordering is rare, so one packet of prefetch keeps 60 ms out of the latency.
+INBOUND_AUDIO_PREFETCH = 1
+REANCHOR_SLACK_TICKS = 2  # input this far ahead of need, at a quiet moment: catch up
+
+
+def shorten_inbound_audio_buffer(receiver, prefetch: int = INBOUND_AUDIO_PREFETCH) -> bool:
+    """Lower an aiortc audio receiver's jitter-buffer prefetch (an aiortc internal: guarded)."""
+    buffer = getattr(receiver, "_RTCRtpReceiver__jitter_buffer", None)
+    if buffer is None or not hasattr(buffer, "_prefetch"):
+        return False
+    buffer._prefetch = prefetch
+    return True
 
 
 @dataclass
@@ -96,14 +110,14 @@ class Session:
     """One peer: its connection, input buffers, frames by tick, clock and tracks."""
 
     def __init__(self, avatar: Avatar, options: SessionOptions, worker: InferenceWorker, telemetry: Telemetry,
-                 ice_servers: list[str], latency_frames: int, vad_factory=None) -> None:
+                 ice_servers: list[str], latency_frames: int, vad_factory=None, delay_margin_ticks: int = 1) -> None:
         self.id = secrets.token_urlsafe(18)  # 144 bits
         self.control_token = secrets.token_urlsafe(24)
         self.avatar = avatar
         self.options = options
         self.worker = worker
         self.telemetry = telemetry
-        self.delay_ticks = latency_frames + 2
+        self.delay_ticks = latency_frames + 1 + delay_margin_ticks
         self.stats = SessionStats()
         self.generation = 0
         self.closed = False
@@ -162,6 +176,9 @@ class Session:
         @self.pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
             if track.kind == "audio" and self.options.audio_source == "mic":
+                for transceiver in self.pc.getTransceivers():
+                    if transceiver.receiver.track is track:
+                        shorten_inbound_audio_buffer(transceiver.receiver)
                 self._tasks.append(asyncio.create_task(self._consume_mic(track), name=f"mic-{self.id[:6]}"))
 
         @self.pc.on("datachannel")
@@ -248,11 +265,16 @@ class Session:
             for window in self._win16.push(out.to_ndarray().reshape(-1)):
                 self._on_window16(window.samples)
 
-    def _map(self, index: int) -> int | None:
-        """The tick for input window ``index``, re-anchoring when input starts or fell behind."""
+    def _map(self, index: int, quiet: bool) -> int:
+        """The tick for input window ``index``: re-anchored when input starts, when it fell behind
+        (a stall), and — at a quiet moment, where skipping a little silence is not heard — when
+        it runs further ahead than the pipeline needs, so a stall does not raise the latency
+        for good."""
         tick = self._anchors.tick(index)
         now = self.clock.current_tick()
-        if tick is None or tick <= now or tick > now + self.delay_ticks + 12:
+        ahead = None if tick is None else tick - now
+        if ahead is None or ahead <= 0 or ahead > self.delay_ticks + 12 or (
+                quiet and ahead > self.delay_ticks + REANCHOR_SLACK_TICKS):
             self._anchors.set(index, now + self.delay_ticks - index)
             tick = now + self.delay_ticks
         return tick
@@ -260,14 +282,15 @@ class Session:
     def _on_window48(self, samples: np.ndarray) -> None:
         index = self._index48
         self._index48 += 1
+        level = 20 * np.log10(max(float(np.sqrt(np.mean(samples.astype(np.float64) ** 2))), 1e-9))
+        quiet = level < QUIET_DBFS
         if self._muted_until_quiet:
-            level = 20 * np.log10(max(float(np.sqrt(np.mean(samples.astype(np.float64) ** 2))), 1e-9))
-            self._quiet_run = self._quiet_run + 1 if level < QUIET_DBFS else 0
+            self._quiet_run = self._quiet_run + 1 if quiet else 0
             if self._quiet_run < 5:
                 return
             self._muted_until_quiet = False
             self._anchors.clear()
-        tick = self._map(index)
+        tick = self._map(index, quiet)
         self._audio_out[tick] = samples
         self._last_mapped_tick = max(self._last_mapped_tick, tick)
 
@@ -282,11 +305,14 @@ class Session:
             return  # its audio was dropped or is already past: do not animate it
         self._arrived[tick] = time.perf_counter()
         window = AudioWindow(samples=samples, sample_rate=ENGINE_RATE, start_pts=tick * (90_000 // self.options.fps))
+        # The frame this window completes is due at tick - latency; after that the work is
+        # wasted, so the worker skips the window instead of falling further behind.
+        due = self.clock.tick_time(tick - self.worker.animator.latency_frames)
         try:
             self.worker.submit(Job(session_id=self.id, generation=self.generation, kind="feed", window=window,
-                                   done=self._on_frames))
+                                   done=self._on_frames, deadline=due))
         except WorkerOverloaded:
-            self.telemetry.frames_late.inc()
+            pass  # its tick is counted late when it comes
 
     def _on_frames(self, result: FeedResult) -> None:
         if self.closed:

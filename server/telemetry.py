@@ -20,6 +20,11 @@ class Telemetry:
         self.frames_sent = Counter("emo_stream_frames_sent_total", "Video frames handed to the encoder", registry=r)
         self.frames_late = Counter("emo_stream_frames_late_total",
                                    "Ticks whose frame was not ready (a hold or idle frame went out)", registry=r)
+        self.frames_dropped = Counter("emo_stream_frames_dropped_total",
+                                      "Ticks dropped from a track queue whose sender fell behind", ["track"], registry=r)
+        self.windows_skipped = Counter("emo_stream_windows_skipped_total",
+                                       "Audio windows the worker skipped because their frame was already due",
+                                       registry=r)
         self.interrupts = Counter("emo_stream_interrupts_total", "Barge-in interrupts", registry=r)
         self.worker_queue_depth = Gauge("emo_stream_worker_queue_depth", "Jobs waiting for the worker", registry=r)
         self.track_queue_depth = Gauge("emo_stream_track_queue_depth", "Frames waiting in video track queues",

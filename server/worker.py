@@ -59,6 +59,7 @@ class Job:
     background: Background = field(default_factory=Background)
     vad_factory: Callable[[], VoiceActivityDetector] | None = None
     done: Callable[[Any], None] | None = None
+    deadline: float = float("inf")  # perf_counter time after which a feed result is useless
     submitted: float = field(default_factory=time.perf_counter)
 
 
@@ -96,6 +97,7 @@ class InferenceWorker:
         self._stopping = False
         self.busy_s = 0.0
         self.jobs_done = 0
+        self.jobs_skipped = 0  # feed jobs past their deadline when their turn came
         self.last_batch = 0
         self._thread = threading.Thread(target=self._run, name="inference-worker", daemon=True)
         self._thread.start()
@@ -215,9 +217,13 @@ class InferenceWorker:
             return
         # feed: VAD per window, then one batched animator call
         items, jobs, vad_info = [], [], []
+        now = time.perf_counter()
         for job in batch:
             engine = self._sessions.get(job.session_id)
             if engine is None or self._stale(job):
+                continue
+            if job.deadline < now:
+                self.jobs_skipped += 1
                 continue
             t0 = time.perf_counter()
             prob = engine.vad.speech_probability(job.window.samples) if engine.vad is not None else 1.0
