@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import secrets
+import sys
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -43,6 +44,7 @@ from server.telemetry import Telemetry
 from server.worker import InferenceWorker
 
 logger = logging.getLogger(__name__)
+access_logger = logging.getLogger("emo_stream.access")
 
 __all__ = ["create_app", "default_portrait_bytes", "DEFAULT_AVATAR_ID"]
 
@@ -82,6 +84,9 @@ class Engine:
         self._lag_task: asyncio.Task | None = None
 
     async def start(self) -> None:
+        # The worker thread and the encoders' threads hold the GIL in short bursts; a 1 ms switch
+        # interval (default 5 ms) keeps the event loop, which paces every track, from waiting on them.
+        sys.setswitchinterval(0.001)
         a = self.config.animator
         self.animator = create_animator(a.backend, size=a.size, fps=a.fps, motion=a.motion,
                                         checkpoint=a.checkpoint, device=a.device)
@@ -136,10 +141,12 @@ class Engine:
         """Refuse a session that would make the running ones late (503 + Retry-After)."""
         running = len(self.sessions)
         if running >= self.config.server.max_sessions:
+            self.telemetry.admissions_refused.labels(reason="limit").inc()
             raise OverloadedError(f"{running} sessions are running, the limit is "
                                   f"{self.config.server.max_sessions}: try again later", retry_after_s=10)
         # Each session costs about utilization / running of the worker: one more must fit.
         if running and self.utilization * (running + 1) / running > 0.85:
+            self.telemetry.admissions_refused.labels(reason="load").inc()
             raise OverloadedError(f"the animator is {self.utilization:.0%} busy with {running} sessions; one more "
                                   "would make them late: try again later", retry_after_s=15)
 
@@ -238,6 +245,22 @@ def create_app(config: Config | None = None, vad_factory: Any = None) -> FastAPI
     app.state.engine = engine
 
     @app.middleware("http")
+    async def request_log(request: Request, call_next):
+        # One id per request: echoed in X-Request-Id and on every log line about it.
+        request_id = request.headers.get("x-request-id") or secrets.token_hex(8)
+        request.state.request_id = request_id
+        started = time.perf_counter()
+        response = await call_next(request)
+        response.headers["X-Request-Id"] = request_id
+        engine.telemetry.requests.labels(method=request.method, status=str(response.status_code)).inc()
+        if response.status_code >= 500:
+            engine.telemetry.errors.labels(code="internal", status=str(response.status_code)).inc()
+        access_logger.info("%s %s %d %.1f ms", request.method, request.url.path, response.status_code,
+                           (time.perf_counter() - started) * 1000,
+                           extra={"request_id": request_id, "status": response.status_code})
+        return response
+
+    @app.middleware("http")
     async def require_token(request: Request, call_next):
         token = config.server.token
         if token and request.url.path.startswith("/v1"):
@@ -260,9 +283,15 @@ def create_app(config: Config | None = None, vad_factory: Any = None) -> FastAPI
         return bool(given) and secrets.compare_digest(given, session.control_token)
 
     @app.exception_handler(EmoStreamError)
-    async def _engine_error(_: Request, exc: EmoStreamError) -> JSONResponse:
+    async def _engine_error(request: Request, exc: EmoStreamError) -> JSONResponse:
         headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, OverloadedError) else None
-        return JSONResponse(error_body(exc.code, exc.message), status_code=status_for(exc), headers=headers)
+        status = status_for(exc)
+        engine.telemetry.errors.labels(code=exc.code, status=str(status)).inc()
+        if request.url.path == "/v1/avatars" and request.method == "POST":
+            engine.telemetry.uploads.labels(outcome=exc.code).inc()
+        logger.info("refused %s %s: %s (%s)", request.method, request.url.path, exc.code, exc.message,
+                    extra={"request_id": getattr(request.state, "request_id", None), "status": status})
+        return JSONResponse(error_body(exc.code, exc.message), status_code=status, headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -306,7 +335,12 @@ def create_app(config: Config | None = None, vad_factory: Any = None) -> FastAPI
     async def list_avatars() -> dict:
         return {"avatars": engine.avatars.listing()}
 
-    @app.post("/v1/sessions", status_code=201)
+    offer_schema = OfferBody.model_json_schema()
+    offer_schema["properties"]["options"] = SessionOptionsBody.model_json_schema()  # inline: no $defs
+
+    @app.post("/v1/sessions", status_code=201, openapi_extra={"requestBody": {"required": True, "content": {
+        "application/json": {"schema": {k: v for k, v in offer_schema.items() if k != "$defs"}},
+        "application/sdp": {"schema": {"type": "string"}}}}})
     async def create_session(request: Request) -> Response:
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type == "application/sdp":  # WHIP
@@ -348,7 +382,9 @@ def create_app(config: Config | None = None, vad_factory: Any = None) -> FastAPI
         engine.telemetry.observe("interrupt", time.perf_counter() - started)
         return Response(status_code=204)
 
-    @app.post("/v1/avatars", status_code=201)
+    @app.post("/v1/avatars", status_code=201, openapi_extra={"requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+            "file": {"type": "string", "format": "binary"}, "name": {"type": "string"}}}}}}})
     async def upload_avatar(request: Request) -> JSONResponse:
         limit = config.limits.max_image_bytes
         length = request.headers.get("content-length")
@@ -366,6 +402,7 @@ def create_app(config: Config | None = None, vad_factory: Any = None) -> FastAPI
             raise ImageTooLargeError(f"upload is over the {limit / 2**20:.0f} MB limit")
         name = str(form.get("name") or Path(upload.filename or "portrait").stem)[:80]
         record = await asyncio.to_thread(engine.avatars.add, data, name)
+        engine.telemetry.uploads.labels(outcome="accepted").inc()
         return JSONResponse({"id": record.id, "name": record.name, "width": record.width, "height": record.height,
                              "faces": record.faces, "warnings": record.warnings,
                              "thumbnail_url": f"/v1/avatars/{record.id}/thumbnail"}, status_code=201)

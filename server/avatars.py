@@ -12,6 +12,8 @@ import hashlib
 import io
 import json
 import logging
+import shutil
+import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -125,11 +127,18 @@ class AvatarStore:
                               faces=avatar.faces, warnings=list(avatar.warnings))
         thumb = self._thumbnail(avatar)
         if self.folder is not None:
+            # Written under a temporary name and renamed: a crash leaves no half-written avatar.
             folder = self.folder / avatar_id
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / "source").write_bytes(data)
-            (folder / "thumb.jpg").write_bytes(thumb)
-            (folder / "meta.json").write_text(json.dumps(asdict(record)))
+            self.folder.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{avatar_id}.", dir=self.folder))
+            try:
+                (staging / "source").write_bytes(data)
+                (staging / "thumb.jpg").write_bytes(thumb)
+                (staging / "meta.json").write_text(json.dumps(asdict(record)))
+                staging.replace(folder)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
             source: bytes | Path = folder / "source"
         else:
             source = data

@@ -37,12 +37,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                           "(--token T or EMO_STREAM_TOKEN) or bind 127.0.0.1")
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ConfigError("TLS needs both --tls-cert and --tls-key")
+    from server.logs import configure
+
+    configure(args.log_level, as_json=args.log_json)
     app = create_app(config)
     scheme = "https" if args.tls_cert else "http"
     print(f"emo-stream serving on {scheme}://{config.server.host}:{config.server.port} "
           f"(backend {config.animator.backend})", file=sys.stderr, flush=True)
     uvicorn.run(app, host=config.server.host, port=config.server.port, log_level=args.log_level,
-                ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key)
+                ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key, log_config=None)
     return 0
 
 
@@ -70,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-cert", help="TLS certificate (PEM)")
     serve.add_argument("--tls-key", help="TLS private key (PEM)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-json", action="store_true", help="one JSON object per log line")
     serve.set_defaults(func=_cmd_serve)
 
     metrics = sub.add_parser("metrics", help="score a video: lip-sync, mouth range, blinks, head motion (JSON)")

@@ -509,7 +509,7 @@ class Session:
         if self.closed:
             return
         self.closed = True
-        logger.info("session %s closed: %s", self.id[:8], reason)
+        logger.info("session closed: %s", reason, extra={"session_id": self.id[:8], "reason": reason})
         current = asyncio.current_task()
         for task in self._tasks:
             if task is not current:

@@ -36,6 +36,13 @@ class Telemetry:
                                        buckets=_STAGE_BUCKETS, registry=r)
         self.worker_utilization = Gauge("emo_stream_worker_utilization", "Busy fraction of the inference worker",
                                         registry=r)
+        self.admissions_refused = Counter("emo_stream_admissions_refused_total",
+                                          "Sessions refused with 503 (limit or load)", ["reason"], registry=r)
+        self.uploads = Counter("emo_stream_uploads_total", "Avatar uploads by outcome", ["outcome"], registry=r)
+        self.errors = Counter("emo_stream_errors_total", "Error answers by code and status", ["code", "status"],
+                              registry=r)
+        self.requests = Counter("emo_stream_http_requests_total", "HTTP requests by method and status",
+                                ["method", "status"], registry=r)
         self.asyncio_tasks = Gauge("emo_stream_asyncio_tasks", "Tasks alive on the server's loop", registry=r)
         self.threads = Gauge("emo_stream_threads", "Threads alive in the server process", registry=r)
         self.speaking = Gauge("emo_stream_sessions_speaking", "Sessions whose VAD says speaking", registry=r)

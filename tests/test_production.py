@@ -294,3 +294,115 @@ def test_session_backgrounds(server, background):
         assert w == h and np.abs(frame[4, 4] - colour).max() < 30, frame[4, 4]
     assert httpx.post(f"{server.base}/v1/sessions", json={"sdp": "v=0\r\nm=audio", "type": "offer",
                                                           "options": {"background": "plaid"}}).status_code == 400
+
+
+def test_schemathesis_finds_no_server_errors(server):
+    """schemathesis over the OpenAPI schema, bounded: no 5xx, no crash, the server keeps serving."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).parent / "schemathesis"
+    result = subprocess.run(
+        [str(exe), "run", f"{server.base}/openapi.json", "--checks", "not_a_server_error", "--max-examples", "25",
+         "--request-timeout", "20", "--generation-deterministic", "--no-color"],
+        capture_output=True, text=True, timeout=150, cwd=media.REPO,
+        env={**__import__("os").environ, "SCHEMATHESIS_HOOKS": ""})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert httpx.get(f"{server.base}/healthz").status_code == 200
+
+
+def test_agent_wav_in_bursts_returns_the_same_voice_lip_synced(server, tmp_path):
+    """8 s of espeak speech pushed in bursts: the returned voice equals it, at real time, lip-synced."""
+    from emo_stream.metrics import compute_video_metrics
+    from tests.live_client import write_recording
+
+    parts = [media.espeak_wav("hello"), media.espeak_wav("weather", voice="en-gb")]
+    speech = np.concatenate([load_audio(p, sample_rate=22_050) for p in parts])[: 22_050 * 8]
+
+    async def run():
+        peer = LivePeer(server.base, samples=None, options={"audio_source": "pcm"})
+        answer = await peer.connect()
+        url = ws_url(server.base, f"/v1/sessions/{answer['session_id']}/audio?control_token={answer['control_token']}")
+        async with websockets.connect(url) as ws:
+            await asyncio.sleep(1.0)
+            await ws.send(json.dumps({"type": "start", "sample_rate": 22_050, "channels": 1}))
+            await ws.recv()
+            burst = 22_050 * 2  # two seconds at a time, as fast as the socket takes them
+            for i in range(0, len(speech), burst):
+                await ws.send(_pcm_s16(speech[i:i + burst]))
+                await asyncio.sleep(0.5)
+            await ws.send(json.dumps({"type": "flush"}))
+            await ws.recv()
+            await asyncio.sleep(len(speech) / 22_050 - 1.5 + 1.5)
+        await peer.close()
+        return peer
+
+    peer = asyncio.run(run())
+    _, received = audio_timeline(peer.received)
+    reference = load_audio(media.sox("agent-ref.wav", "-q", *map(str, parts), "-r", "48000", "{out}"),
+                           sample_rate=RATE)[: RATE * 8]
+    hop = RATE // 100
+
+    def envelope(x):
+        n = len(x) // hop
+        return np.sqrt((x[: n * hop].reshape(n, hop) ** 2).mean(axis=1))
+
+    ref_env, out_env = envelope(reference), envelope(received)
+    best = max(np.corrcoef(ref_env, out_env[k:k + len(ref_env)])[0, 1]
+               for k in range(0, len(out_env) - len(ref_env)))
+    assert best >= 0.9, best
+    recording = write_recording(peer.received, tmp_path / "agent.mp4")
+    assert compute_video_metrics(recording).lipsync_r >= 0.4
+
+
+def test_upload_limits_and_nothing_half_written(server, tmp_path):
+    big = Image.fromarray(np.repeat(np.repeat(media.grace_hopper(), 6, axis=0), 6, axis=1))  # ~12 MP
+    buf = io.BytesIO()
+    big.save(buf, "JPEG", quality=80)
+    assert 10e6 < big.width * big.height < 14e6
+    ok = httpx.post(f"{server.base}/v1/avatars", files={"file": ("big.jpg", buf.getvalue())}, timeout=120)
+    assert ok.status_code == 201, ok.text
+    before = sorted(p.name for p in (server.data_dir / "avatars").iterdir())
+    cases = [(bad_inputs.truncated_jpeg(tmp_path).read_bytes(), 415, "truncated"),
+             (bad_inputs.huge_jpeg(tmp_path).read_bytes(), 413, "MP"),
+             (b"\xff\xd8\xff" + bytes(30 * 2**20), 413, "MB")]
+    for data, status, words in cases:
+        r = httpx.post(f"{server.base}/v1/avatars", files={"file": ("x.jpg", data)}, timeout=120)
+        assert r.status_code == status, r.text
+        assert words in r.json()["error"]["message"]
+    after = sorted(p.name for p in (server.data_dir / "avatars").iterdir())
+    assert after == before  # nothing written for refused uploads, no temporary folders left
+    assert httpx.get(f"{server.base}/healthz").status_code == 200
+    assert 'outcome="accepted"' in httpx.get(f"{server.base}/metrics").text
+
+
+def test_every_v1_route_needs_the_token_and_control_tokens_are_per_session():
+    with run_server(args=["--token", "t0ken"]) as srv:
+        routes = [("GET", "/v1/ice-servers"), ("GET", "/v1/avatars"), ("POST", "/v1/avatars"),
+                  ("POST", "/v1/sessions"), ("DELETE", "/v1/sessions/x"), ("POST", "/v1/sessions/x/interrupt"),
+                  ("GET", "/v1/avatars/default/thumbnail")]
+        for method, path in routes:
+            for headers in ({}, {"Authorization": "Bearer wrong"}):
+                r = httpx.request(method, f"{srv.base}{path}", headers=headers)
+                assert r.status_code in (401, 403), (method, path, r.status_code)
+        auth = {"Authorization": "Bearer t0ken"}
+
+        async def run():
+            a = LivePeer(srv.base, np.zeros(RATE * 4, np.float32), headers=auth)
+            b = LivePeer(srv.base, np.zeros(RATE * 4, np.float32), headers=auth)
+            answer_a, answer_b = await a.connect(), await b.connect()
+            async with httpx.AsyncClient(base_url=srv.base, headers=auth) as client:
+                other = await client.post(f"/v1/sessions/{answer_a['session_id']}/interrupt",
+                                          headers={"X-Control-Token": answer_b["control_token"]})
+                own = await client.post(f"/v1/sessions/{answer_a['session_id']}/interrupt",
+                                        headers={"X-Control-Token": answer_a["control_token"]})
+            with pytest.raises(websockets.exceptions.InvalidStatus):
+                async with websockets.connect(ws_url(srv.base, f"/v1/sessions/{answer_a['session_id']}/events"
+                                                               f"?token=t0ken&control_token={answer_b['control_token']}")):
+                    pass
+            await a.close()
+            await b.close()
+            return other.status_code, own.status_code
+
+        assert asyncio.run(run()) == (401, 204)

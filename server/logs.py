@@ -1,0 +1,48 @@
+"""Logging for the server: one line per event, plain text or JSON (``--log-json``).
+
+Fields that handlers pass in ``extra`` (request_id, session_id, status) are kept as JSON keys.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+EXTRA_FIELDS = ("request_id", "session_id", "status", "reason")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"ts": round(record.created, 3), "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)),
+                 "level": record.levelname.lower(), "logger": record.name, "message": record.getMessage()}
+        for name in EXTRA_FIELDS:
+            value = getattr(record, name, None)
+            if value is not None:
+                entry[name] = value
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info).splitlines()[-1]
+        return json.dumps(entry, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line = f"{self.formatTime(record, '%H:%M:%S')} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        extras = " ".join(f"{n}={getattr(record, n)}" for n in EXTRA_FIELDS if getattr(record, n, None) is not None)
+        return f"{line} [{extras}]" if extras else line
+
+
+def configure(level: str = "info", as_json: bool = False) -> None:
+    """Route the app's and uvicorn's logs through one handler on stderr."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if as_json else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+    # Our own access log carries the request id; uvicorn's would repeat each line without it.
+    logging.getLogger("uvicorn.access").disabled = True
+    for noisy in ("aioice", "aiortc", "av", "httpx", "matplotlib"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
