@@ -1,7 +1,15 @@
-# emo-stream: the lite backend on CPU (the default). Build: docker build -t emo-stream .
-# Run:   docker run -p 8080:8080 -e EMO_STREAM_TOKEN=change-me emo-stream
+# emo-stream. CPU image (lite backend, the default):
+#   docker build -t emo-stream .
+#   docker run --network host -e EMO_STREAM_TOKEN=change-me -v emo-data:/data emo-stream
+# GPU image (the emo backend; needs the NVIDIA container toolkit and a checkpoint folder):
+#   docker build --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 -t emo-stream:gpu .
+#   docker run --gpus all --network host -e EMO_STREAM_TOKEN=... -v /models:/models emo-stream:gpu \
+#       emo-stream serve --config configs/emo-gpu.yaml --host 0.0.0.0 --data-dir /data
 # Binding 0.0.0.0 inside the container needs a token (the server refuses to start without one).
 FROM python:3.11-slim-bookworm
+
+# Which torch build: the CPU index by default (the default PyPI wheel is a multi-GB CUDA build).
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -15,8 +23,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app
-# CPU torch from PyTorch's CPU index: the default index's wheel is a multi-GB CUDA build.
-RUN pip install "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
+RUN pip install "torch==2.13.0" --index-url "${TORCH_INDEX}"
 COPY pyproject.toml README.md ./
 COPY emo_stream ./emo_stream
 COPY server ./server

@@ -365,6 +365,13 @@ def create_app(config: Config | None = None, vad_factory: Any = None) -> FastAPI
         session = engine.sessions.get(session_id)
         given = (request.headers.get("x-control-token") or request.query_params.get("control_token")
                  or request.query_params.get("token") or _bearer(request))
+        if session.options.name and session_id == session.options.name and session.id != session_id:
+            # A named session (the overlay's) is driven by agents that never saw its control
+            # token: the server's own token stands for it (and loopback without a token is open).
+            server_token = config.server.token
+            server_given = request.query_params.get("token") or _bearer(request)
+            if server_token is None or (server_given and secrets.compare_digest(server_given, server_token)):
+                return session
         if not given or not secrets.compare_digest(given, session.control_token):
             raise UnauthorizedError("this session needs its control_token (X-Control-Token header or "
                                     "?control_token=)")

@@ -345,7 +345,8 @@ class Session:
             self._hold = frame.rgb
             if arrived is not None:  # input window in -> its frame out, on this server
                 self.telemetry.observe("end_to_end", time.perf_counter() - arrived)
-        elif audio is not None or index in self._idle_requested:
+        elif self._ready and (audio is not None or index in self._idle_requested):
+            # (before the avatar is prepared on the worker, the still portrait is expected)
             self.stats.frames_late += 1
             self.telemetry.frames_late.inc()
         self._idle_requested.discard(index)

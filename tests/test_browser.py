@@ -167,6 +167,11 @@ def test_start_plays_the_portrait_and_it_moves_while_the_mic_speaks(server, hell
         assert fps > 5 and rtt != "—" and latency.startswith("≈") and late.isdigit()
         assert metric(server, "emo_stream_sessions_active") == 1
         no_errors(driver)
+        # The running page as a test artefact, to look at (README's picture is one of these).
+        shot = media.CACHE.parent / "test-artifacts" / "demo_page.png"
+        shot.parent.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(shot))
+        assert shot.stat().st_size > 10_000
         driver.find_element("id", "stop").click()
         browser.wait_for(lambda: metric(server, "emo_stream_sessions_active") == 0, 5, "the session to be deleted")
         assert page_state(driver) == "offline"

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import websockets
 from PIL import Image
+from websockets.exceptions import InvalidStatus
 
 from emo_stream.audio import load_audio
 from tests import bad_inputs, media
@@ -127,7 +128,7 @@ def test_mic_session_refuses_pcm_and_unknown_commands(server):
         async with websockets.connect(url) as ws:
             error = json.loads(await ws.recv())
         bad_token = ws_url(server.base, f"/v1/sessions/{answer['session_id']}/events?control_token=nope")
-        with pytest.raises(websockets.exceptions.InvalidStatus):
+        with pytest.raises(InvalidStatus):
             async with websockets.connect(bad_token):
                 pass
         await peer.close()
@@ -397,7 +398,7 @@ def test_every_v1_route_needs_the_token_and_control_tokens_are_per_session():
                                           headers={"X-Control-Token": answer_b["control_token"]})
                 own = await client.post(f"/v1/sessions/{answer_a['session_id']}/interrupt",
                                         headers={"X-Control-Token": answer_a["control_token"]})
-            with pytest.raises(websockets.exceptions.InvalidStatus):
+            with pytest.raises(InvalidStatus):
                 async with websockets.connect(ws_url(srv.base, f"/v1/sessions/{answer_a['session_id']}/events"
                                                                f"?token=t0ken&control_token={answer_b['control_token']}")):
                     pass
@@ -406,3 +407,28 @@ def test_every_v1_route_needs_the_token_and_control_tokens_are_per_session():
             return other.status_code, own.status_code
 
         assert asyncio.run(run()) == (401, 204)
+
+
+def test_named_session_is_driven_by_name_with_the_server_token():
+    tts = load_audio(media.espeak_wav("hello"), sample_rate=16_000)
+    with run_server(args=["--token", "tk"]) as srv:
+        async def run():
+            peer = LivePeer(srv.base, samples=None, options={"audio_source": "pcm", "name": "studio"},
+                            headers={"Authorization": "Bearer tk"})
+            await peer.connect()
+            with pytest.raises(InvalidStatus):
+                async with websockets.connect(ws_url(srv.base, "/v1/sessions/studio/audio")):
+                    pass
+            async with websockets.connect(ws_url(srv.base, "/v1/sessions/studio/audio?token=tk")) as ws:
+                await ws.send(json.dumps({"type": "start", "sample_rate": 16_000, "channels": 1}))
+                assert json.loads(await ws.recv())["for"] == "start"
+                await ws.send(_pcm_s16(tts))
+                await ws.send(json.dumps({"type": "flush"}))
+                await ws.recv()
+                await asyncio.sleep(len(tts) / 16_000 + 0.8)
+            await peer.close()
+            return peer
+
+        peer = asyncio.run(run())
+        _, voice = audio_timeline(peer.received)
+        assert np.abs(voice).max() > 0.1  # the agent's voice came back
