@@ -122,3 +122,14 @@ def test_bad_inputs_fail_early(pipe, portrait, audio, change, message):
     kwargs.update(change)
     with pytest.raises(ValueError, match=message):
         pipe(**kwargs)
+
+
+def test_renders_from_a_tiny_checkpoint_folder(tmp_path, portrait, audio):
+    from tests.test_models_checkpoint import run_script
+
+    run_script(tmp_path / "tiny", "--seed", "1")
+    pipeline = EmoPipeline.from_checkpoint(str(tmp_path / "tiny"))
+    pipeline.set_progress_bar_config(disable=True)
+    assert pipeline.settings.num_inference_steps == 2
+    out = pipeline(portrait, audio[:6400], generator=seeded())
+    assert out.frames.shape == (10, 64, 64, 3)

@@ -1,0 +1,401 @@
+"""Offline EMO pipeline: portrait + 16 kHz audio → talking-portrait frames of any duration.
+
+Clip by clip (``clip_frames`` per denoiser call), each clip continuing the previous one through its motion
+frames: the last ``motion_frames`` latents go through the ReferenceNet and their features are prepended in
+the temporal layers (EMO; Hallo's first clip uses the portrait itself), and the initial noise of the new clip
+continues the previous clip's (AR(1) with ``noise_correlation``; 0 = independent). Classifier-free guidance
+drops the reference (plain self-attention), the audio (zero tokens), the face-locator features and the face
+tokens together (EchoMimic/Hallo's unconditional recipe).
+
+The pieces a streaming animator needs are public: ``prepare_portrait`` (once per avatar, holds the cached
+reference bank), ``encode_audio``, ``denoise_clip`` (one window, returns the carry for the next) and
+``decode_latents``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DiffusionPipeline
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from emo_stream.models.checkpoint import EmoComponents, InferenceSettings, load_checkpoint
+from emo_stream.models.reference_net import ReferenceBank
+from emo_stream.models.speech_encoder import SAMPLE_RATE
+
+
+@dataclass
+class EmoPipelineOutput(BaseOutput):
+    """Output of ``EmoPipeline``.
+
+    Attributes:
+        frames: [T, H, W, 3] uint8 frames (``output_type="np"``) or [T, 3, H, W] float in [0, 1] (``"pt"``).
+        fps: frame rate of ``frames``; T = round(audio seconds × fps).
+    """
+
+    frames: np.ndarray | torch.Tensor
+    fps: float
+
+
+@dataclass
+class PortraitState:
+    """Everything the pipeline derives from one portrait; compute once per avatar and reuse.
+
+    Attributes:
+        latents: [1, C, h, w] VAE latents of the portrait.
+        bank: the ReferenceNet's reference bank (portrait features, no motion frames).
+        face_features: [1, C0, h, w] face-locator output.
+        region_masks: [1, 3, h, w] full/face/lip masks at latent size (separate audio slot).
+        face_tokens: [1, T, C] image-projection tokens for ``attn2`` (Hallo), or None.
+    """
+
+    latents: torch.Tensor
+    bank: ReferenceBank
+    face_features: torch.Tensor
+    region_masks: torch.Tensor
+    face_tokens: torch.Tensor | None = None
+
+
+@dataclass
+class MotionCarry:
+    """What one clip hands to the next.
+
+    Attributes:
+        latents: [1, M, C, h, w] clean latents of the clip's last M frames (the next clip's motion frames).
+        noise: [1, C, h, w] initial noise of the clip's last frame (continued by the next clip's noise).
+    """
+
+    latents: torch.Tensor
+    noise: torch.Tensor
+
+
+@dataclass
+class _Guidance:
+    scale: float
+    enabled: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.enabled = self.scale > 1.0
+
+
+class EmoPipeline(DiffusionPipeline):
+    """Talking-portrait generation with an EMO checkpoint (see ``emo_stream.models.checkpoint``)."""
+
+    model_cpu_offload_seq = "speech_encoder->reference_net->face_locator->denoiser->vae"
+    _optional_components = ["audio_projection", "image_projection", "small_decoder"]
+
+    def __init__(self, reference_net, denoiser, face_locator, speech_encoder, vae, scheduler,
+                 audio_projection=None, image_projection=None, small_decoder=None) -> None:
+        super().__init__()
+        self.register_modules(reference_net=reference_net, denoiser=denoiser, face_locator=face_locator,
+                              speech_encoder=speech_encoder, vae=vae, scheduler=scheduler,
+                              audio_projection=audio_projection, image_projection=image_projection,
+                              small_decoder=small_decoder)
+        self.settings = InferenceSettings(audio_mode=denoiser.config.audio_mode)
+
+    @classmethod
+    def from_components(cls, components: EmoComponents) -> EmoPipeline:
+        parts = {k: v for k, v in components.parts().items()}
+        pipe = cls(**parts)
+        pipe.settings = components.settings
+        return pipe
+
+    @classmethod
+    def from_checkpoint(cls, folder: str, device: str | torch.device = "cpu",
+                        dtype: torch.dtype = torch.float32) -> EmoPipeline:
+        """Load a checkpoint folder (raises ``CheckpointError`` naming a bad part)."""
+        return cls.from_components(load_checkpoint(folder, device, dtype))
+
+    # -- inputs -------------------------------------------------------------------------------------------
+
+    @property
+    def _model_device(self) -> torch.device:
+        return next(self.denoiser.parameters()).device
+
+    @property
+    def _model_dtype(self) -> torch.dtype:
+        return next(self.denoiser.parameters()).dtype
+
+    def check_inputs(self, portrait: np.ndarray, audio: np.ndarray, face_mask: np.ndarray | None,
+                     clip_frames: int, motion_frames: int, noise_correlation: float) -> None:
+        """Fail early, with ``ValueError``, on inputs the models cannot take."""
+        if not isinstance(portrait, np.ndarray) or portrait.ndim != 3 or portrait.shape[2] != 3:
+            raise ValueError(f"portrait must be an H×W×3 RGB array, got {getattr(portrait, 'shape', portrait)}")
+        if not isinstance(audio, np.ndarray) or audio.ndim != 1 or audio.size == 0:
+            raise ValueError("audio must be a non-empty 1-D float array at 16 kHz")
+        if face_mask is not None and face_mask.shape[:2] != portrait.shape[:2]:
+            raise ValueError(f"face_mask {face_mask.shape[:2]} must match the portrait {portrait.shape[:2]}")
+        if clip_frames < 1 or motion_frames < 0:
+            raise ValueError("clip_frames must be >= 1 and motion_frames >= 0")
+        limit = self.denoiser.max_frames
+        if clip_frames + motion_frames > limit:
+            raise ValueError(f"clip_frames + motion_frames = {clip_frames + motion_frames} exceeds the temporal "
+                             f"layers' {limit} positions")
+        if not 0.0 <= noise_correlation < 1.0:
+            raise ValueError(f"noise_correlation must be in [0, 1), got {noise_correlation}")
+
+    def _image_tensor(self, image: np.ndarray, size: int) -> torch.Tensor:
+        """H×W×C array → [1, C, size, size] float, centre-cropped to a square then resized."""
+        h, w = image.shape[:2]
+        side = min(h, w)
+        top, left = (h - side) // 2, (w - side) // 2
+        x = torch.from_numpy(np.ascontiguousarray(image[top:top + side, left:left + side])).float()
+        x = x.reshape(side, side, -1).permute(2, 0, 1)[None]
+        return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+    @torch.no_grad()
+    def prepare_portrait(self, portrait: np.ndarray, face_mask: np.ndarray | None = None,
+                         face_embedding: torch.Tensor | None = None, size: int | None = None) -> PortraitState:
+        """Encode a portrait once: VAE latents, the cached reference bank, face-locator features, face tokens.
+
+        Args:
+            portrait: H×W×3 uint8 RGB.
+            face_mask: H×W (or H×W×C) face-region mask in [0, 1]; None = the whole frame.
+            face_embedding: [1, D] identity embedding for the image projection (Hallo), None = zeros.
+            size: output side in pixels (default: the checkpoint's ``sample_size``).
+        """
+        size = size or self.settings.sample_size
+        device, dtype = self._model_device, self._model_dtype
+        # 1. Portrait → latents (the distribution's mean, as EchoMimic/Hallo use).
+        pixels = self._image_tensor(portrait, size) / 127.5 - 1.0
+        latents = self.vae.encode(pixels.to(device, dtype)).latent_dist.mean * self.vae.config.scaling_factor
+        # 2. Face tokens for attn2 (Hallo's imageproj), needed by the ReferenceNet too.
+        face_tokens = None
+        if self.image_projection is not None:
+            if face_embedding is None:
+                face_embedding = torch.zeros(1, self.image_projection.config.embedding_dim)
+            face_tokens = self.image_projection(face_embedding.to(device, dtype)).tokens
+        # 3. The reference bank: the only ReferenceNet pass this portrait ever needs.
+        ref_tokens = face_tokens if self.reference_net.config.cross_attention_dim is not None else None
+        bank = self.reference_net.encode_portrait(latents, ref_tokens)
+        # 4. Face locator on the mask; region masks for the separate audio slot.
+        channels = self.face_locator.config.conditioning_channels
+        if face_mask is None:
+            mask = torch.ones(1, 1, size, size)
+        else:
+            mask = self._image_tensor(face_mask.astype(np.float32), size)[:, :1].clamp(0, 1)
+        face_features = self.face_locator(mask.expand(1, channels, size, size).to(device, dtype)).features
+        latent_mask = F.interpolate(mask, size=latents.shape[-2:], mode="area")
+        # Without landmarks the lip region is approximated by the face region.
+        region_masks = torch.cat([torch.ones_like(latent_mask), latent_mask, latent_mask], 1).to(device, dtype)
+        return PortraitState(latents, bank, face_features, region_masks, face_tokens)
+
+    @torch.no_grad()
+    def encode_audio(self, audio: np.ndarray | torch.Tensor, num_frames: int, fps: float) -> torch.Tensor:
+        """Audio (16 kHz) → per-frame audio tokens [1, F, N, C] for the denoiser."""
+        wave = torch.as_tensor(np.asarray(audio, dtype=np.float32))
+        needed = self.speech_encoder.num_samples(num_frames, fps)
+        if wave.numel() < needed:  # pad with silence so every frame has its audio
+            wave = F.pad(wave, (0, needed - wave.numel()))
+        states = self.speech_encoder(wave[None], num_frames, fps).states
+        if self.audio_projection is not None:
+            tokens = self.audio_projection(states.to(self._model_dtype)).tokens
+        else:
+            tokens = self.speech_encoder.tokens(states)
+        return tokens.to(self._model_device, self._model_dtype)
+
+    # -- sampling -----------------------------------------------------------------------------------------
+
+    def _initial_noise(self, shape: tuple[int, ...], carry: MotionCarry | None, correlation: float,
+                       generator: torch.Generator | None) -> torch.Tensor:
+        """[1, C, F, h, w] unit-variance noise, AR(1) across frames and continued from ``carry``."""
+        fresh = randn_tensor(shape, generator=generator, device=self._model_device, dtype=torch.float32)
+        if correlation == 0.0:
+            return fresh
+        keep = math.sqrt(1.0 - correlation**2)
+        frames = []
+        previous = None if carry is None else carry.noise.float()
+        for f in range(shape[2]):
+            current = fresh[:, :, f] if previous is None else correlation * previous + keep * fresh[:, :, f]
+            frames.append(current)
+            previous = current
+        return torch.stack(frames, dim=2)
+
+    @torch.no_grad()
+    def denoise_clip(
+        self,
+        state: PortraitState,
+        audio_tokens: torch.Tensor,
+        carry: MotionCarry | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        motion_frames: int | None = None,
+        noise_correlation: float | None = None,
+        speed_buckets: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        progress_bar: Any = None,
+    ) -> tuple[torch.Tensor, MotionCarry | None]:
+        """Sample one clip of F = ``audio_tokens.shape[1]`` frames.
+
+        Args:
+            state: from ``prepare_portrait``.
+            audio_tokens: [1, F, N, C] from ``encode_audio``.
+            carry: the previous clip's ``MotionCarry``; None for the first clip (motion frames = the portrait).
+            speed_buckets: [1, F, K] head-speed buckets, if the denoiser takes them.
+            progress_bar: a tqdm-like object advanced once per step (``__call__``'s bar), or None.
+
+        Returns:
+            latents [1, C, F, h, w] and the carry for the next clip (None when ``motion_frames`` is 0).
+        """
+        s = self.settings
+        steps = num_inference_steps or s.num_inference_steps
+        guidance = _Guidance(s.guidance_scale if guidance_scale is None else guidance_scale)
+        motion = s.motion_frames if motion_frames is None else motion_frames
+        correlation = s.noise_correlation if noise_correlation is None else noise_correlation
+        device, dtype = self._model_device, self._model_dtype
+        frames = audio_tokens.shape[1]
+        _, channels, height, width = state.latents.shape
+
+        # 1. Motion frames through the ReferenceNet; the first clip starts from the portrait itself.
+        bank = state.bank
+        if motion:
+            previous = carry.latents if carry is not None else state.latents[:, None].expand(1, motion, -1, -1, -1)
+            previous = previous[:, -motion:]
+            ref_tokens = state.face_tokens if self.reference_net.config.cross_attention_dim is not None else None
+            bank = bank.with_motion(self.reference_net.encode_motion_frames(previous, ref_tokens))
+
+        # 2. Initial noise, continuing the previous clip's.
+        noise = self._initial_noise((1, channels, frames, height, width), carry if motion else None,
+                                    correlation, generator)
+        self.scheduler.set_timesteps(steps, device=device)
+        latents = (noise * self.scheduler.init_noise_sigma).to(dtype)
+
+        # 3. Conditional (+ unconditional) inputs; the uncond row drops reference, audio, face and face tokens.
+        rows = 2 if guidance.enabled else 1
+        audio_in = audio_tokens if rows == 1 else torch.cat([audio_tokens, torch.zeros_like(audio_tokens)])
+        face_in = state.face_features if rows == 1 else torch.cat(
+            [state.face_features, torch.zeros_like(state.face_features)])
+        tokens_in = state.face_tokens
+        if tokens_in is not None and rows == 2:
+            tokens_in = torch.cat([tokens_in, torch.zeros_like(tokens_in)])
+        ref_mask = torch.tensor([True, False][:rows], device=device)
+        speed_in = None if speed_buckets is None else speed_buckets.to(device, dtype).expand(rows, -1, -1)
+        masks_in = state.region_masks.expand(rows, -1, -1, -1)
+
+        # 4. Denoising loop.
+        for t in self.scheduler.timesteps:
+            model_in = latents.expand(rows, -1, -1, -1, -1)
+            model_in = self.scheduler.scale_model_input(model_in, t)
+            pred = self.denoiser(
+                model_in, t, audio_embeds=audio_in, encoder_hidden_states=tokens_in, reference_bank=bank,
+                reference_mask=ref_mask, face_features=face_in, region_masks=masks_in, speed_buckets=speed_in,
+            ).sample
+            if guidance.enabled:
+                cond, uncond = pred.chunk(2)
+                pred = uncond + guidance.scale * (cond - uncond)
+            latents = self.scheduler.step(pred, t, latents, generator=generator).prev_sample
+            if progress_bar is not None:
+                progress_bar.update()
+
+        # 5. Hand the last frames (and their noise) to the next clip.
+        next_carry = None
+        if motion:
+            keep = min(motion, frames)
+            tail = latents[:, :, -keep:].permute(0, 2, 1, 3, 4)
+            if carry is not None and keep < motion:  # short clip: top up from the older carry
+                tail = torch.cat([carry.latents[:, keep - motion:], tail], dim=1)
+            next_carry = MotionCarry(latents=tail, noise=noise[:, :, -1])
+        return latents, next_carry
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor, decoder: str = "vae") -> torch.Tensor:
+        """[1, C, F, h, w] latents → [F, 3, H, W] RGB in [0, 1] with the VAE or the small decoder."""
+        frames = latents[0].permute(1, 0, 2, 3)
+        if decoder == "small":
+            if self.small_decoder is None:
+                raise ValueError("this checkpoint has no small_decoder")
+            images = self.small_decoder(frames).sample
+        elif decoder == "vae":
+            images = self.vae.decode(frames / self.vae.config.scaling_factor).sample
+        else:
+            raise ValueError(f"decoder must be 'vae' or 'small', got {decoder!r}")
+        return ((images.float() + 1.0) / 2.0).clamp(0.0, 1.0)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        portrait: np.ndarray,
+        audio: np.ndarray,
+        face_mask: np.ndarray | None = None,
+        face_embedding: torch.Tensor | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        fps: float | None = None,
+        clip_frames: int | None = None,
+        motion_frames: int | None = None,
+        noise_correlation: float | None = None,
+        speed_buckets: np.ndarray | torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        decoder: str = "vae",
+        output_type: str = "np",
+        portrait_state: PortraitState | None = None,
+        return_dict: bool = True,
+    ) -> EmoPipelineOutput | tuple[np.ndarray | torch.Tensor, float]:
+        """Render a talking portrait.
+
+        Args:
+            portrait: H×W×3 uint8 RGB.
+            audio: 1-D float audio at 16 kHz; the video lasts as long.
+            face_mask: H×W face-region mask (None = whole frame).
+            face_embedding: [1, D] identity embedding (checkpoints with an image projection).
+            num_inference_steps / guidance_scale / fps / clip_frames / motion_frames / noise_correlation:
+                override the checkpoint's inference settings.
+            speed_buckets: [T, K] head-speed bucket weights per output frame (``speed_to_buckets``).
+            generator: seeds the noise.
+            decoder: ``"vae"`` (full) or ``"small"`` (streaming decoder).
+            output_type: ``"np"`` (uint8 frames) or ``"pt"`` (float tensor).
+            portrait_state: a cached ``prepare_portrait`` result; skips the portrait encoding.
+        """
+        # 0. Defaults from the checkpoint.
+        s = self.settings
+        fps = fps or s.fps
+        clip_frames = clip_frames or s.clip_frames
+        motion_frames = s.motion_frames if motion_frames is None else motion_frames
+        noise_correlation = s.noise_correlation if noise_correlation is None else noise_correlation
+
+        # 1. Check inputs.
+        self.check_inputs(portrait, audio, face_mask, clip_frames, motion_frames, noise_correlation)
+        if output_type not in ("np", "pt"):
+            raise ValueError(f"output_type must be 'np' or 'pt', got {output_type!r}")
+        total = max(1, round(audio.size * fps / SAMPLE_RATE))
+        num_clips = math.ceil(total / clip_frames)
+
+        # 2. Portrait: latents, cached reference bank, face features (reused if given).
+        state = portrait_state or self.prepare_portrait(portrait, face_mask, face_embedding)
+
+        # 3. Audio tokens for every frame (the last clip is padded with silence).
+        tokens = self.encode_audio(audio, num_clips * clip_frames, fps)
+        speed = None
+        if speed_buckets is not None:
+            speed = torch.as_tensor(np.asarray(speed_buckets, dtype=np.float32))[None]
+            if speed.shape[1] < num_clips * clip_frames:
+                speed = torch.cat([speed, speed[:, -1:].expand(1, num_clips * clip_frames - speed.shape[1], -1)], 1)
+
+        # 4. Clip by clip, each continuing the previous through its motion frames.
+        carry = None
+        clips = []
+        steps = num_inference_steps or s.num_inference_steps
+        with self.progress_bar(total=num_clips * steps) as bar:
+            for i in range(num_clips):
+                window = slice(i * clip_frames, (i + 1) * clip_frames)
+                latents, carry = self.denoise_clip(
+                    state, tokens[:, window], carry, steps, guidance_scale, motion_frames, noise_correlation,
+                    None if speed is None else speed[:, window], generator, progress_bar=bar)
+                # 5. Decode this clip now: memory stays flat however long the audio is.
+                clips.append(self.decode_latents(latents, decoder).cpu())
+        video = torch.cat(clips)[:total]
+
+        # 6. Output.
+        frames: np.ndarray | torch.Tensor = video
+        if output_type == "np":
+            frames = (video.permute(0, 2, 3, 1) * 255.0).round().to(torch.uint8).numpy()
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (frames, float(fps))
+        return EmoPipelineOutput(frames=frames, fps=float(fps))
