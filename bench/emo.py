@@ -1,0 +1,238 @@
+"""Benchmark of the emo streaming backend; prints one JSON object (not a test: no pass/fail here).
+
+Measures, on this machine, ``EmoAnimator`` streaming windows of B sessions at once (distinct portraits and
+seeds, clip phases aligned so every clip call batches all B sessions):
+
+1. per-call latency p50/p95 of the calls that sample a clip (the burst a window waits for) and of all window
+   calls, and frames/s per session and in aggregate, for B = 1, 2, 4 sessions × 1, 2, 4 sampler steps;
+2. memory per extra session: device (CUDA) or tensor bytes + RSS (CPU) of 4 prepared, streaming sessions
+   against 1;
+3. the reference cache against re-running the VAE encoder + ReferenceNet for every clip (the baseline,
+   measured in the same run): ``ratio`` = baseline / cached per-clip time (> 1: the cache's speed-up).
+
+Default: a tiny random checkpoint on CPU at 64 px (under 2 minutes). ``--full``: full-size random weights
+(our ``emo`` layout: SD-1.5 UNets, whisper-tiny, SD VAE, small decoder) built on ``--device`` (default cuda)
+in float16, 512 px.
+
+Usage: .venv/bin/python bench/emo.py [--full] [--device DEV] [--seconds S] [--steps 1,2,4] [--batches 1,2,4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from emo_stream.animators.emo import EmoAnimator  # noqa: E402
+from emo_stream.animators.emo_cache import tensor_bytes  # noqa: E402
+from emo_stream.avatar import prepare_avatar  # noqa: E402
+from emo_stream.pipelines import EmoPipeline  # noqa: E402
+from emo_stream.streaming import iter_windows  # noqa: E402
+from tests import media  # noqa: E402
+
+CLIP_FRAMES = 4
+FPS = 25
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def tiny_pipeline(tmp: Path) -> EmoPipeline:
+    from emo_stream.models import save_checkpoint, tiny_components
+
+    folder = save_checkpoint(tiny_components(seed=0), tmp / "tiny")
+    pipe = EmoPipeline.from_checkpoint(str(folder))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def full_pipeline(device: torch.device, dtype: torch.dtype, guidance: float) -> EmoPipeline:
+    from diffusers.utils import logging as diffusers_logging
+
+    from emo_stream.models import InferenceSettings, build_components
+    from emo_stream.models import configs as named
+
+    diffusers_logging.set_verbosity_error()  # no per-part notes about casting random weights
+    settings = InferenceSettings(num_inference_steps=4, guidance_scale=guidance, fps=FPS, audio_mode="inline",
+                                 sample_size=512, clip_frames=CLIP_FRAMES, motion_frames=2)
+    with torch.device(device):
+        components = build_components(named.emo_full(), settings, scheduler="LCMScheduler")
+    for name, part in components.parts().items():
+        if isinstance(part, torch.nn.Module):
+            part.to(device, torch.float32 if name == "speech_encoder" else dtype)
+    pipe = EmoPipeline.from_components(components)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def avatars(size: int, count: int) -> list:
+    astronaut = media.astronaut()
+    sources = [("astronaut.png", astronaut), ("grace_hopper.png", media.grace_hopper())]
+    sources += [(f"ast{style}.png", media.stylise(astronaut, style)) for style in media.STYLES]
+    return [prepare_avatar(media.save_png(rgb, name), size=size) for name, rgb in sources[:count]]
+
+
+def audio(seconds: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * 16_000)) / 16_000
+    return (0.3 * np.sin(2 * np.pi * (140 + 40 * seed) * t) * (rng.random(t.size) > 0.4)).astype(np.float32)
+
+
+def pct(values: list[float], q: float) -> float:
+    return round(float(np.percentile(values, q)) * 1000, 2) if values else 0.0
+
+
+def stream(animator: EmoAnimator, faces: list, seconds: float) -> dict[str, Any]:
+    """Stream ``seconds`` of audio into len(faces) sessions, one feed_batch per tick."""
+    states = [animator.prepare(face, seed=k) for k, face in enumerate(faces)]
+    windows = [list(iter_windows([audio(seconds, k)])) for k in range(len(faces))]
+    call_s, clip_s = [], []
+    frames = 0
+    started = time.perf_counter()
+    for tick in range(len(windows[0])):
+        t0 = time.perf_counter()
+        out = animator.feed_batch([(w[tick], s) for w, s in zip(windows, states, strict=True)])
+        _sync(animator.device)
+        elapsed = time.perf_counter() - t0
+        call_s.append(elapsed)
+        if any(out):
+            clip_s.append(elapsed)
+        frames += sum(len(o) for o in out)
+    for state in states:
+        frames += len(animator.flush(state))
+    wall = time.perf_counter() - started
+    per_session = frames / len(faces) / wall
+    return {"sessions": len(faces), "clip_call_ms_p50": pct(clip_s, 50), "clip_call_ms_p95": pct(clip_s, 95),
+            "window_call_ms_p50": pct(call_s, 50), "window_call_ms_p95": pct(call_s, 95),
+            "fps_per_session": round(per_session, 2), "fps_aggregate": round(per_session * len(faces), 2),
+            "realtime_factor_per_session": round(per_session / FPS, 3),
+            "fallback_frames": animator.stats.fallback_frames}
+
+
+def memory_per_session(pipe: EmoPipeline, faces: list, size: int, guidance: float) -> dict[str, Any]:
+    animator = EmoAnimator(pipe, size=size, clip_frames=CLIP_FRAMES, steps=1, guidance_scale=guidance,
+                           realtime=False, warmup=True)
+    device = animator.device
+
+    def measure(count: int) -> tuple[int, int, int]:
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            base = torch.cuda.memory_allocated(device)
+        else:
+            base = 0
+        rss0 = _rss()
+        states = [animator.prepare(face, seed=k) for k, face in enumerate(faces[:count])]
+        for tick_window in iter_windows([audio(0.4, 0)]):  # 10 windows: one clip each, a carry held
+            animator.feed_batch([(tick_window, s) for s in states])
+        gc.collect()
+        held = sum(tensor_bytes([s.portrait, s.carry]) for s in states)
+        used = (torch.cuda.memory_allocated(device) - base) if device.type == "cuda" else held
+        rss = _rss() - rss0
+        del states
+        animator.cache.clear()
+        return used, held, rss
+
+    one, four = measure(1), measure(4)
+    return {"device_bytes_per_extra_session": int((four[0] - one[0]) / 3),
+            "tensor_bytes_per_session": int(four[1] / 4),
+            "rss_bytes_per_extra_session": int((four[2] - one[2]) / 3)}
+
+
+def cache_speedup(pipe: EmoPipeline, face, size: int, seconds: float, guidance: float) -> dict[str, Any]:
+    out = {}
+    for name, cached in (("rerun_reference_net", False), ("cached_reference", True)):
+        animator = EmoAnimator(pipe, size=size, clip_frames=CLIP_FRAMES, steps=2, guidance_scale=guidance,
+                               realtime=False, cache_reference=cached, warmup=True)
+        result = stream(animator, [face], seconds)
+        out[name] = {"clip_call_ms_p50": result["clip_call_ms_p50"], "fps_per_session": result["fps_per_session"]}
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help="full-size random weights (GPU)")
+    parser.add_argument("--device", default=None, help="default: cuda with --full, else cpu")
+    parser.add_argument("--seconds", type=float, default=None, help="audio per run (default 4, --full 8)")
+    parser.add_argument("--steps", default="1,2,4")
+    parser.add_argument("--batches", default="1,2,4")
+    parser.add_argument("--guidance", type=float, default=1.0, help="1.0: guidance-distilled (one row)")
+    args = parser.parse_args()
+    device = torch.device(args.device or ("cuda" if args.full else "cpu"))
+    seconds = args.seconds or (8.0 if args.full else 4.0)
+    steps_list = [int(s) for s in args.steps.split(",")]
+    batches = [int(b) for b in args.batches.split(",")]
+    started = time.perf_counter()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.full:
+            pipe = full_pipeline(device, torch.float16 if device.type == "cuda" else torch.float32, args.guidance)
+        else:
+            pipe = tiny_pipeline(Path(tmp)).to(device)
+        size = int(pipe.settings.sample_size)
+        faces = avatars(size, max(4, max(batches)))
+
+        grid = []
+        for steps in steps_list:
+            animator = EmoAnimator(pipe, size=size, clip_frames=CLIP_FRAMES, steps=steps,
+                                   guidance_scale=args.guidance, realtime=False, warmup=True)
+            for batch in batches:
+                grid.append({"steps": steps, **stream(animator, faces[:batch], seconds)})
+        cache = cache_speedup(pipe, faces[0], size, seconds, args.guidance)
+        memory = memory_per_session(pipe, faces, size, args.guidance)
+        latency_frames = EmoAnimator(pipe, size=size, clip_frames=CLIP_FRAMES, realtime=False).latency_frames
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                                check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = None
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor()
+                                                                                or platform.machine())
+    baseline = cache["rerun_reference_net"]
+    candidate = cache["cached_reference"]
+    result = {
+        "bench": "emo",
+        "device": f"{device.type}: {name}, {os.cpu_count()} cpu cores, torch {torch.__version__}",
+        "commit": commit,
+        "config": {"weights": "full-size random (emo layout)" if args.full else "tiny random checkpoint",
+                   "size": size, "fps": FPS, "clip_frames": CLIP_FRAMES, "motion_frames": pipe.settings.motion_frames,
+                   "latency_frames": latency_frames, "scheduler": type(pipe.scheduler).__name__,
+                   "guidance_scale": args.guidance, "decoder": "small", "dtype": str(pipe._model_dtype),
+                   "audio_s_per_run": seconds, "torch_threads": torch.get_num_threads()},
+        "baseline": {"what": "VAE encode + ReferenceNet re-run for every clip, 2 steps, 1 session", **baseline},
+        "candidate": {"cache": {"what": "cached reference bank, same run and settings", **candidate},
+                      "grid": grid, "memory": memory},
+        "ratio": {"cache_speedup_clip_call": round(baseline["clip_call_ms_p50"] / candidate["clip_call_ms_p50"], 3),
+                  "cache_speedup_fps": round(candidate["fps_per_session"] / baseline["fps_per_session"], 3)},
+        "units": {"ms": "milliseconds of wall time per feed_batch call", "fps": "video frames per second of wall time",
+                  "bytes": "bytes", "realtime_factor": "fps_per_session / 25"},
+        "bench_s": round(time.perf_counter() - started, 1),
+    }
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
