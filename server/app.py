@@ -70,7 +70,7 @@ class OfferBody(BaseModel):
 class Engine:
     """What the app owns: the animator, the worker, avatars, sessions and telemetry."""
 
-    def __init__(self, config: Config, vad_factory: Any = None) -> None:
+    def __init__(self, config: Config, vad_factory: Any = None, animator: Any = None) -> None:
         self.config = config
         self.telemetry = Telemetry()
         self.avatars = AvatarStore(config.animator.size, AvatarLimits(
@@ -78,7 +78,7 @@ class Engine:
             min_face_px=config.limits.min_face_px), data_dir=config.server.data_dir)
         self.utilization = 0.0  # the worker's busy fraction, smoothed over a few seconds
         self.sessions = SessionRegistry()
-        self.animator = None
+        self.animator = animator
         self.worker: InferenceWorker | None = None
         self.vad_factory = vad_factory
         self._lag_task: asyncio.Task | None = None
@@ -87,9 +87,8 @@ class Engine:
         # The worker thread and the encoders' threads hold the GIL in short bursts; a 1 ms switch
         # interval (default 5 ms) keeps the event loop, which paces every track, from waiting on them.
         sys.setswitchinterval(0.001)
-        a = self.config.animator
-        self.animator = create_animator(a.backend, size=a.size, fps=a.fps, motion=a.motion,
-                                        checkpoint=a.checkpoint, device=a.device)
+        if self.animator is None:
+            self.animator = build_animator(self.config)
         self.worker = InferenceWorker(self.animator, asyncio.get_running_loop())
         if self.vad_factory is None:
             from server.vad import SileroVAD
@@ -227,10 +226,18 @@ def _page(name: str) -> Response:
     return FileResponse(path, media_type="text/html", headers={"Cache-Control": "no-cache"})
 
 
-def create_app(config: Config | None = None, vad_factory: Any = None) -> FastAPI:
-    """Build the app for ``config`` (defaults when None); ``vad_factory`` injects the VAD."""
+def build_animator(config: Config) -> Any:
+    """The configured backend (loads an emo checkpoint: raises CheckpointError naming a bad part)."""
+    a = config.animator
+    return create_animator(a.backend, size=a.size, fps=a.fps, motion=a.motion, checkpoint=a.checkpoint,
+                           device=a.device)
+
+
+def create_app(config: Config | None = None, vad_factory: Any = None, animator: Any = None) -> FastAPI:
+    """Build the app for ``config`` (defaults when None); ``vad_factory`` injects the VAD and
+    ``animator`` a backend made beforehand (so a bad checkpoint fails before serving)."""
     config = config or Config()
-    engine = Engine(config, vad_factory)
+    engine = Engine(config, vad_factory, animator)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -324,6 +331,10 @@ def create_app(config: Config | None = None, vad_factory: Any = None) -> FastAPI
     @app.get("/metrics")
     async def metrics() -> Response:
         engine.telemetry.asyncio_tasks.set(len(asyncio.all_tasks()))
+        stats = getattr(engine.animator, "stats_dict", None)
+        for name, value in (stats() if stats else {}).items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                engine.telemetry.animator_stat.labels(name=name).set(value)
         engine.telemetry.threads.set(threading.active_count())
         return Response(engine.telemetry.render(), media_type="text/plain; version=0.0.4")
 

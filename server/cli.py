@@ -37,10 +37,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                           "(--token T or EMO_STREAM_TOKEN) or bind 127.0.0.1")
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ConfigError("TLS needs both --tls-cert and --tls-key")
+    from server.app import build_animator
+
+    animator = build_animator(config)  # a bad checkpoint is a one-line error before the server starts
     from server.logs import configure
 
     configure(args.log_level, as_json=args.log_json)
-    app = create_app(config)
+    app = create_app(config, animator=animator)
     scheme = "https" if args.tls_cert else "http"
     print(f"emo-stream serving on {scheme}://{config.server.host}:{config.server.port} "
           f"(backend {config.animator.backend})", file=sys.stderr, flush=True)

@@ -418,6 +418,13 @@ class Session:
     def _pull_pcm(self) -> None:
         """One tick of queued PCM into the input path: bursts play at real time."""
         need = OUTPUT_RATE // self.options.fps
+        if self._pcm_flushing and not self._pcm_samples:
+            # The utterance has played into the pipeline: release the frames the animator's
+            # lookahead still holds, or the last syllables would show a held picture.
+            self._pcm_flushing = False
+            self.worker.submit(Job(session_id=self.id, generation=self.generation, kind="flush",
+                                   done=self._on_frames), urgent=True)
+            return
         if self._pcm_samples < need and not (self._pcm_flushing and self._pcm_samples):
             return
         parts, got = [], 0

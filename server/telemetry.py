@@ -43,6 +43,8 @@ class Telemetry:
                               registry=r)
         self.requests = Counter("emo_stream_http_requests_total", "HTTP requests by method and status",
                                 ["method", "status"], registry=r)
+        self.animator_stat = Gauge("emo_stream_animator_stat", "Numeric counters of the animator backend "
+                                   "(emo: fallback frames, late calls, device errors, cache)", ["name"], registry=r)
         self.asyncio_tasks = Gauge("emo_stream_asyncio_tasks", "Tasks alive on the server's loop", registry=r)
         self.threads = Gauge("emo_stream_threads", "Threads alive in the server process", registry=r)
         self.speaking = Gauge("emo_stream_sessions_speaking", "Sessions whose VAD says speaking", registry=r)

@@ -45,8 +45,9 @@ class EngineSession:
 class Job:
     """One unit of work for a session.
 
-    kind: ``prepare`` (make the EngineSession), ``feed`` (a window), ``idle`` (an idle frame at
-    ``pts``), ``reset`` (drop what the animator holds).
+    kind: ``prepare`` (make the EngineSession), ``feed`` (a window), ``flush`` (end of input: the
+    frames the animator's lookahead holds), ``idle`` (an idle frame at ``pts``), ``reset`` (drop
+    what the animator holds).
     """
 
     session_id: str
@@ -209,6 +210,13 @@ class InferenceWorker:
                     engine.vad.reset()
                 engine.gate.reset()
             self._deliver(first, True)
+            return
+        if first.kind == "flush":  # end of input: the frames the lookahead still holds
+            engine = self._sessions.get(first.session_id)
+            if engine is not None and not self._stale(first):
+                frames = [engine.picture(f) for f in self.animator.flush(engine.state)]
+                self._deliver(first, FeedResult(frames=frames, speaking=engine.gate.speaking, speech_probability=0.0,
+                                                animate_s=0.0, vad_s=0.0, queued_s=0.0))
             return
         if first.kind == "idle":
             engine = self._sessions.get(first.session_id)

@@ -28,8 +28,12 @@ def check_checkpoint_folder(checkpoint: str | Path | None) -> Path:
 
 
 def create_animator(backend: str = "lite", *, size: int = 512, fps: int = 25, motion: float = 1.0,
-                    checkpoint: str | None = None, device: str = "cpu") -> Animator:
-    """Make the animator for ``backend``; the emo backend is imported only when asked for."""
+                    checkpoint: str | None = None, device: str = "cpu", **emo_options) -> Animator:
+    """Make the animator for ``backend``; the emo backend is imported only when asked for.
+
+    ``emo_options`` go to ``EmoAnimator.from_checkpoint`` (e.g. ``decoder="vae", realtime=False``
+    for offline renders); the lite backend takes none.
+    """
     if backend == "lite":
         from emo_stream.animators.lite import LiteAnimator
 
@@ -42,7 +46,7 @@ def create_animator(backend: str = "lite", *, size: int = 512, fps: int = 25, mo
             if exc.name != "emo_stream.animators.emo":
                 raise
             raise UnknownBackendError("the emo backend is not available in this build; use --backend lite") from None
-        return EmoAnimator.from_checkpoint(checkpoint, size=size, fps=fps, device=device)
+        return EmoAnimator.from_checkpoint(checkpoint, size=size, fps=fps, device=device, **emo_options)
     raise UnknownBackendError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
 
 

@@ -260,9 +260,10 @@ def build_rig(avatar: Avatar) -> AvatarRig:
     brightness = float(np.mean(rgb)) / 255.0
     panel = _interior_panel(lip, min(1.0, 0.4 + brightness))
     # Its fourth channel is the person's matte, warped by the same map as the picture.
-    atlas = np.zeros((size, size + PANEL_W + 4, 4), np.uint8)
-    atlas[:, :size, :3] = rgb
-    atlas[:, :size, 3] = person_matte(rgb, avatar.landmarks)
+    # At least as tall as the panel: small outputs (< 96 px) still hold the whole interior.
+    atlas = np.zeros((max(size, panel.shape[0]), size + PANEL_W + 4, 4), np.uint8)
+    atlas[:size, :size, :3] = rgb
+    atlas[:size, :size, 3] = person_matte(rgb, avatar.landmarks)
     atlas[: panel.shape[0], size + 2: size + 2 + PANEL_W, :3] = panel
     atlas[: panel.shape[0], size + 2: size + 2 + PANEL_W, 3] = 255
 
