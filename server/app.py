@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import secrets
 import sys
 import threading
@@ -77,6 +78,9 @@ class Engine:
             max_pixels=config.limits.max_image_pixels, max_bytes=config.limits.max_image_bytes,
             min_face_px=config.limits.min_face_px), data_dir=config.server.data_dir)
         self.utilization = 0.0  # the worker's busy fraction, smoothed over a few seconds
+        self.cpu_cores = 0.0  # the process's CPU use in cores (worker, encoders, loop), smoothed
+        self.late_ratio = 0.0  # late ticks / ticks over all sessions, smoothed
+        self.session_cost = 0.0  # cores one running session costs, learned from the measurements
         self.sessions = SessionRegistry()
         self.animator = animator
         self.worker: InferenceWorker | None = None
@@ -112,6 +116,8 @@ class Engine:
     async def _watch_loop_lag(self) -> None:
         loop = asyncio.get_running_loop()
         last_busy, last_time = 0.0, loop.time()
+        last_cpu = sum(os.times()[:2])
+        last_ticks = last_late = 0
         while True:
             start = loop.time()
             await asyncio.sleep(0.1)
@@ -125,7 +131,20 @@ class Engine:
                     sample = min(1.0, (busy - last_busy) / (now - last_time))
                     self.utilization = 0.6 * self.utilization + 0.4 * sample
                     self.telemetry.worker_utilization.set(self.utilization)
-                    last_busy, last_time = busy, now
+                    cpu = sum(os.times()[:2])
+                    self.cpu_cores = 0.6 * self.cpu_cores + 0.4 * (cpu - last_cpu) / (now - last_time)
+                    settled = [s for s in self.sessions.all() if s.stats.ticks > 3 * s.options.fps]
+                    if settled and len(settled) == len(self.sessions):
+                        # cost per session, net of what the process burns with no session at all
+                        cost = max(0.0, self.cpu_cores - 0.05) / len(settled)
+                        self.session_cost = cost if not self.session_cost else 0.8 * self.session_cost + 0.2 * cost
+                    ticks = sum(s.stats.ticks for s in self.sessions.all())
+                    late = sum(s.stats.frames_late for s in self.sessions.all())
+                    if ticks > last_ticks:
+                        self.late_ratio = 0.5 * self.late_ratio + 0.5 * (late - last_late) / (ticks - last_ticks)
+                    elif not self.sessions.all():
+                        self.late_ratio = 0.0
+                    last_busy, last_time, last_cpu, last_ticks, last_late = busy, now, cpu, ticks, late
             self.telemetry.track_queue_depth.set(sum(len(s.clock.video) for s in self.sessions.all()))
             for s in self.sessions.all():
                 for name, q in (("video", s.clock.video), ("audio", s.clock.audio)):
@@ -148,6 +167,17 @@ class Engine:
             self.telemetry.admissions_refused.labels(reason="load").inc()
             raise OverloadedError(f"the animator is {self.utilization:.0%} busy with {running} sessions; one more "
                                   "would make them late: try again later", retry_after_s=15)
+        # The animator is not all of a session's cost: encoders and the network stack run on the
+        # same cores. Refuse when the running sessions are already late, or when one more
+        # session's share of the process's CPU would not fit on this machine's cores.
+        cores = os.cpu_count() or 1
+        # Sessions still starting are counted at the learned cost, so a burst of offers cannot all slip in.
+        projected = max(self.cpu_cores * (running + 1) / running if running else 0.0, self.session_cost * (running + 1))
+        if running and (self.late_ratio > 0.05 or projected > 0.9 * cores):
+            self.telemetry.admissions_refused.labels(reason="load").inc()
+            raise OverloadedError(f"{running} sessions use {self.cpu_cores:.1f} of {cores} cores"
+                                  f" ({self.late_ratio:.0%} of their frames late); one more would make them late: "
+                                  "try again later", retry_after_s=15)
 
     async def create_session(self, offer_sdp: str, offer_type: str, avatar_id: str | None,
                              body: SessionOptionsBody) -> Session:
