@@ -460,25 +460,27 @@ def create_app(config: Config | None = None, vad_factory: Any = None, animator: 
         data = await asyncio.to_thread(engine.avatars.thumbnail, avatar_id)
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
 
-    async def _ws_guard(websocket: WebSocket) -> bool:
-        """Check the server token on a WebSocket (middleware does not see them)."""
+    async def _accept_controlled(websocket: WebSocket, session_id: str) -> Session | None:
+        """Accept a session's WebSocket if the caller holds the server token (when there is one)
+        and the session's control; else close it with 4401/4404 (middleware never sees WebSockets)."""
         token = config.server.token
         given = websocket.query_params.get("token") or _bearer(websocket)
         if token and not (given and secrets.compare_digest(given, token)):
             await websocket.close(code=4401, reason="unauthorized")
-            return False
-        return True
-
-    @app.websocket("/v1/sessions/{session_id}/events")
-    async def events(websocket: WebSocket, session_id: str) -> None:
-        if not await _ws_guard(websocket):
-            return
+            return None
         try:
             session = controlled(websocket, session_id)
         except EmoStreamError as exc:
             await websocket.close(code=4404 if isinstance(exc, NotFoundError) else 4401, reason=exc.message[:120])
-            return
+            return None
         await websocket.accept()
+        return session
+
+    @app.websocket("/v1/sessions/{session_id}/events")
+    async def events(websocket: WebSocket, session_id: str) -> None:
+        session = await _accept_controlled(websocket, session_id)
+        if session is None:
+            return
         queue = session.subscribe()
 
         async def sender() -> None:
@@ -517,14 +519,9 @@ def create_app(config: Config | None = None, vad_factory: Any = None, animator: 
 
     @app.websocket("/v1/sessions/{session_id}/audio")
     async def audio(websocket: WebSocket, session_id: str) -> None:
-        if not await _ws_guard(websocket):
+        session = await _accept_controlled(websocket, session_id)
+        if session is None:
             return
-        try:
-            session = controlled(websocket, session_id)
-        except EmoStreamError as exc:
-            await websocket.close(code=4404 if isinstance(exc, NotFoundError) else 4401, reason=exc.message[:120])
-            return
-        await websocket.accept()
         if session.options.audio_source != "pcm":
             await websocket.send_json({"type": "error", "message": "this session takes its audio from the "
                                                                    "microphone; create it with audio_source 'pcm'"})

@@ -8,20 +8,13 @@ Nothing is downloaded: Debian's chromium + chromedriver (``make test`` installs 
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import httpx
-
-from tests import media
+from tests import media, servers
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -47,46 +40,11 @@ def missing_browser() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def run_server(config: Path | None = None, extra_args: tuple[str, ...] = ()) -> Iterator[str]:
     """``emo-stream serve`` on 127.0.0.1 and a free port; yields its base URL, stops it after."""
-    port = _free_port()
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    log_path = Path(tempfile.gettempdir()) / f"emo-stream-browser-{port}.log"
-    config = config or media.REPO / "configs" / "tiny.yaml"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--config", str(config),
-                                 "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-                                 *extra_args],
-                                cwd=media.REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        try:
-            while True:
-                try:
-                    if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if proc.poll() is not None:
-                    raise RuntimeError(f"the server exited:\n{log_path.read_text()[-3000:]}")
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"the server did not start:\n{log_path.read_text()[-3000:]}")
-                time.sleep(0.2)
-            yield base
-        finally:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    with servers.run_server(args=extra_args, config_path=config) as server:
+        yield server.base
 
 
 def mic_wav(source: Path, name: str) -> Path:

@@ -37,44 +37,60 @@ class RunningServer:
         return self.log.read_text(errors="replace")
 
 
-@contextlib.contextmanager
-def run_server(config: dict | None = None, args: list[str] = (), scheme: str = "http",
-               env: dict | None = None, verify: bool | str = True) -> Iterator[RunningServer]:
-    """Start ``emo-stream serve`` with configs/tiny.yaml updated by ``config``; stop it after."""
-    base_config = yaml.safe_load((media.REPO / "configs" / "tiny.yaml").read_text())
+def write_config(config: dict | None = None) -> Path:
+    """configs/tiny.yaml updated section by section with ``config``, in a fresh temporary file."""
+    merged = yaml.safe_load((media.REPO / "configs" / "tiny.yaml").read_text())
     for section, values in (config or {}).items():
-        base_config.setdefault(section, {}).update(values)
-    port = free_port()
-    folder = Path(tempfile.mkdtemp(prefix="emo-stream-server-"))
-    config_path = folder / "config.yaml"
-    config_path.write_text(yaml.safe_dump(base_config))
-    log = folder / "server.log"
+        merged.setdefault(section, {}).update(values)
+    path = Path(tempfile.mkdtemp(prefix="emo-stream-server-")) / "config.yaml"
+    path.write_text(yaml.safe_dump(merged))
+    return path
+
+
+def start(port: int, config_path: Path, args: list[str] | tuple[str, ...] = (), scheme: str = "http",
+          env: dict | None = None, verify: bool | str = True, timeout_s: float = 60) -> RunningServer:
+    """``emo-stream serve`` on 127.0.0.1:``port``; returns once /healthz answers."""
+    log = config_path.parent / f"server-{port}.log"
     process_env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", **(env or {}))
     with open(log, "w") as log_file:
         proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--config", str(config_path),
-                                 "--port", str(port), "--log-level", "warning", *args],
+                                 "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", *args],
                                 cwd=media.REPO, env=process_env, stdout=log_file, stderr=subprocess.STDOUT)
-    base = f"{scheme}://127.0.0.1:{port}"
-    server = RunningServer(base=base, port=port, proc=proc, log=log)
+    server = RunningServer(base=f"{scheme}://127.0.0.1:{port}", port=port, proc=proc, log=log)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(f"{server.base}/healthz", timeout=1, verify=verify).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {server.log_text()[-3000:]}")
+        if time.monotonic() > deadline:
+            stop(server)
+            raise RuntimeError(f"server did not start: {server.log_text()[-3000:]}")
+        time.sleep(0.2)
+
+
+def stop(server: RunningServer) -> None:
+    """Ctrl-C, as an operator would; kill after 15 s."""
+    proc = server.proc
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
+def run_server(config: dict | None = None, args: list[str] | tuple[str, ...] = (), scheme: str = "http",
+               env: dict | None = None, verify: bool | str = True,
+               config_path: Path | None = None) -> Iterator[RunningServer]:
+    """A server with configs/tiny.yaml updated by ``config`` (or ``config_path``), stopped after."""
+    server = start(free_port(), config_path or write_config(config), args, scheme, env, verify)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1, verify=verify).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited: {server.log_text()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start: {server.log_text()}")
-            time.sleep(0.2)
         yield server
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop(server)

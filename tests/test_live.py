@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -22,42 +18,15 @@ from emo_stream.metrics import compute_video_metrics
 from emo_stream.metrics.face_measures import mouth_opening
 from tests import media
 from tests.live_client import RATE, LivePeer, audio_timeline, received_fps, write_recording
+from tests.servers import run_server
 
 pytestmark = pytest.mark.timeout(240)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server():
-    port = _free_port()
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"emo-stream-live-{port}.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--config",
-                             str(media.REPO / "configs" / "tiny.yaml"), "--port", str(port), "--log-level", "warning"],
-                            cwd=media.REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert proc.poll() is None, Path(log.name).read_text()
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.2)
-    yield base
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    with run_server() as running:
+        yield running.base
 
 
 def metric(base: str, name: str) -> float:

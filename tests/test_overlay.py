@@ -5,57 +5,24 @@ from __future__ import annotations
 
 import base64
 import io
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests import media
+from tests import servers
 from tests.browser import chromium, console_errors, missing_browser, wait_for
-from tests.servers import free_port
 
 pytestmark = [pytest.mark.timeout(240),
               pytest.mark.skipif(missing_browser() is not None, reason=str(missing_browser()))]
 
 
-def start_server(port: int) -> subprocess.Popen:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--config",
-                             str(media.REPO / "configs" / "tiny.yaml"), "--port", str(port), "--log-level", "warning"],
-                            cwd=media.REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for(lambda: _healthy(port), 60, "the server to start")
-    return proc
-
-
-def _healthy(port: int) -> bool:
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
-    except httpx.TransportError:
-        return False
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 @pytest.fixture(scope="module")
 def server():
-    port = free_port()
-    proc = start_server(port)
-    yield port
-    stop_server(proc)
+    with servers.run_server() as running:
+        yield running.port
 
 
 def playing(driver) -> bool:
@@ -136,17 +103,18 @@ def test_transparent_overlay_has_real_alpha(server):
 
 
 def test_overlay_comes_back_after_a_server_restart(tmp_path: Path):
-    port = free_port()
-    proc = start_server(port)
+    port = servers.free_port()
+    config = servers.write_config()
+    running = servers.start(port, config)
     try:
         with chromium() as driver:
             driver.get(f"http://127.0.0.1:{port}/overlay?bg=green&name=obs-restart")
             wait_for(lambda: playing(driver), 30, "the overlay video to play")
             first = driver.execute_script("return window.emoOverlay.session.sessionId;")
-            stop_server(proc)
+            servers.stop(running)
             wait_for(lambda: driver.execute_script("return window.emoOverlay.session.state;") != "connected",
                      30, "the overlay to notice the server is gone")
-            proc = start_server(port)
+            running = servers.start(port, config)
             back_from = time.monotonic()
             wait_for(lambda: driver.execute_script(
                 "const s = window.emoOverlay.session; return s.state === 'connected' && s.sessionId !== arguments[0];",
@@ -155,4 +123,4 @@ def test_overlay_comes_back_after_a_server_restart(tmp_path: Path):
                 "const v = document.getElementById('video'); return v.videoWidth > 0 && !v.paused;"), 10, "video")
             assert time.monotonic() - back_from <= 5.0
     finally:
-        stop_server(proc)
+        servers.stop(running)
