@@ -1,0 +1,36 @@
+"""The VAD used by sessions: silero on speech, no work in digital silence, hysteresis in the gate."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from emo_stream.audio import load_audio
+from server.vad import EnergyVAD, SileroVAD, SpeechGate
+from tests import media
+
+
+def _windows(samples: np.ndarray) -> list[np.ndarray]:
+    return [samples[i:i + 640] for i in range(0, len(samples) - 639, 640)]
+
+
+def test_silero_finds_speech_after_silence_and_gate_follows():
+    audio = load_audio(media.silence_then_speech("hello", silence_s=1.0))
+    vad, gate = SileroVAD(), SpeechGate()
+    probs, states = [], []
+    for window in _windows(audio):
+        probs.append(vad.speech_probability(window))
+        states.append(gate.update(probs[-1]))
+    assert max(probs[:20]) < 0.1  # the first 0.8 s are silence
+    assert max(probs[30:80]) > 0.9
+    first_speaking = states.index(True)
+    assert 25 <= first_speaking <= 35  # speech starts at 1.0 s = window 25; the gate needs 2 windows
+    assert not states[-1]  # trailing silence: idle again
+
+
+def test_digital_silence_skips_the_model_and_energy_vad():
+    vad = SileroVAD()
+    assert vad.speech_probability(np.zeros(640, np.float32)) == 0.0
+    energy = EnergyVAD()
+    assert energy.speech_probability(np.zeros(640, np.float32)) == 0.0
+    loud = (0.3 * np.sin(np.arange(640) / 3)).astype(np.float32)
+    assert energy.speech_probability(loud) == 1.0
