@@ -159,18 +159,18 @@ class InferenceWorker:
                 return None
             first = self._jobs.popleft()
             batch = [first]
-            if first.kind == "feed":
-                # Gather the next feed jobs of other sessions into one batched call.
+            if first.kind == "feed" or (first.kind == "idle" and hasattr(self.animator, "idle_batch")):
+                # Gather the next jobs of the same kind from other sessions into one batched call.
                 seen = {first.session_id}
                 keep: deque[Job] = deque()
                 while self._jobs:
                     job = self._jobs.popleft()
-                    if job.kind == "feed" and job.session_id not in seen:
+                    if job.kind == first.kind and job.session_id not in seen:
                         batch.append(job)
                         seen.add(job.session_id)
                     else:
                         keep.append(job)
-                        if job.kind != "feed":
+                        if job.kind != first.kind:
                             break
                 self._jobs.extendleft(reversed(keep))
             return batch
@@ -219,9 +219,14 @@ class InferenceWorker:
                                                 animate_s=0.0, vad_s=0.0, queued_s=0.0))
             return
         if first.kind == "idle":
-            engine = self._sessions.get(first.session_id)
-            if engine is not None and not self._stale(first):
-                self._deliver(first, engine.picture(self.animator.idle(engine.state, first.pts)))
+            live = [(job, self._sessions[job.session_id]) for job in batch
+                    if job.session_id in self._sessions and not self._stale(job)]
+            if len(live) > 1:  # e.g. the emo backend samples one silent clip for all of them
+                frames = self.animator.idle_batch([(engine.state, job.pts) for job, engine in live])
+            else:
+                frames = [self.animator.idle(engine.state, job.pts) for job, engine in live]
+            for (job, engine), frame in zip(live, frames, strict=True):
+                self._deliver(job, engine.picture(frame))
             return
         # feed: VAD per window, then one batched animator call
         items, jobs, vad_info = [], [], []

@@ -1,0 +1,105 @@
+"""The InferenceWorker on its own: batching, deadlines, barge-in, idle batches — with a fake animator."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+
+from emo_stream.types import AudioWindow, Frame
+from server.worker import InferenceWorker, Job
+
+
+class RecordingAnimator:
+    """Counts calls; each window becomes one frame at its pts."""
+
+    latency_frames = 0
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.batches: list[int] = []
+        self.idle_batches: list[int] = []
+        self.resets = 0
+        self.delay_s = delay_s
+
+    def prepare(self, avatar, seed=0):
+        return {"seed": seed}
+
+    def feed_batch(self, items):
+        self.batches.append(len(items))
+        time.sleep(self.delay_s)
+        return [[Frame(rgb=np.zeros((4, 4, 3), np.uint8), pts=w.start_pts)] for w, _ in items]
+
+    def idle(self, state, pts):
+        return Frame(rgb=np.zeros((4, 4, 3), np.uint8), pts=pts)
+
+    def idle_batch(self, items):
+        self.idle_batches.append(len(items))
+        return [self.idle(state, pts) for state, pts in items]
+
+    def reset(self, state):
+        self.resets += 1
+
+
+def _window(pts: int) -> AudioWindow:
+    return AudioWindow(samples=np.zeros(640, np.float32), sample_rate=16_000, start_pts=pts)
+
+
+def _run(animator, jobs_for):
+    async def main():
+        loop = asyncio.get_running_loop()
+        worker = InferenceWorker(animator, loop)
+        results: list = []
+        for sid in ("a", "b", "c"):
+            worker.submit(Job(session_id=sid, generation=0, kind="prepare", avatar=None))
+        await asyncio.sleep(0.05)
+        jobs_for(worker, results)
+        await asyncio.sleep(0.3)
+        worker.stop()
+        return results
+
+    return asyncio.run(main())
+
+
+def test_feed_jobs_of_several_sessions_share_one_batch():
+    animator = RecordingAnimator(delay_s=0.05)
+
+    def jobs(worker, results):
+        worker.submit(Job(session_id="a", generation=0, kind="feed", window=_window(0), done=results.append))
+        # while "a" is being animated, three more arrive: one window of each session, one batch
+        time.sleep(0.01)
+        for sid in ("b", "c", "a"):
+            worker.submit(Job(session_id=sid, generation=0, kind="feed", window=_window(3600), done=results.append))
+
+    results = _run(animator, jobs)
+    assert len(results) == 4
+    assert animator.batches == [1, 3]
+
+
+def test_late_windows_are_skipped_and_stale_generations_dropped():
+    animator = RecordingAnimator()
+
+    def jobs(worker, results):
+        worker.submit(Job(session_id="a", generation=0, kind="feed", window=_window(0), done=results.append,
+                          deadline=time.perf_counter() - 1))
+        worker.submit(Job(session_id="b", generation=0, kind="feed", window=_window(0), done=results.append))
+        worker.invalidate("b", 1)  # barge-in: b's queued window is dropped
+        worker.submit(Job(session_id="c", generation=0, kind="feed", window=_window(0), done=results.append))
+
+    results = _run(animator, jobs)
+    assert len(results) == 1  # only c's window was animated
+    assert sum(animator.batches) == 1
+
+
+def test_idle_jobs_batch_when_the_backend_can():
+    animator = RecordingAnimator()
+
+    def jobs(worker, results):
+        with worker._cv:  # queue all three before the worker wakes, as three sessions' ticks would
+            for sid in ("a", "b", "c"):
+                worker._jobs.append(Job(session_id=sid, generation=0, kind="idle", pts=7200, done=results.append))
+            worker._cv.notify()
+
+    results = _run(animator, jobs)
+    assert len(results) == 3 and all(f.pts == 7200 for f in results)
+    assert animator.idle_batches == [3]
