@@ -207,7 +207,8 @@ class Engine:
                                  seed=body.seed if body.seed is not None else a.seed)
         session = Session(avatar, options, self.worker, self.telemetry, self.config.server.ice_servers,
                           latency_frames=self.animator.latency_frames, vad_factory=self.vad_factory,
-                          delay_margin_ticks=self.config.server.delay_margin_ticks)
+                          delay_margin_ticks=max(self.config.server.delay_margin_ticks,
+                                                 getattr(self.animator, "margin_ticks", 0)))
         try:
             answer = await session.accept(offer_sdp, offer_type)
         except BaseException:

@@ -47,6 +47,7 @@ frame), so backgrounds and overlays work.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -574,6 +575,12 @@ class EmoAnimator:
             for frame in frames[1:]:
                 clip.state.idle_frames[frame.pts] = frame
         return [frame for frame in out if frame is not None]
+
+    @property
+    def margin_ticks(self) -> int:
+        """Ticks a live session must allow for one clip call: its real-time budget, rounded up
+        (a call within budget is never late; the server delays by at least this much)."""
+        return math.ceil(self.budget_s * self.fps - 1e-9)
 
     def stats_dict(self) -> dict[str, Any]:
         return {**self.stats.to_dict(), "latency_frames": self.latency_frames, "clip_frames": self.clip_frames,
