@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import json
 import logging
 import secrets
@@ -44,6 +45,8 @@ OUTPUT_RATE = 48_000
 ENGINE_RATE = 16_000
 QUIET_DBFS = -45.0  # below this a window counts as quiet (resuming after an interrupt)
 SILENT_PEER_S = 5.0  # no media from the peer this long: it is gone
+SILENT_RTCP_S = 8.0  # no receiver report about our tracks this long (PCM sessions): it is gone
+RTCP_GRACE_S = 10.0  # time to connect before receiver reports are expected
 FIRST_MEDIA_GRACE_S = 15.0  # time to connect before the first media arrives
 # aiortc's audio receiver releases a packet only once 4 more are queued (80 ms); on loopback
 # and LANs reordering is rare, so one packet of prefetch keeps 60 ms out of the latency.
@@ -500,12 +503,33 @@ class Session:
         for tick in (now + 1, now + 2):
             self._request_idle(tick, urgent=True)
 
+    async def _last_rtcp_age_s(self) -> float | None:
+        """Seconds since the peer's last RTCP receiver report on any of our tracks (None: none yet)."""
+        newest = None
+        for transceiver in self.pc.getTransceivers():
+            with contextlib.suppress(Exception):
+                report = await transceiver.sender.getStats()
+                for stats in report.values():
+                    if getattr(stats, "type", "") == "remote-inbound-rtp":
+                        newest = stats.timestamp if newest is None else max(newest, stats.timestamp)
+        if newest is None:
+            return None
+        return (datetime.datetime.now(datetime.UTC) - newest).total_seconds()
+
     async def _watchdog(self) -> None:
-        """Reap a peer that stopped sending media (aioice alone waits ~30 s)."""
+        """Reap a peer that went away without a goodbye (aioice alone waits ~30 s): a microphone
+        that stopped sending, or — for PCM sessions, which receive no media — a peer that stopped
+        sending RTCP receiver reports about what we send."""
+        checks = 0
         while not self.closed:
             await asyncio.sleep(0.5)
+            checks += 1
             now = time.monotonic()
             if self.options.audio_source != "mic":
+                if checks % 4 == 0 and now - self.stats.created > RTCP_GRACE_S:
+                    age = await self._last_rtcp_age_s()
+                    if age is None or age > SILENT_RTCP_S:
+                        await self.close(reason="silent peer")
                 continue
             last = self.stats.last_input
             if last is None and now - self.stats.created > FIRST_MEDIA_GRACE_S:

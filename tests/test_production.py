@@ -432,3 +432,43 @@ def test_named_session_is_driven_by_name_with_the_server_token():
         peer = asyncio.run(run())
         _, voice = audio_timeline(peer.received)
         assert np.abs(voice).max() > 0.1  # the agent's voice came back
+
+
+PCM_CLIENT = """
+import asyncio, sys
+sys.path.insert(0, sys.argv[2])
+from tests.live_client import LivePeer
+async def main():
+    peer = LivePeer(sys.argv[1], None, options={"audio_source": "pcm"})
+    await peer.connect()
+    print("connected", flush=True)
+    await asyncio.sleep(60)
+asyncio.run(main())
+"""
+
+
+def test_killed_pcm_client_is_reaped(server):
+    """A PCM peer sends no media: it is reaped when its RTCP receiver reports stop."""
+    import subprocess
+    import sys
+
+    def active() -> float:
+        text = httpx.get(f"{server.base}/metrics").text
+        return float(next(line.split()[-1] for line in text.splitlines()
+                          if line.startswith("emo_stream_sessions_active ")))
+
+    deadline = time.monotonic() + 20
+    while active() != 0 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    before = active()
+    proc = subprocess.Popen([sys.executable, "-c", PCM_CLIENT, server.base, str(media.REPO)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "connected"
+    time.sleep(12)  # past the RTCP grace: a live peer's reports keep it alive
+    assert active() == before + 1
+    proc.kill()
+    proc.wait()
+    killed = time.monotonic()
+    while active() != before:
+        assert time.monotonic() - killed < 15, "the dead PCM peer was not reaped"
+        time.sleep(0.5)
