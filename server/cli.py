@@ -1,4 +1,4 @@
-"""The ``emo-stream`` command: serve | render | metrics.
+"""The ``emo-stream`` command: serve | render | metrics | import.
 
 Heavy imports stay inside each subcommand so ``--help`` and the lite path start fast.
 A user error prints ``error: <message>`` on one stderr line and exits 2.
@@ -85,9 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     metrics.add_argument("--compact", action="store_true", help="one-line JSON")
     metrics.set_defaults(func=_cmd_metrics)
 
+    from server.cli_import import add_import_parser
     from server.cli_render import add_render_parser
 
     add_render_parser(sub)
+    add_import_parser(sub)
     return parser
 
 

@@ -201,8 +201,8 @@ class _Writer:
         if isinstance(part, SchedulerMixin):
             part.save_pretrained(self.tmp / name)
             return
-        if name != "speech_encoder":  # load_checkpoint keeps the speech encoder in float32 anyway
-            part.to(self.dtype)
+        if name != "speech_encoder" and part.dtype != self.dtype:  # the speech encoder stays float32
+            torch.nn.Module.to(part, self.dtype)  # (ModelMixin.to warns about fp32 modules; ours have none)
         part.save_pretrained(self.tmp / name, safe_serialization=True)
 
     def commit(self, settings: InferenceSettings, report: ImportReport) -> None:
@@ -225,10 +225,15 @@ class _Writer:
 def _build(name: str, config: dict[str, Any], seed: int = 0) -> torch.nn.Module:
     (cls,) = PART_CLASSES[name][0].values()
     torch.manual_seed(seed)  # unfilled (EMO-only) weights: deterministic; the ones that matter start at zero
-    return cls(**config).eval()
+    try:
+        return cls(**config).eval()
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"--configs: part '{name}' cannot be built ({exc})") from None
 
 
-def _load_vae(folder: Path, latent_channels: int) -> torch.nn.Module:
+def _load_vae(folder: Path, latent_channels: int, dtype: torch.dtype) -> torch.nn.Module:
+    import importlib.util
+
     from diffusers import AutoencoderKL
 
     if not folder.is_dir():
@@ -236,7 +241,8 @@ def _load_vae(folder: Path, latent_channels: int) -> torch.nn.Module:
     subfolder = "vae" if not (folder / "config.json").is_file() and (folder / "vae" / "config.json").is_file() \
         else None
     try:
-        vae = AutoencoderKL.from_pretrained(folder, subfolder=subfolder, local_files_only=True)
+        vae = AutoencoderKL.from_pretrained(folder, subfolder=subfolder, local_files_only=True, torch_dtype=dtype,
+                                            low_cpu_mem_usage=importlib.util.find_spec("accelerate") is not None)
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise CheckpointError(f"--vae: cannot load a diffusers AutoencoderKL from {folder} ({first})") from None
@@ -318,15 +324,21 @@ def import_checkpoint(family: str, src: str | Path, out: str | Path, *, vae: str
         raise CheckpointError("--acc exists for EchoMimic only")
     src, out, vae, speech = Path(src).expanduser(), Path(out).expanduser(), Path(vae).expanduser(), \
         Path(speech).expanduser()
-    configs = {k: dict(v) for k, v in (configs or getattr(named_configs, f"{family}_v1")()).items()}
+    configs = {k: dict(v) if isinstance(v, dict) else v
+               for k, v in (configs or getattr(named_configs, f"{family}_v1")()).items()}
+    needed = ["denoiser", "reference_net", "face_locator", "speech_encoder", "vae"] + \
+        (["image_projection", "audio_projection"] if family == "hallo" else [])
+    absent = [name for name in needed if not isinstance(configs.get(name), dict)]
+    if absent:
+        raise CheckpointError(f"--configs: no config for part(s) {', '.join(absent)}")
     if speed_buckets:
         configs["denoiser"].update(num_speed_buckets=speed_buckets,
                                    speed_embedding_dim=configs["denoiser"]["block_out_channels"][0])
     denoiser_cfg = configs["denoiser"]
-    vae_scale = 2 ** (len(configs["vae"]["block_out_channels"]) - 1)
+    vae_scale = 2 ** (len(configs["vae"].get("block_out_channels", named_configs.SD_VAE["block_out_channels"])) - 1)
     settings = InferenceSettings(**(ECHOMIMIC_ACC_SETTINGS if acc else ECHOMIMIC_SETTINGS if family == "echomimic"
                                     else HALLO_SETTINGS),
-                                 audio_mode=denoiser_cfg["audio_mode"],
+                                 audio_mode=denoiser_cfg.get("audio_mode", "inline"),
                                  sample_size=denoiser_cfg.get("sample_size", 64) * vae_scale)
     report = ImportReport(
         family=family, variant="acc" if acc else "default",
@@ -338,6 +350,13 @@ def import_checkpoint(family: str, src: str | Path, out: str | Path, *, vae: str
 
     if not src.exists():
         raise CheckpointError(f"--src: not found: {src}")
+    # Fail before any heavy work on inputs that are plainly absent.
+    if not vae.is_dir():
+        raise CheckpointError(f"--vae: folder not found: {vae}")
+    if family == "echomimic" and not speech.is_file():
+        raise CheckpointError(f"--whisper: file not found: {speech}")
+    if family == "hallo" and not speech.is_dir():
+        raise CheckpointError(f"--wav2vec2: folder not found: {speech}")
     model_parts: list[tuple[str, list[Callable[[], Source]]]]
     if family == "echomimic":
         if not src.is_dir():
@@ -380,7 +399,7 @@ def import_checkpoint(family: str, src: str | Path, out: str | Path, *, vae: str
     writer = _Writer(out, dtype)
     try:
         bar = tqdm(total=len(model_parts) + 2, desc=f"import {family}", unit="part", file=sys.stderr,
-                   disable=not progress, leave=False)
+                   disable=not progress)
         with bar:
             for part, sources in model_parts:
                 bar.set_postfix_str(part)
@@ -396,7 +415,7 @@ def import_checkpoint(family: str, src: str | Path, out: str | Path, *, vae: str
                                           f"{', '.join(leftover)}")
                 holder.clear()
             bar.set_postfix_str("vae")
-            writer.write("vae", _load_vae(vae, denoiser_cfg["in_channels"]))
+            writer.write("vae", _load_vae(vae, denoiser_cfg.get("in_channels", 4), dtype))
             bar.update()
             from emo_stream.models.schedulers import make_scheduler
 
