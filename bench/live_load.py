@@ -30,12 +30,12 @@ import time
 import traceback
 from pathlib import Path
 
+import av
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack  # noqa: E402
 
 from tests.live_client import RATE, LivePeer, Received, received_fps, write_recording  # noqa: E402
 
@@ -66,22 +66,10 @@ def _loudness(x: np.ndarray) -> float:
 class RecordingPeer(LivePeer):
     """LivePeer that stores video as raw YUV 4:2:0 planes (cheap) instead of converting to RGB on the loop."""
 
-    async def _record(self, track: MediaStreamTrack) -> None:
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
-            now = time.monotonic()
-            if track.kind == "video":
-                if frame.format.name != "yuv420p":
-                    frame = frame.reformat(format="yuv420p")
-                self.received.video.append((now, frame.to_ndarray()))
-            else:
-                pcm = frame.to_ndarray().astype(np.float32) / 32768.0
-                channels = len(frame.layout.channels)
-                mono = pcm.reshape(-1, channels).mean(axis=1) if pcm.shape[0] == 1 else pcm.mean(axis=0)
-                self.received.audio.append((now, mono))
+    def keep_video(self, frame: av.VideoFrame) -> np.ndarray:
+        if frame.format.name != "yuv420p":
+            frame = frame.reformat(format="yuv420p")
+        return frame.to_ndarray()
 
 
 def find_onsets(samples: np.ndarray, frames_sent: int) -> list[tuple[int, int]]:

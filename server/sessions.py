@@ -276,11 +276,26 @@ class Session:
         tick = self._anchors.tick(index)
         now = self.clock.current_tick()
         ahead = None if tick is None else tick - now
-        if ahead is None or ahead <= 0 or ahead > self.delay_ticks + 12 or (
-                quiet and ahead > self.delay_ticks + REANCHOR_SLACK_TICKS):
-            self._anchors.set(index, now + self.delay_ticks - index)
+        catch_up = ahead is not None and (ahead > self.delay_ticks + 12 or (
+            quiet and ahead > self.delay_ticks + REANCHOR_SLACK_TICKS))
+        if ahead is None or ahead <= 0 or catch_up:
             tick = now + self.delay_ticks
+            if catch_up:
+                self._drop_from(tick)
+            self._anchors.set(index, tick - index)
         return tick
+
+    def _drop_from(self, tick: int) -> None:
+        """Catching up: the windows already mapped at or after ``tick`` (a quiet stretch) are
+        skipped. Their audio, frames and the animator's lookahead go, so no later frame of theirs
+        can land on a tick the new windows take."""
+        self.generation += 1
+        self.worker.invalidate(self.id, self.generation)
+        self.worker.submit(Job(session_id=self.id, generation=self.generation, kind="reset"), urgent=True)
+        for store in (self._audio_out, self._frames, self._arrived):
+            for stale in [k for k in store if k >= tick]:
+                del store[stale]
+        self._last_mapped_tick = min(self._last_mapped_tick, tick - 1)
 
     def _on_window48(self, samples: np.ndarray) -> None:
         index = self._index48
@@ -318,8 +333,8 @@ class Session:
             pass  # its tick is counted late when it comes
 
     def _on_frames(self, result: FeedResult) -> None:
-        if self.closed:
-            return
+        if self.closed or result.generation < self.generation:
+            return  # the windows behind these frames were dropped (interrupt, catch-up)
         self.telemetry.observe("vad", result.vad_s)
         self.telemetry.observe("animate", result.animate_s)
         self.telemetry.observe("worker_queue", result.queued_s)

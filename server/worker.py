@@ -72,6 +72,7 @@ class FeedResult:
     animate_s: float
     vad_s: float
     queued_s: float
+    generation: int = 0  # the job's: a session ignores results of windows it has since dropped
 
 
 class WorkerOverloaded(Exception):
@@ -216,7 +217,7 @@ class InferenceWorker:
             if engine is not None and not self._stale(first):
                 frames = [engine.picture(f) for f in self.animator.flush(engine.state)]
                 self._deliver(first, FeedResult(frames=frames, speaking=engine.gate.speaking, speech_probability=0.0,
-                                                animate_s=0.0, vad_s=0.0, queued_s=0.0))
+                                                animate_s=0.0, vad_s=0.0, queued_s=0.0, generation=first.generation))
             return
         if first.kind == "idle":
             live = [(job, self._sessions[job.session_id]) for job in batch
@@ -256,4 +257,5 @@ class InferenceWorker:
             engine = self._sessions[job.session_id]
             frames = [engine.picture(f) for f in frames]
             self._deliver(job, FeedResult(frames=frames, speaking=speaking, speech_probability=prob,
-                                          animate_s=animate_s, vad_s=vad_s, queued_s=t0 - job.submitted))
+                                          animate_s=animate_s, vad_s=vad_s, queued_s=t0 - job.submitted,
+                                          generation=job.generation))

@@ -64,6 +64,8 @@ class WavMicrophone(MediaStreamTrack):
 class Received:
     video: list[tuple[float, np.ndarray]] = field(default_factory=list)
     audio: list[tuple[float, np.ndarray]] = field(default_factory=list)
+    video_pts: list[float] = field(default_factory=list)  # media time (s) from the RTP timestamps
+    audio_pts: list[float] = field(default_factory=list)
 
 
 class LivePeer:
@@ -111,6 +113,10 @@ class LivePeer:
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=data["sdp"], type=data["type"]))
         return data
 
+    def keep_video(self, frame: av.VideoFrame) -> np.ndarray:
+        """What is kept of a received video frame (RGB; a subclass may keep something cheaper)."""
+        return frame.to_ndarray(format="rgb24")
+
     async def _record(self, track: MediaStreamTrack) -> None:
         store = self.received.video if track.kind == "video" else self.received.audio
         while True:
@@ -119,11 +125,14 @@ class LivePeer:
             except MediaStreamError:
                 return
             now = time.monotonic()
+            media_s = float(frame.pts * frame.time_base) if frame.pts is not None and frame.time_base else None
             if track.kind == "video":
-                store.append((now, frame.to_ndarray(format="rgb24")))
+                self.received.video_pts.append(media_s)
+                store.append((now, self.keep_video(frame)))
             else:
                 pcm = frame.to_ndarray().astype(np.float32) / 32768.0
                 mono = pcm.reshape(-1, len(frame.layout.channels)).mean(axis=1) if pcm.shape[0] == 1 else pcm.mean(axis=0)
+                self.received.audio_pts.append(media_s)
                 store.append((now, mono))
 
     async def interrupt(self) -> None:
@@ -159,12 +168,23 @@ def audio_timeline(received: Received) -> tuple[float, np.ndarray]:
     return first_t - len(first) / RATE, samples
 
 
+def _smoothed_arrivals(arrivals: list[float], media_s: list[float | None]) -> list[float]:
+    """Arrival times without their jitter: each frame at its media time (from the RTP timestamps)
+    plus the track's median arrival-minus-media offset. The offset is a constant of the track."""
+    if not media_s or any(m is None for m in media_s) or len(media_s) != len(arrivals):
+        return arrivals
+    offset = float(np.median([a - m for a, m in zip(arrivals, media_s, strict=True)]))
+    return [m + offset for m in media_s]
+
+
 def write_recording(received: Received, path: Path, audio_hold_s: float = 0.0, video_hold_s: float = 0.0) -> Path:
-    """An MP4 of what arrived: frames placed at their arrival times (minus the receiver's
-    constant hold times), audio from its first arrival, both on one clock."""
-    audio_t0, samples = audio_timeline(received)
-    audio_t0 -= audio_hold_s
-    video = [(t - video_hold_s, f) for t, f in received.video]
+    """An MP4 of what arrived, both tracks on the arrival clock (minus the receiver's constant hold
+    times): frames at their RTP media times anchored by their median arrival, audio likewise."""
+    _, samples = audio_timeline(received)
+    audio_arrivals = _smoothed_arrivals([t for t, _ in received.audio], received.audio_pts)
+    audio_t0 = audio_arrivals[0] - len(received.audio[0][1]) / RATE - audio_hold_s
+    video_times = _smoothed_arrivals([t for t, _ in received.video], received.video_pts)
+    video = [(t - video_hold_s, f) for t, (_, f) in zip(video_times, received.video, strict=True)]
     t0 = min(audio_t0, video[0][0])
     h, w = video[0][1].shape[:2]
     end = max(video[-1][0], audio_t0 + len(samples) / RATE)
