@@ -13,7 +13,8 @@ from pathlib import Path
 import av
 import numpy as np
 
-from emo_stream.errors import CorruptAudioError, EmptyAudioError, InputNotFoundError, NoAudioStreamError
+from emo_stream.errors import CorruptAudioError, EmptyAudioError, NoAudioStreamError
+from emo_stream.media_io import ffmpeg_reason, open_media
 
 ENGINE_SAMPLE_RATE = 16_000
 OUTPUT_SAMPLE_RATE = 48_000
@@ -30,21 +31,7 @@ class AudioInfo:
 
 
 def _open(path: str | Path) -> av.container.InputContainer:
-    p = Path(path)
-    if not p.exists():
-        raise InputNotFoundError(f"audio file not found: {p}")
-    if p.is_dir():
-        raise InputNotFoundError(f"audio path is a directory, not a file: {p}")
-    if p.stat().st_size == 0:
-        raise EmptyAudioError(f"{p.name} is an empty file")
-    try:
-        return av.open(str(p), mode="r")
-    except av.error.FFmpegError as exc:
-        raise CorruptAudioError(f"cannot read audio from {p.name}: {_reason(exc)}") from None
-
-
-def _reason(exc: Exception) -> str:
-    return getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+    return open_media(path, "audio", EmptyAudioError, CorruptAudioError)
 
 
 def _audio_stream(container: av.container.InputContainer, path: str | Path) -> av.audio.stream.AudioStream:
@@ -115,7 +102,7 @@ def iter_audio(path: str | Path, sample_rate: int = ENGINE_SAMPLE_RATE,
                 pending.append(samples)
                 pending_len += len(samples)
         except av.error.FFmpegError as exc:
-            raise CorruptAudioError(f"cannot decode audio in {Path(path).name}: {_reason(exc)}") from None
+            raise CorruptAudioError(f"cannot decode audio in {Path(path).name}: {ffmpeg_reason(exc)}") from None
         if pending_len:
             joined = np.concatenate(pending)
             while len(joined):

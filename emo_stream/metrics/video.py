@@ -15,8 +15,9 @@ from pathlib import Path
 import av
 import numpy as np
 
-from emo_stream.errors import CorruptVideoError, InputNotFoundError
+from emo_stream.errors import CorruptVideoError
 from emo_stream.face import RIGID_POINTS, FaceMesh
+from emo_stream.media_io import ffmpeg_reason, open_media
 from emo_stream.metrics.face_measures import eye_aspect_ratio, mouth_opening, mouth_width, rigid_shape
 
 # Larger frames are scaled down before the face mesh: the measures are ratios, so scale does not
@@ -58,21 +59,8 @@ class VideoMeasures:
         return np.isfinite(self.mouth)
 
 
-def _reason(exc: Exception) -> str:
-    return getattr(exc, "strerror", None) or str(exc).splitlines()[0]
-
-
 def _open(path: Path) -> av.container.InputContainer:
-    if not path.exists():
-        raise InputNotFoundError(f"video file not found: {path}")
-    if path.is_dir():
-        raise InputNotFoundError(f"video path is a directory, not a file: {path}")
-    if path.stat().st_size == 0:
-        raise CorruptVideoError(f"{path.name} is an empty file")
-    try:
-        return av.open(str(path), mode="r")
-    except av.error.FFmpegError as exc:
-        raise CorruptVideoError(f"cannot read video from {path.name}: {_reason(exc)}") from None
+    return open_media(path, "video", CorruptVideoError, CorruptVideoError)
 
 
 def _seconds(pts: int | None, time_base) -> float | None:
@@ -140,7 +128,7 @@ def measure_video(path: str | Path, progress: bool = False) -> VideoMeasures:
                     if bar is not None:
                         bar.update(1)
         except av.error.FFmpegError as exc:
-            raise CorruptVideoError(f"cannot decode video in {p.name}: {_reason(exc)}") from None
+            raise CorruptVideoError(f"cannot decode video in {p.name}: {ffmpeg_reason(exc)}") from None
         finally:
             if bar is not None:
                 bar.close()
