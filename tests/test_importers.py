@@ -286,7 +286,8 @@ def test_echomimic_tiny_import_end_to_end(echomimic_src, tmp_path):
     assert saved["parts"]["denoiser"]["left_at_init"] == report.parts["denoiser"].left_at_init
     index = json.loads((out / "model_index.json").read_text())
     expected = {"num_inference_steps": 30, "guidance_scale": 2.5, "fps": 24, "audio_mode": "inline",
-                "clip_frames": 12, "motion_frames": 0, "sample_size": 64}
+                "clip_frames": 12, "motion_frames": 0, "sample_size": 64, "step_rule": "scheduler",
+                "initial_noise_clamp": 1.5, "context_overlap": 3}
     assert {k: index["inference"][k] for k in expected} == expected
     comps = assert_weights(out, ours)
     assert comps.denoiser.config.num_speed_buckets == 3
@@ -321,7 +322,9 @@ def test_echomimic_acc_through_the_cli_handler(echomimic_src, tmp_path, capsys):
     assert args.func(args) == 0
     assert "0 left at initialisation" in capsys.readouterr().err
     index = json.loads((out / "model_index.json").read_text())
-    assert (index["inference"]["num_inference_steps"], index["inference"]["guidance_scale"]) == (6, 1.0)
+    inference = index["inference"]
+    assert (inference["num_inference_steps"], inference["guidance_scale"], inference["step_rule"],
+            inference["initial_noise_clamp"], inference["context_overlap"]) == (6, 1.0, "echomimic_acc", 1.5, 3)
     assert index["_imported_from"]["variant"] == "acc"
     assert_weights(out, ours, scale_denoiser=-1.0)  # the *_acc files' values
 

@@ -198,7 +198,9 @@ class EmoAnimator:
         if self.clip_frames + self.motion_frames > limit:
             raise CheckpointError(f"a clip of {self.clip_frames} frames + {self.motion_frames} motion frames "
                                   f"exceeds the denoiser's temporal positions ({limit})")
-        self.steps = int(steps or min(settings.num_inference_steps, 4))
+        # Step-distilled sources run their own step count (EchoMimic acc: 6); others at most 4 live.
+        own_steps = settings.step_rule != "scheduler"
+        self.steps = int(steps or (settings.num_inference_steps if own_steps else min(settings.num_inference_steps, 4)))
         if self.steps < 1:
             raise ConfigError(f"steps must be >= 1, got {steps}")
         self.guidance_scale = float(settings.guidance_scale if guidance_scale is None else guidance_scale)
@@ -276,7 +278,10 @@ class EmoAnimator:
     def _set_scheduler(self, name: str | None) -> None:
         current = type(self.pipe.scheduler).__name__
         if name is None:
-            name = current if current in FEW_STEP_SCHEDULERS else "LCMScheduler"
+            # A checkpoint with its own step rule (EchoMimic acc: distilled for DDIM + that rule) keeps its
+            # scheduler; otherwise few steps want a few-step scheduler.
+            keep = current in FEW_STEP_SCHEDULERS or self.settings.step_rule != "scheduler"
+            name = current if keep else "LCMScheduler"
         if name not in SCHEDULERS:
             raise ConfigError(f"unknown scheduler {name!r} (known: {', '.join(SCHEDULERS)})")
         if name != current:

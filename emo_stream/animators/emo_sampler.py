@@ -88,7 +88,7 @@ def denoise_batch(pipe: EmoPipeline, requests: list[ClipRequest], steps: int, gu
             per_frame.append(current)
             prev = current
         noises.append(torch.stack(per_frame, dim=2))
-    noise = _cat(noises)
+    noise = pipe.clamp_noise(_cat(noises))  # the checkpoint's clamp, as ``EmoPipeline._initial_noise``
     scheduler = pipe.scheduler
     scheduler.set_timesteps(steps, device=device)
     latents = (noise * scheduler.init_noise_sigma).to(dtype)
@@ -120,8 +120,7 @@ def denoise_batch(pipe: EmoPipeline, requests: list[ClipRequest], steps: int, gu
         if guided:
             cond, uncond = pred.chunk(2)
             pred = uncond + guidance_scale * (cond - uncond)
-        latents = scheduler.step(pred, t, latents, generator=generators if batch > 1 else generators[0]
-                                 ).prev_sample
+        latents = pipe.scheduler_step(pred, t, latents, generators if batch > 1 else generators[0])
 
     # 5. Each session's last frames (and last noise) for its next clip.
     carries: list[MotionCarry | None] = []

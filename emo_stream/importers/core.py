@@ -36,16 +36,22 @@ REPORT_FILE = "import_report.json"
 # Sampler settings of the sources (EMO_FAMILY.md §2); the scheduler itself is make_scheduler's DDIM
 # (v-prediction, zero-terminal-SNR rescale, trailing spacing, linear betas 0.00085–0.012) for all three.
 ECHOMIMIC_SETTINGS = {"num_inference_steps": 30, "guidance_scale": 2.5, "fps": 24, "clip_frames": 12,
-                      "motion_frames": 0}
-ECHOMIMIC_ACC_SETTINGS = {**ECHOMIMIC_SETTINGS, "num_inference_steps": 6, "guidance_scale": 1.0}
+                      "motion_frames": 0, "initial_noise_clamp": 1.5, "context_overlap": 3}
+ECHOMIMIC_ACC_SETTINGS = {**ECHOMIMIC_SETTINGS, "num_inference_steps": 6, "guidance_scale": 1.0,
+                          "step_rule": "echomimic_acc"}
 HALLO_SETTINGS = {"num_inference_steps": 40, "guidance_scale": 3.5, "fps": 25, "clip_frames": 16,
                   "motion_frames": 2}
 
-ECHOMIMIC_NOT_REPRODUCED = ["initial noise clamped to ±1.5 (infer_audio2vid.py)"]
-ECHOMIMIC_ACC_NOT_REPRODUCED = ECHOMIMIC_NOT_REPRODUCED + [
-    "acc sampler step: v-prediction → x0 → pseudo-velocity towards t=-1 (src/utils/step_func.py); "
-    "plain DDIM is used instead"]
-
+# What the emo backend does differently from the source, stated in every import report.
+ECHOMIMIC_NOT_REPRODUCED = [
+    "live streaming samples consecutive 12-frame clips with no context overlap across clip seams (the offline "
+    "pipeline reproduces the source's whole-video 12-frame windows, overlap 3, shifted 2 frames per step)",
+    "face-locator mask from our face detector's box instead of the source's MTCNN box",
+    "whisper features from a bounded audio window around each frame instead of one whole-file encoder pass"]
+ECHOMIMIC_ACC_NOT_REPRODUCED = ECHOMIMIC_NOT_REPRODUCED
+HALLO_NOT_REPRODUCED = [
+    "face embedding: zeros unless the caller passes an insightface embedding (the import ships no face model)",
+    "region masks: the lip region is approximated by the face region (no landmark-based lip mask)"]
 
 @dataclass
 class PartReport:
@@ -346,7 +352,7 @@ def import_checkpoint(family: str, src: str | Path, out: str | Path, *, vae: str
         else "fudan-generative-vision/hallo (fudan-generative-ai/hallo)",
         settings=dataclasses.asdict(settings),
         not_reproduced=(ECHOMIMIC_ACC_NOT_REPRODUCED if acc else ECHOMIMIC_NOT_REPRODUCED)
-        if family == "echomimic" else [])
+        if family == "echomimic" else HALLO_NOT_REPRODUCED)
 
     if not src.exists():
         raise CheckpointError(f"--src: not found: {src}")

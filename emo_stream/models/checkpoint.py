@@ -32,7 +32,7 @@ from emo_stream.models.denoiser import EmoDenoiser
 from emo_stream.models.face_locator import FaceLocator
 from emo_stream.models.image_projection import ImageProjection
 from emo_stream.models.reference_net import ReferenceNet
-from emo_stream.models.schedulers import SCHEDULERS
+from emo_stream.models.schedulers import SCHEDULERS, STEP_RULES
 from emo_stream.models.small_decoder import SmallDecoder
 from emo_stream.models.speech_encoder import SpeechEncoder
 
@@ -69,6 +69,12 @@ class InferenceSettings:
         motion_frames: frames of the previous clip carried into the next (0: none).
         noise_correlation: AR(1) correlation of the initial noise across consecutive frames, carried across
             clips (0: independent noise, what the relatives were trained with).
+        step_rule: how the denoiser output reaches ``scheduler.step`` (``scheduler``: as is; ``echomimic_acc``:
+            v → x0 → pseudo-velocity towards t = -1, EchoMimic acc's pipeline; see ``schedulers.STEP_RULES``).
+        initial_noise_clamp: clamp the initial noise to ±this (EchoMimic: 1.5); 0 = no clamp.
+        context_overlap: offline only, for checkpoints without motion frames: denoise the whole video at once in
+            ``clip_frames`` context windows overlapping by this many frames, averaged per step and shifted by
+            2 frames each step (EchoMimic: 12 frames, overlap 3); 0 = clip by clip.
     """
 
     num_inference_steps: int = 30
@@ -79,6 +85,9 @@ class InferenceSettings:
     clip_frames: int = 12
     motion_frames: int = 2
     noise_correlation: float = 0.0
+    step_rule: str = "scheduler"
+    initial_noise_clamp: float = 0.0
+    context_overlap: int = 0
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> InferenceSettings:
@@ -86,7 +95,14 @@ class InferenceSettings:
         unknown = sorted(set(data) - names)
         if unknown:
             raise CheckpointError(f"model_index.json: unknown inference setting(s) {', '.join(unknown)}")
-        return cls(**data)
+        settings = cls(**data)
+        if settings.step_rule not in STEP_RULES:
+            raise CheckpointError(f"model_index.json: inference.step_rule {settings.step_rule!r} is not one of "
+                                  f"{', '.join(STEP_RULES)}")
+        if settings.initial_noise_clamp < 0 or not 0 <= settings.context_overlap < settings.clip_frames:
+            raise CheckpointError("model_index.json: inference.initial_noise_clamp must be >= 0 and "
+                                  "inference.context_overlap in [0, clip_frames)")
+        return settings
 
 
 @dataclass

@@ -7,6 +7,11 @@ continues the previous clip's (AR(1) with ``noise_correlation``; 0 = independent
 drops the reference (plain self-attention), the audio (zero tokens), the face-locator features and the face
 tokens together (EchoMimic/Hallo's unconditional recipe).
 
+Checkpoints without motion frames whose settings ask for it (``context_overlap``, EchoMimic) are denoised
+offline as a whole video in overlapping context windows instead (``denoise_video``). A checkpoint's
+``step_rule`` and ``initial_noise_clamp`` (EchoMimic acc's v → x0 → pseudo-velocity step, EchoMimic's ±1.5
+noise clamp) apply on every path.
+
 The pieces a streaming animator needs are public: ``prepare_portrait`` (once per avatar, holds the cached
 reference bank), ``encode_audio``, ``denoise_clip`` (one window, returns the carry for the next) and
 ``decode_latents``.
@@ -27,7 +32,9 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from emo_stream.models.checkpoint import EmoComponents, InferenceSettings, load_checkpoint
 from emo_stream.models.reference_net import ReferenceBank
+from emo_stream.models.schedulers import model_output_for_step
 from emo_stream.models.speech_encoder import SAMPLE_RATE
+from emo_stream.pipelines.context import context_windows
 
 
 @dataclass
@@ -207,7 +214,7 @@ class EmoPipeline(DiffusionPipeline):
         """[1, C, F, h, w] unit-variance noise, AR(1) across frames and continued from ``carry``."""
         fresh = randn_tensor(shape, generator=generator, device=self._model_device, dtype=torch.float32)
         if correlation == 0.0:
-            return fresh
+            return self.clamp_noise(fresh)
         keep = math.sqrt(1.0 - correlation**2)
         frames = []
         previous = None if carry is None else carry.noise.float()
@@ -215,7 +222,18 @@ class EmoPipeline(DiffusionPipeline):
             current = fresh[:, :, f] if previous is None else correlation * previous + keep * fresh[:, :, f]
             frames.append(current)
             previous = current
-        return torch.stack(frames, dim=2)
+        return self.clamp_noise(torch.stack(frames, dim=2))
+
+    def clamp_noise(self, noise: torch.Tensor) -> torch.Tensor:
+        """The checkpoint's initial-noise clamp (EchoMimic: ±1.5); unchanged when it has none."""
+        limit = self.settings.initial_noise_clamp
+        return noise.clamp(-limit, limit) if limit > 0 else noise
+
+    def scheduler_step(self, pred: torch.Tensor, t: torch.Tensor, latents: torch.Tensor,
+                       generator: torch.Generator | list[torch.Generator] | None) -> torch.Tensor:
+        """One sampler step with the checkpoint's step rule (``InferenceSettings.step_rule``)."""
+        output = model_output_for_step(self.settings.step_rule, pred, latents, self.scheduler, t)
+        return self.scheduler.step(output, t, latents, generator=generator).prev_sample
 
     @torch.no_grad()
     def denoise_clip(
@@ -289,7 +307,7 @@ class EmoPipeline(DiffusionPipeline):
             if guidance.enabled:
                 cond, uncond = pred.chunk(2)
                 pred = uncond + guidance.scale * (cond - uncond)
-            latents = self.scheduler.step(pred, t, latents, generator=generator).prev_sample
+            latents = self.scheduler_step(pred, t, latents, generator)
             if progress_bar is not None:
                 progress_bar.update()
 
@@ -302,6 +320,76 @@ class EmoPipeline(DiffusionPipeline):
                 tail = torch.cat([carry.latents[:, keep - motion:], tail], dim=1)
             next_carry = MotionCarry(latents=tail, noise=noise[:, :, -1])
         return latents, next_carry
+
+    @torch.no_grad()
+    def denoise_video(
+        self,
+        state: PortraitState,
+        audio_tokens: torch.Tensor,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        clip_frames: int | None = None,
+        context_overlap: int | None = None,
+        speed_buckets: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        progress_bar: Any = None,
+    ) -> torch.Tensor:
+        """Sample all T = ``audio_tokens.shape[1]`` frames at once in overlapping context windows (no motion frames).
+
+        Each step runs the denoiser on every window (``context.context_windows``: ``clip_frames`` long,
+        overlapping by ``context_overlap``, wrapping around, shifted 2 frames per step), averages the predictions of
+        frames that several windows cover, and takes one sampler step on the whole video (EchoMimic's offline path).
+
+        Returns:
+            latents [1, C, T, h, w].
+        """
+        s = self.settings
+        steps = num_inference_steps or s.num_inference_steps
+        guidance = _Guidance(s.guidance_scale if guidance_scale is None else guidance_scale)
+        size = clip_frames or s.clip_frames
+        overlap = s.context_overlap if context_overlap is None else context_overlap
+        device, dtype = self._model_device, self._model_dtype
+        total = audio_tokens.shape[1]
+        _, channels, height, width = state.latents.shape
+
+        noise = self._initial_noise((1, channels, total, height, width), None, 0.0, generator)
+        self.scheduler.set_timesteps(steps, device=device)
+        latents = (noise * self.scheduler.init_noise_sigma).to(dtype)
+        rows = 2 if guidance.enabled else 1
+        face_in = state.face_features if rows == 1 else torch.cat(
+            [state.face_features, torch.zeros_like(state.face_features)])
+        tokens_in = state.face_tokens
+        if tokens_in is not None and rows == 2:
+            tokens_in = torch.cat([tokens_in, torch.zeros_like(tokens_in)])
+        ref_mask = torch.tensor([True, False][:rows], device=device)
+        masks_in = state.region_masks.expand(rows, -1, -1, -1)
+
+        for step_index, t in enumerate(self.scheduler.timesteps):
+            summed = torch.zeros_like(latents, dtype=torch.float32)
+            counts = torch.zeros((1, 1, total, 1, 1), device=device)
+            for window in context_windows(total, size, overlap, step_index):
+                index = torch.tensor(window, device=device)
+                model_in = self.scheduler.scale_model_input(latents[:, :, index].expand(rows, -1, -1, -1, -1), t)
+                audio = audio_tokens[:, index]
+                audio_in = audio if rows == 1 else torch.cat([audio, torch.zeros_like(audio)])
+                speed_in = (None if speed_buckets is None
+                            else speed_buckets[:, index].to(device, dtype).expand(rows, -1, -1))
+                pred = self.denoiser(
+                    model_in, t, audio_embeds=audio_in, encoder_hidden_states=tokens_in,
+                    reference_bank=state.bank, reference_mask=ref_mask, face_features=face_in,
+                    region_masks=masks_in, speed_buckets=speed_in,
+                ).sample
+                if guidance.enabled:
+                    cond, uncond = pred.chunk(2)
+                    pred = uncond + guidance.scale * (cond - uncond)
+                pred = model_output_for_step(s.step_rule, pred, latents[:, :, index], self.scheduler, t)
+                summed.index_add_(2, index, pred.float())
+                counts.index_add_(2, index, torch.ones((1, 1, len(window), 1, 1), device=device))
+            # The step is per element, so the averaged prediction of the whole video takes one step.
+            latents = self.scheduler.step((summed / counts).to(dtype), t, latents, generator=generator).prev_sample
+            if progress_bar is not None:
+                progress_bar.update()
+        return latents
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor, decoder: str = "vae") -> torch.Tensor:
@@ -377,18 +465,27 @@ class EmoPipeline(DiffusionPipeline):
             if speed.shape[1] < num_clips * clip_frames:
                 speed = torch.cat([speed, speed[:, -1:].expand(1, num_clips * clip_frames - speed.shape[1], -1)], 1)
 
-        # 4. Clip by clip, each continuing the previous through its motion frames.
-        carry = None
-        clips = []
         steps = num_inference_steps or s.num_inference_steps
-        with self.progress_bar(total=num_clips * steps) as bar:
-            for i in range(num_clips):
-                window = slice(i * clip_frames, (i + 1) * clip_frames)
-                latents, carry = self.denoise_clip(
-                    state, tokens[:, window], carry, steps, guidance_scale, motion_frames, noise_correlation,
-                    None if speed is None else speed[:, window], generator, progress_bar=bar)
-                # 5. Decode this clip now: memory stays flat however long the audio is.
-                clips.append(self.decode_latents(latents, decoder).cpu())
+        clips = []
+        if motion_frames == 0 and s.context_overlap > 0:
+            # 4a. No motion frames: the whole video at once in overlapping context windows (EchoMimic).
+            with self.progress_bar(total=steps) as bar:
+                latents = self.denoise_video(state, tokens[:, :total], steps, guidance_scale, clip_frames,
+                                             speed_buckets=None if speed is None else speed[:, :total],
+                                             generator=generator, progress_bar=bar)
+            for start in range(0, total, clip_frames):
+                clips.append(self.decode_latents(latents[:, :, start:start + clip_frames], decoder).cpu())
+        else:
+            # 4b. Clip by clip, each continuing the previous through its motion frames.
+            carry = None
+            with self.progress_bar(total=num_clips * steps) as bar:
+                for i in range(num_clips):
+                    window = slice(i * clip_frames, (i + 1) * clip_frames)
+                    latents, carry = self.denoise_clip(
+                        state, tokens[:, window], carry, steps, guidance_scale, motion_frames, noise_correlation,
+                        None if speed is None else speed[:, window], generator, progress_bar=bar)
+                    # 5. Decode this clip now: memory stays flat however long the audio is.
+                    clips.append(self.decode_latents(latents, decoder).cpu())
         video = torch.cat(clips)[:total]
 
         # 6. Output.

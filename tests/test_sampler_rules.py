@@ -1,0 +1,192 @@
+"""The sources' sampler semantics: EchoMimic acc's x0 / pseudo-velocity step, the ±1.5 noise clamp and the
+offline 12-frame context windows with overlap 3 (EMO_FAMILY.md §2)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from emo_stream.animators.emo_sampler import ClipRequest, denoise_batch
+from emo_stream.errors import CheckpointError
+from emo_stream.models import InferenceSettings, make_scheduler, tiny_components
+from emo_stream.models.schedulers import echomimic_acc_output, model_output_for_step, pseudo_velocity
+from emo_stream.pipelines import EmoPipeline
+from emo_stream.pipelines.context import context_windows
+
+FPS = 25
+
+
+def tiny_pipe(**settings) -> EmoPipeline:
+    components = tiny_components(seed=0)
+    components.settings = dataclasses.replace(components.settings, **settings)
+    pipe = EmoPipeline.from_components(components)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def sine(seconds: float) -> np.ndarray:
+    t = np.arange(int(seconds * 16000)) / 16000
+    return (0.3 * np.sin(2 * np.pi * 220 * t) * (np.sin(2 * np.pi * 3 * t) > 0)).astype(np.float32)
+
+
+PORTRAIT = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
+
+
+class CallLog:
+    """Wraps the denoiser: records the frames and the first input of each call, passes everything through."""
+
+    def __init__(self, pipe: EmoPipeline) -> None:
+        self.calls: list[tuple[int, float]] = []
+        self._forward = pipe.denoiser.forward
+        self._pipe = pipe
+
+    def __enter__(self) -> CallLog:
+        def forward(sample, *args, **kwargs):
+            self.calls.append((sample.shape[2], float(sample.abs().max())))
+            return self._forward(sample, *args, **kwargs)
+        self._pipe.denoiser.forward = forward
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._pipe.denoiser.forward = self._forward
+
+
+def test_six_step_trailing_ddim_timesteps():
+    scheduler = make_scheduler()
+    scheduler.set_timesteps(6)
+    assert scheduler.timesteps.tolist() == [999, 832, 666, 499, 332, 166]
+    assert float(scheduler.alphas_cumprod[999]) < 1e-6  # zero terminal SNR: pure noise at the first step
+
+
+def test_pseudo_velocity_makes_a_ddim_step_land_on_its_target():
+    scheduler = make_scheduler()
+    scheduler.set_timesteps(6)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 4, 3, 8, 8, generator=gen)
+    target = torch.randn(1, 4, 3, 8, 8, generator=gen)
+    for t in scheduler.timesteps:
+        s = t - 1000 // 6  # diffusers' DDIM steps to t - T/n (833 after 999, although the list says 832)
+        v = pseudo_velocity(x, target, scheduler.alphas_cumprod, t, s)
+        landed = scheduler.step(v, t, x).prev_sample
+        assert torch.allclose(landed, target, atol=1e-4), (int(t), float((landed - target).abs().max()))
+
+
+def test_acc_step_is_the_identity_on_v_in_float32_and_close_in_half():
+    """v → x0 → pseudo-velocity towards t = -1 is v itself: the source's arithmetic adds rounding only."""
+    scheduler = make_scheduler()
+    scheduler.set_timesteps(6)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 4, 3, 8, 8, generator=gen)
+    v = torch.randn(2, 4, 3, 8, 8, generator=gen)
+    for t in scheduler.timesteps:
+        out = echomimic_acc_output(v, x, scheduler.alphas_cumprod, t)
+        assert out.dtype == v.dtype and torch.allclose(out, v, atol=1e-4), int(t)
+        half = echomimic_acc_output(v.half(), x.half(), scheduler.alphas_cumprod, t)
+        assert half.dtype == torch.float16 and torch.allclose(half.float(), v, atol=2e-2)
+    # A non-identity rule would show here: the x0 it implies is the DDIM x0.
+    t = scheduler.timesteps[2]
+    a = scheduler.alphas_cumprod[t]
+    x0 = a.sqrt() * x - (1 - a).sqrt() * echomimic_acc_output(v, x, scheduler.alphas_cumprod, t)
+    assert torch.allclose(x0, a.sqrt() * x - (1 - a).sqrt() * v, atol=1e-4)
+    with pytest.raises(ValueError, match="unknown step rule"):
+        model_output_for_step("euler", v, x, scheduler, t)
+
+
+def test_acc_checkpoint_samples_like_ddim_and_uses_its_step_rule(monkeypatch):
+    audio = sine(0.32)
+    plain = tiny_pipe(num_inference_steps=6, guidance_scale=1.0, motion_frames=0)
+    acc = tiny_pipe(num_inference_steps=6, guidance_scale=1.0, motion_frames=0, step_rule="echomimic_acc")
+    seen = []
+    import emo_stream.pipelines.pipeline_emo as module
+
+    original = module.model_output_for_step
+    monkeypatch.setattr(module, "model_output_for_step",
+                        lambda rule, *a: seen.append(rule) or original(rule, *a))
+    a = acc(PORTRAIT, audio, clip_frames=4, generator=torch.Generator().manual_seed(3), output_type="pt").frames
+    b = plain(PORTRAIT, audio, clip_frames=4, generator=torch.Generator().manual_seed(3), output_type="pt").frames
+    assert seen.count("echomimic_acc") == 6 * 2 and seen.count("scheduler") == 6 * 2  # 8 frames = 2 clips
+    assert float((a - b).abs().max()) < 1e-3
+
+
+def test_initial_noise_is_clamped_offline_and_when_streaming():
+    clamped = tiny_pipe(initial_noise_clamp=1.5, motion_frames=0)
+    free = tiny_pipe(motion_frames=0)
+    shape = (1, 4, 12, 8, 8)  # 3072 draws: some beyond 1.5 sigma for sure (p ≈ 1 - 0.866^3072)
+    noise = clamped._initial_noise(shape, None, 0.0, torch.Generator().manual_seed(0))
+    raw = free._initial_noise(shape, None, 0.0, torch.Generator().manual_seed(0))
+    assert float(raw.abs().max()) > 1.5 and float(noise.abs().max()) <= 1.5
+    assert torch.equal(noise, raw.clamp(-1.5, 1.5))
+
+    # The streaming sampler's first denoiser input is its initial noise: clamped too.
+    for pipe, bound in ((clamped, 1.5), (free, None)):
+        state = pipe.prepare_portrait(PORTRAIT)
+        tokens = pipe.encode_audio(sine(0.48), 12, FPS)
+        with CallLog(pipe) as log:
+            denoise_batch(pipe, [ClipRequest(state, tokens, None, torch.Generator().manual_seed(0))],
+                          steps=1, guidance_scale=1.0, motion_frames=0, noise_correlation=0.0)
+        first_max = log.calls[0][1]
+        assert (first_max <= 1.5) if bound else (first_max > 1.5)
+
+
+def test_context_windows_cover_overlap_wrap_and_shift():
+    windows = context_windows(30, 12, 3, step_index=0)
+    assert [w[0] for w in windows] == [0, 9, 18, 27]
+    assert all(len(w) == 12 for w in windows)
+    assert set().union(*map(set, windows)) == set(range(30))
+    assert len(set(windows[0]) & set(windows[1])) == 3
+    assert windows[-1] == [(27 + k) % 30 for k in range(12)]  # wraps around the end (closed loop)
+    assert context_windows(30, 12, 3, step_index=2)[0] == list(range(4, 16))  # shifted 2 frames per step
+    assert context_windows(10, 12, 3) == [list(range(10))]
+    for bad in ((0, 12, 3), (30, 12, 12), (30, 12, -1)):
+        with pytest.raises(ValueError):
+            context_windows(*bad)
+
+
+def test_offline_context_windows_denoise_the_whole_video_at_once():
+    pipe = tiny_pipe(num_inference_steps=2, guidance_scale=1.0, motion_frames=0, clip_frames=4, context_overlap=1)
+    audio = sine(10 / FPS)  # 10 frames: windows of 4 starting every 3 frames
+    with CallLog(pipe) as log:
+        out = pipe(PORTRAIT, audio, generator=torch.Generator().manual_seed(0))
+    assert out.frames.shape == (10, 64, 64, 3)
+    assert [frames for frames, _ in log.calls] == [4] * 4 * 2  # 4 windows per step, 2 steps
+    # Without overlap the same checkpoint goes clip by clip: 3 clips of 4 frames per step.
+    pipe.settings = dataclasses.replace(pipe.settings, context_overlap=0)
+    with CallLog(pipe) as log:
+        pipe(PORTRAIT, audio, generator=torch.Generator().manual_seed(0))
+    assert len(log.calls) == 3 * 2
+
+
+def test_one_window_video_equals_the_clip_path():
+    """With a single window the windowed sampler is exactly ``denoise_clip`` (same noise, same steps)."""
+    pipe = tiny_pipe(num_inference_steps=3, guidance_scale=2.0, motion_frames=0, clip_frames=4, context_overlap=2,
+                     initial_noise_clamp=1.5)
+    state = pipe.prepare_portrait(PORTRAIT)
+    tokens = pipe.encode_audio(sine(4 / FPS), 4, FPS)
+    whole = pipe.denoise_video(state, tokens, generator=torch.Generator().manual_seed(5))
+    clip, _ = pipe.denoise_clip(state, tokens, generator=torch.Generator().manual_seed(5))
+    assert torch.allclose(whole, clip, atol=1e-5)
+
+
+def test_checkpoint_settings_are_validated():
+    good = dataclasses.asdict(InferenceSettings(step_rule="echomimic_acc", initial_noise_clamp=1.5, context_overlap=3))
+    assert InferenceSettings.from_dict(good).step_rule == "echomimic_acc"
+    for change, words in (({"step_rule": "heun"}, "step_rule"), ({"context_overlap": 12}, "context_overlap"),
+                          ({"initial_noise_clamp": -1.0}, "initial_noise_clamp")):
+        with pytest.raises(CheckpointError, match=words):
+            InferenceSettings.from_dict({**good, **change})
+
+
+def test_streaming_keeps_the_acc_checkpoints_scheduler_and_steps():
+    from emo_stream.animators.emo import EmoAnimator
+
+    acc = tiny_pipe(num_inference_steps=6, guidance_scale=1.0, motion_frames=0, step_rule="echomimic_acc")
+    acc.scheduler = make_scheduler("DDIMScheduler")
+    animator = EmoAnimator(acc, clip_frames=4, realtime=False)
+    assert (animator.scheduler_name, animator.steps) == ("DDIMScheduler", 6)
+    plain = tiny_pipe(num_inference_steps=30)
+    plain.scheduler = make_scheduler("DDIMScheduler")
+    animator = EmoAnimator(plain, clip_frames=4, realtime=False)
+    assert (animator.scheduler_name, animator.steps) == ("LCMScheduler", 4)  # undistilled: few-step default
