@@ -20,6 +20,8 @@ Exception tree::
     ├── UnknownBackendError       a backend name that does not exist
     ├── OutputError               an output file that cannot be written
     ├── CheckpointError           a model checkpoint that is missing or does not fit
+    ├── DataError                 training data that is missing, too short or unusable
+    │   └── ClipTooShortError     a video too short to make a training clip
     ├── RequestError              a request the server cannot take
     │   └── InvalidSdpError       an SDP offer that cannot be parsed or has no audio
     ├── NotFoundError
@@ -115,6 +117,16 @@ class CheckpointError(EmoStreamError):
     """A model checkpoint folder is missing, incomplete or does not match the model."""
 
     code = "bad_checkpoint"
+
+
+class DataError(EmoStreamError):
+    """Training data that cannot be used: no manifest, no clips long enough, a clip too short to prepare."""
+
+    code = "bad_data"
+
+
+class ClipTooShortError(DataError):
+    code = "clip_too_short"
 
 
 class RequestError(EmoStreamError):

@@ -1,4 +1,4 @@
-"""The ``emo-stream`` command: serve | render | metrics | import.
+"""The ``emo-stream`` command: serve | render | metrics | import | data prepare | train | distill.
 
 Heavy imports stay inside each subcommand so ``--help`` and the lite path start fast.
 A user error prints ``error: <message>`` on one stderr line and exits 2.
@@ -85,11 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
     metrics.add_argument("--compact", action="store_true", help="one-line JSON")
     metrics.set_defaults(func=_cmd_metrics)
 
+    from server.cli_data import add_data_parser
     from server.cli_import import add_import_parser
     from server.cli_render import add_render_parser
+    from server.cli_train import add_train_parser
 
     add_render_parser(sub)
     add_import_parser(sub)
+    add_train_parser(sub)
+    add_data_parser(sub)
     return parser
 
 

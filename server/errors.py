@@ -12,6 +12,7 @@ STATUS_BY_ERROR: list[tuple[type[e.EmoStreamError], int]] = [
     (e.RequestError, 400),
     (e.UnknownBackendError, 400),
     (e.CheckpointError, 422),
+    (e.DataError, 422),
     (e.ImageTooLargeError, 413),
     (e.NoFaceFoundError, 422),
     (e.FaceTooSmallError, 422),

@@ -107,10 +107,10 @@ class ReferenceAttnProcessor:
         out = torch.empty_like(hidden_states)
         if bool((~row_mask).any()):
             plain = hidden_states[~row_mask]
-            out[~row_mask] = attend(attn, plain, plain)
+            out[~row_mask] = attend(attn, plain, plain).to(out.dtype)  # autocast may return half
         if bool(row_mask.any()):
             cond = hidden_states[row_mask]
-            out[row_mask] = attend(attn, cond, cond, (ref_kv[0][row_mask], ref_kv[1][row_mask]))
+            out[row_mask] = attend(attn, cond, cond, (ref_kv[0][row_mask], ref_kv[1][row_mask])).to(out.dtype)
         return out
 
 
