@@ -39,6 +39,7 @@ from emo_stream.errors import (
     UnauthorizedError,
 )
 from server.avatars import DEFAULT_AVATAR_ID, AvatarStore, default_portrait_bytes
+from server.codecs import install_portrait_encoders
 from server.errors import error_body, status_for
 from server.sessions import Session, SessionOptions, SessionRegistry
 from server.telemetry import Telemetry
@@ -73,6 +74,7 @@ class Engine:
 
     def __init__(self, config: Config, vad_factory: Any = None, animator: Any = None) -> None:
         self.config = config
+        install_portrait_encoders()
         self.telemetry = Telemetry()
         self.avatars = AvatarStore(config.animator.size, AvatarLimits(
             max_pixels=config.limits.max_image_pixels, max_bytes=config.limits.max_image_bytes,
