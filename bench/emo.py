@@ -91,43 +91,40 @@ def tiny_pipeline(tmp: Path) -> EmoPipeline:
     return pipe
 
 
-def full_pipeline(device: torch.device, dtype: torch.dtype, guidance: float) -> EmoPipeline:
+def random_pipeline(configs: dict, settings, scheduler: str, device: torch.device, dtype: torch.dtype) -> EmoPipeline:
+    """Full-size random weights built on ``device`` (the speech encoder stays float32)."""
     from diffusers.utils import logging as diffusers_logging
 
-    from emo_stream.models import InferenceSettings, build_components
-    from emo_stream.models import configs as named
+    from emo_stream.models import build_components
 
     diffusers_logging.set_verbosity_error()  # no per-part notes about casting random weights
-    settings = InferenceSettings(num_inference_steps=4, guidance_scale=guidance, fps=FPS, audio_mode="inline",
-                                 sample_size=512, clip_frames=CLIP_FRAMES, motion_frames=2)
     with torch.device(device):
-        components = build_components(named.emo_full(), settings, scheduler="LCMScheduler")
+        components = build_components(configs, settings, scheduler=scheduler)
     for name, part in components.parts().items():
         if isinstance(part, torch.nn.Module):
             part.to(device, torch.float32 if name == "speech_encoder" else dtype)
     pipe = EmoPipeline.from_components(components)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def full_pipeline(device: torch.device, dtype: torch.dtype, guidance: float) -> EmoPipeline:
+    from emo_stream.models import InferenceSettings
+    from emo_stream.models import configs as named
+
+    settings = InferenceSettings(num_inference_steps=4, guidance_scale=guidance, fps=FPS, audio_mode="inline",
+                                 sample_size=512, clip_frames=CLIP_FRAMES, motion_frames=2)
+    return random_pipeline(named.emo_full(), settings, "LCMScheduler", device, dtype)
 
 
 def echomimic_acc_pipeline(device: torch.device, dtype: torch.dtype) -> EmoPipeline:
     """Random weights in the layout and with the settings ``import echomimic --acc`` writes."""
-    from diffusers.utils import logging as diffusers_logging
-
     from emo_stream.importers.core import ECHOMIMIC_ACC_SETTINGS
-    from emo_stream.models import InferenceSettings, build_components
+    from emo_stream.models import InferenceSettings
     from emo_stream.models import configs as named
 
-    diffusers_logging.set_verbosity_error()
     settings = InferenceSettings(**ECHOMIMIC_ACC_SETTINGS, audio_mode="inline", sample_size=512)
-    with torch.device(device):
-        components = build_components(named.echomimic_v1(), settings, scheduler="DDIMScheduler")
-    for name, part in components.parts().items():
-        if isinstance(part, torch.nn.Module):
-            part.to(device, torch.float32 if name == "speech_encoder" else dtype)
-    pipe = EmoPipeline.from_components(components)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return random_pipeline(named.echomimic_v1(), settings, "DDIMScheduler", device, dtype)
 
 
 def offline_seconds_per_frame(pipe: EmoPipeline, face, seconds: float) -> dict[str, Any]:

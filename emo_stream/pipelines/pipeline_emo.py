@@ -235,6 +235,19 @@ class EmoPipeline(DiffusionPipeline):
         output = model_output_for_step(self.settings.step_rule, pred, latents, self.scheduler, t)
         return self.scheduler.step(output, t, latents, generator=generator).prev_sample
 
+    def _portrait_rows(self, state: PortraitState, rows: int
+                       ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """Face features, face tokens, reference mask and region masks for 1 (conditional) or 2 rows (+ the
+        unconditional row: no reference, zero face features and tokens)."""
+        face = state.face_features
+        tokens = state.face_tokens
+        if rows == 2:
+            face = torch.cat([face, torch.zeros_like(face)])
+            if tokens is not None:
+                tokens = torch.cat([tokens, torch.zeros_like(tokens)])
+        ref_mask = torch.tensor([True, False][:rows], device=self._model_device)
+        return face, tokens, ref_mask, state.region_masks.expand(rows, -1, -1, -1)
+
     @torch.no_grad()
     def denoise_clip(
         self,
@@ -287,14 +300,8 @@ class EmoPipeline(DiffusionPipeline):
         # 3. Conditional (+ unconditional) inputs; the uncond row drops reference, audio, face and face tokens.
         rows = 2 if guidance.enabled else 1
         audio_in = audio_tokens if rows == 1 else torch.cat([audio_tokens, torch.zeros_like(audio_tokens)])
-        face_in = state.face_features if rows == 1 else torch.cat(
-            [state.face_features, torch.zeros_like(state.face_features)])
-        tokens_in = state.face_tokens
-        if tokens_in is not None and rows == 2:
-            tokens_in = torch.cat([tokens_in, torch.zeros_like(tokens_in)])
-        ref_mask = torch.tensor([True, False][:rows], device=device)
+        face_in, tokens_in, ref_mask, masks_in = self._portrait_rows(state, rows)
         speed_in = None if speed_buckets is None else speed_buckets.to(device, dtype).expand(rows, -1, -1)
-        masks_in = state.region_masks.expand(rows, -1, -1, -1)
 
         # 4. Denoising loop.
         for t in self.scheduler.timesteps:
@@ -356,13 +363,7 @@ class EmoPipeline(DiffusionPipeline):
         self.scheduler.set_timesteps(steps, device=device)
         latents = (noise * self.scheduler.init_noise_sigma).to(dtype)
         rows = 2 if guidance.enabled else 1
-        face_in = state.face_features if rows == 1 else torch.cat(
-            [state.face_features, torch.zeros_like(state.face_features)])
-        tokens_in = state.face_tokens
-        if tokens_in is not None and rows == 2:
-            tokens_in = torch.cat([tokens_in, torch.zeros_like(tokens_in)])
-        ref_mask = torch.tensor([True, False][:rows], device=device)
-        masks_in = state.region_masks.expand(rows, -1, -1, -1)
+        face_in, tokens_in, ref_mask, masks_in = self._portrait_rows(state, rows)
 
         for step_index, t in enumerate(self.scheduler.timesteps):
             summed = torch.zeros_like(latents, dtype=torch.float32)
