@@ -19,6 +19,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import numpy as np
 
 from emo_stream.animators import create_animator
 from emo_stream.audio.decode import OUTPUT_SAMPLE_RATE, iter_audio, probe_audio
@@ -161,6 +162,16 @@ def _animate_into(animator, state, audio: Path, fps: int, background: Background
     try:
         buffer = AudioWindowBuffer(ENGINE_RATE, fps)
         spf = samples_per_frame(ENGINE_RATE, fps)
+        if getattr(animator, "renders_whole_video", False):
+            # The checkpoint's source renders the whole video at once (EchoMimic's context windows).
+            chunks = list(iter_audio(audio, sample_rate=ENGINE_RATE, chunk_samples=spf * 25))
+            wave = np.concatenate(chunks) if chunks else np.zeros(spf, np.float32)
+            for frame in animator.whole_video(state, wave):
+                put(picture(frame))
+                if stop.is_set():
+                    return
+            put(_END)
+            return
         for chunk in iter_audio(audio, sample_rate=ENGINE_RATE, chunk_samples=spf * 25):
             for window in buffer.push(chunk):
                 for frame in animator.feed(window, state):

@@ -494,3 +494,40 @@ def test_absent_inputs_fail_before_any_work(echomimic_src, tmp_path):
             import_echomimic(src, tmp_path / "out", progress=False, **kwargs)
         assert words in str(info.value)
         assert list(tmp_path.iterdir()) == []
+
+
+def test_offline_render_of_an_echomimic_checkpoint_uses_the_sources_windows(echomimic_src, tmp_path, monkeypatch):
+    """``emo-stream render`` renders EchoMimic the way its source does: the whole video in context windows,
+    with its own 30 DDIM steps and guidance (offline never trades quality for time)."""
+    import av
+
+    from emo_stream.animators.emo import EmoAnimator
+    from emo_stream.render import RenderOptions, render_file
+    from tests import media
+
+    src, _ = echomimic_src
+    out = tmp_path / "ckpt"
+    import_echomimic(src, out, vae=src / "vae", whisper=src / "whisper_tiny.pt", configs=tiny_echomimic_configs(),
+                     progress=False)
+    seen = {}
+    whole_video = EmoAnimator.whole_video
+
+    def spy(self, state, wave):
+        seen.update(steps=self.steps, scheduler=self.scheduler_name, guidance=self.guidance_scale, samples=wave.size)
+        yield from whole_video(self, state, wave)
+
+    monkeypatch.setattr(EmoAnimator, "whole_video", spy)
+    calls = []
+    denoise_video = EmoPipeline.denoise_video
+    monkeypatch.setattr(EmoPipeline, "denoise_video",
+                        lambda self, *a, **k: calls.append(1) or denoise_video(self, *a, **k))
+    wav = media.sox("tone-0.8s.wav", "-q", "-n", "-r", "16000", "-c", "1", "-b", "16", "{out}", "synth", "0.8",
+                    "sine", "220")
+    video = tmp_path / "out.mp4"
+    summary = render_file(media.save_png(media.astronaut(), "astronaut.png"), wav, video,
+                          RenderOptions(size=64, backend="emo", checkpoint=out))
+    assert calls == [1] and seen == {"steps": 30, "scheduler": "DDIMScheduler", "guidance": 2.5,
+                                     "samples": 12_800}
+    assert summary.frames == 20
+    with av.open(str(video)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 20

@@ -179,7 +179,7 @@ def test_checkpoint_settings_are_validated():
             InferenceSettings.from_dict({**good, **change})
 
 
-def test_streaming_keeps_the_acc_checkpoints_scheduler_and_steps():
+def test_acc_checkpoints_keep_their_sampler_live_and_all_checkpoints_offline():
     from emo_stream.animators.emo import EmoAnimator
 
     acc = tiny_pipe(num_inference_steps=6, guidance_scale=1.0, motion_frames=0, step_rule="echomimic_acc")
@@ -188,5 +188,8 @@ def test_streaming_keeps_the_acc_checkpoints_scheduler_and_steps():
     assert (animator.scheduler_name, animator.steps) == ("DDIMScheduler", 6)
     plain = tiny_pipe(num_inference_steps=30)
     plain.scheduler = make_scheduler("DDIMScheduler")
+    animator = EmoAnimator(plain, clip_frames=4, realtime=True)
+    assert (animator.scheduler_name, animator.steps) == ("LCMScheduler", 4)  # undistilled, live: few steps
+    plain.scheduler = make_scheduler("DDIMScheduler")
     animator = EmoAnimator(plain, clip_frames=4, realtime=False)
-    assert (animator.scheduler_name, animator.steps) == ("LCMScheduler", 4)  # undistilled: few-step default
+    assert (animator.scheduler_name, animator.steps) == ("DDIMScheduler", 30)  # offline: the checkpoint's own

@@ -50,6 +50,7 @@ import logging
 import math
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,10 +157,11 @@ class EmoAnimator:
             prepared at this size.
         fps: frames per second (one 16 kHz window per frame).
         clip_frames: frames per streamed clip (2–4 keeps latency low; more amortises better).
-        steps: sampler steps (default: the checkpoint's, at most 4).
+        steps: sampler steps (default: the checkpoint's; live at most 4 unless the checkpoint has its own step
+            rule, EchoMimic acc's 6).
         guidance_scale: default the checkpoint's; <= 1 runs one row per session.
         scheduler: ``LCMScheduler`` / ``TCDScheduler`` / ``DDIMScheduler``; default the checkpoint's if few-step,
-            else LCM from its config.
+            offline, or with its own step rule, else LCM from its config.
         decoder: ``"small"`` (streaming default when the checkpoint has one) or ``"vae"`` (offline quality).
         idle_mode: ``"denoise"``, ``"hold"`` or ``"lite"`` (module docstring).
         cache_bytes: bound of the portrait cache (default 1 GiB on CUDA, 256 MiB elsewhere).
@@ -198,9 +200,11 @@ class EmoAnimator:
         if self.clip_frames + self.motion_frames > limit:
             raise CheckpointError(f"a clip of {self.clip_frames} frames + {self.motion_frames} motion frames "
                                   f"exceeds the denoiser's temporal positions ({limit})")
-        # Step-distilled sources run their own step count (EchoMimic acc: 6); others at most 4 live.
-        own_steps = settings.step_rule != "scheduler"
-        self.steps = int(steps or (settings.num_inference_steps if own_steps else min(settings.num_inference_steps, 4)))
+        # Offline renders and step-distilled sources (EchoMimic acc: 6) run the checkpoint's own steps and
+        # scheduler; live, other checkpoints run at most 4 steps with a few-step scheduler.
+        self.own_sampler = not realtime or settings.step_rule != "scheduler"
+        self.steps = int(steps or (settings.num_inference_steps if self.own_sampler
+                                   else min(settings.num_inference_steps, 4)))
         if self.steps < 1:
             raise ConfigError(f"steps must be >= 1, got {steps}")
         self.guidance_scale = float(settings.guidance_scale if guidance_scale is None else guidance_scale)
@@ -278,9 +282,7 @@ class EmoAnimator:
     def _set_scheduler(self, name: str | None) -> None:
         current = type(self.pipe.scheduler).__name__
         if name is None:
-            # A checkpoint with its own step rule (EchoMimic acc: distilled for DDIM + that rule) keeps its
-            # scheduler; otherwise few steps want a few-step scheduler.
-            keep = current in FEW_STEP_SCHEDULERS or self.settings.step_rule != "scheduler"
+            keep = current in FEW_STEP_SCHEDULERS or self.own_sampler
             name = current if keep else "LCMScheduler"
         if name not in SCHEDULERS:
             raise ConfigError(f"unknown scheduler {name!r} (known: {', '.join(SCHEDULERS)})")
@@ -531,6 +533,28 @@ class EmoAnimator:
         return outputs
 
     # ------------------------------------------------------------------ protocol
+    @property
+    def renders_whole_video(self) -> bool:
+        """Offline, a checkpoint without motion frames that asks for context windows (EchoMimic) is rendered as
+        its source renders: the whole video at once (``whole_video``), not clip by clip."""
+        return not self.realtime and self.motion_frames == 0 and self.settings.context_overlap > 0
+
+    def whole_video(self, state: EmoState, wave: np.ndarray) -> Iterator[Frame]:
+        """Frames for all of ``wave`` (16 kHz): one ``denoise_video`` pass in overlapping context windows, then
+        decoded ``clip_frames`` at a time. Latents of the whole video are held (16 KiB per frame at 512²)."""
+        if state.portrait is None:
+            raise CheckpointError("the portrait could not be encoded on this device")
+        total = max(1, round(wave.size * self.fps / ENGINE_RATE))
+        tokens = self.pipe.encode_audio(wave, total, self.fps)
+        latents = self.pipe.denoise_video(state.portrait, tokens, self.steps, self.guidance_scale, self.clip_frames,
+                                          generator=state.generator)
+        ticks = PTS_CLOCK_RATE // self.fps
+        for start in range(0, total, self.clip_frames):
+            pixels = decode_batch(self.pipe, latents[:, :, start:start + self.clip_frames], self.decoder)[0]
+            for k, rgb in enumerate(pixels):
+                self.stats.emo_frames += 1
+                yield Frame(rgb=resize_square(rgb, self.size), pts=(start + k) * ticks, matte=state.lite.matte)
+
     def feed(self, window: AudioWindow, state: EmoState) -> list[Frame]:
         return self.feed_batch([(window, state)])[0]
 
