@@ -24,7 +24,7 @@ STAMP_BASE := $(VENV)/.stamp-install
 STAMP_TEST := $(VENV)/.stamp-test
 STAMP_DEB  := $(VENV)/.stamp-deb
 
-.PHONY: serve test lint install install-test deb clean distclean
+.PHONY: serve test lint install install-test deb clean distclean train-tiny
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (needs Python 3.11)"; exit 2; }
@@ -59,6 +59,13 @@ serve: $(STAMP_BASE)
 
 test: install-test
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# A small EMO model trained here on 2 CPU cores (< 60 min; not part of `make test`): lite-teacher videos ->
+# data prepare -> autoencoder -> stage 1 -> stage 2 -> distill -> held-out metrics. Checkpoint in
+# runs/train-tiny/checkpoint; e.g. TRAIN_TINY_ARGS="--seed 1 --docs".
+TRAIN_TINY_ARGS ?=
+train-tiny: install-test
+	$(PY) scripts/train_tiny.py $(TRAIN_TINY_ARGS)
 
 lint: $(STAMP_TEST)
 	$(VENV)/bin/ruff check .

@@ -14,6 +14,7 @@ Modules (one job each):
     ema         exponential moving average of the trained parameters
     run_log     CSV logs (TensorBoard too when importable)
     samples     sample renders: a few frames sampled with the pipeline, as a PNG strip
+    autoencoder the VAE stage of a model trained from scratch (before stage 1; ``make train-tiny``)
     trainer     EMO stage 1 (image) and stage 2 (video) optimisation loops, EMA, checkpoints, logs
     distill     few-step distillation of the denoiser and training of the small streaming decoder
 """

@@ -159,11 +159,14 @@ class EmoTrainingModel(nn.Module):
         components: the checkpoint's parts (the frozen ones are held outside the module tree).
         stage: 1 or 2.
         speed_max: the last speed bucket's centre (see ``ModelConfig.speed_max``).
+        face_loss_weight: extra loss weight inside the face mask (``StageConfig.face_loss_weight``).
     """
 
-    def __init__(self, components: EmoComponents, stage: int, speed_max: float = 0.1) -> None:
+    def __init__(self, components: EmoComponents, stage: int, speed_max: float = 0.1,
+                 face_loss_weight: float = 0.0) -> None:
         super().__init__()
         self.stage = stage
+        self.face_loss_weight = face_loss_weight
         self.reference_net = components.reference_net
         self.denoiser = components.denoiser
         self.face_locator = components.face_locator
@@ -223,14 +226,20 @@ class EmoTrainingModel(nn.Module):
                 "reference_mask": keep, "face_features": face, "region_masks": region_masks, "speed_buckets": speed}
 
     def forward(self, inputs: StepInputs) -> torch.Tensor:
-        """Mean squared error of the v-prediction on this batch."""
+        """Mean squared error of the v-prediction on this batch (face-weighted with ``face_loss_weight``)."""
         scheduler = self._scheduler[0]
         kwargs = self.conditions(inputs)
         # 5. Noise at random timesteps; v-prediction target.
         noisy = scheduler.add_noise(inputs.latents, inputs.noise, inputs.timesteps)
         target = scheduler.get_velocity(inputs.latents, inputs.noise, inputs.timesteps)
         pred = self.denoiser(noisy, inputs.timesteps, **kwargs).sample
-        return F.mse_loss(pred.float(), target.float())
+        if not self.face_loss_weight:
+            return F.mse_loss(pred.float(), target.float())
+        # 6. Face latents count 1 + w times (the weights' mean is 1: the loss keeps its scale).
+        face = F.interpolate(inputs.face_mask.float(), size=inputs.latents.shape[-2:], mode="area")
+        weight = (1.0 + self.face_loss_weight * face)[:, :, None]
+        weight = weight / weight.mean(dim=(-2, -1), keepdim=True)
+        return ((pred.float() - target.float()) ** 2 * weight).mean()
 
 
 def unconditional(kwargs: dict[str, Any]) -> dict[str, Any]:

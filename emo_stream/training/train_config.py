@@ -21,7 +21,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 # Parameter groups a stage can train (see ``stages.parameter_group``).
 GROUPS = ("reference_net", "backbone", "face_locator", "temporal", "audio", "speed")
 STAGE_GROUPS = {1: ["reference_net", "backbone", "face_locator"], 2: ["temporal", "audio", "speed", "face_locator"]}
-MODEL_INITS = ("tiny", "tiny_separate", "emo_full", "echomimic_v1", "hallo_v1")
+MODEL_INITS = ("tiny", "tiny_separate", "tiny_face", "emo_full", "echomimic_v1", "hallo_v1")
 
 
 @dataclass
@@ -167,12 +167,16 @@ class StageConfig:
         condition_drop: probability of dropping reference, audio and face features of a sample together (the
             unconditional recipe classifier-free guidance needs at inference).
         motion_drop: probability of dropping the motion frames of a sample (EMO: the first clip has none).
+        face_loss_weight: extra weight of the loss inside the face mask (0: plain MSE; w: the face's latents
+            count 1 + w times, normalised so the mean weight is 1): a small model spends its few steps on the
+            face, where the audio acts, rather than on the background.
     """
 
     stage: int = 1
     trainable: list[str] | None = None
     condition_drop: float = 0.05
     motion_drop: float = 0.0
+    face_loss_weight: float = 0.0
 
     def validate(self, prefix: str) -> None:
         _check(self.stage in (1, 2), f"{prefix}.stage", f"1 (image) or 2 (video), got {self.stage}")
@@ -181,6 +185,7 @@ class StageConfig:
         _check(self.trainable is None or len(self.trainable) > 0, f"{prefix}.trainable", "nothing to train")
         for key in ("condition_drop", "motion_drop"):
             _check(0.0 <= getattr(self, key) <= 1.0, f"{prefix}.{key}", "must be in [0, 1]")
+        _check(self.face_loss_weight >= 0.0, f"{prefix}.face_loss_weight", "must be >= 0")
 
     @property
     def groups(self) -> list[str]:

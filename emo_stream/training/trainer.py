@@ -129,7 +129,8 @@ class Trainer:
         if config.run.gradient_checkpointing:
             enable_block_checkpointing(self.components.denoiser)
             enable_block_checkpointing(self.components.reference_net)
-        self.model = EmoTrainingModel(self.components, self.stage, config.model.speed_max).train()
+        self.model = EmoTrainingModel(self.components, self.stage, config.model.speed_max,
+                                       config.stage.face_loss_weight).train()
         self.ddp = self.runtime.wrap(self.model)
         # 2. Optimizer, loss scaling, EMA.
         self.params = [p for p in self.model.parameters() if p.requires_grad]
