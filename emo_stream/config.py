@@ -149,6 +149,20 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     return cls(**kwargs)
 
 
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from ``path``; ``InputNotFoundError``/``ConfigError`` naming the path otherwise."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputNotFoundError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping at the top level")
+    return data
+
+
 def config_from_dict(data: dict[str, Any] | None) -> Config:
     """Build and validate a Config from plain data (a parsed YAML document)."""
     config = _build(Config, data or {}, "")
@@ -167,17 +181,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         InputNotFoundError: the file does not exist.
         ConfigError: bad YAML, an unknown key or a bad value (the message names the key).
     """
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise InputNotFoundError(f"config file not found: {p}")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p}: expected a mapping at the top level")
+    data: dict[str, Any] = read_yaml(path) if path is not None else {}
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue

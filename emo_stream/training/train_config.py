@@ -11,11 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 # The engine config's builder: same coercion rules and error wording for every YAML file we read.
-from emo_stream.config import _build, _check
-from emo_stream.errors import ConfigError, InputNotFoundError
+from emo_stream.config import _build, _check, read_yaml
+from emo_stream.errors import ConfigError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 # Parameter groups a stage can train (see ``stages.parameter_group``).
@@ -296,20 +294,6 @@ class DistillConfig:
                 value.validate(f.name)
         _check(bool(self.teacher), "teacher", "set the teacher checkpoint folder (--teacher DIR)")
         _check(bool(self.output_dir), "output_dir", "set the output folder (--out DIR)")
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML mapping from ``path``; ``InputNotFoundError``/``ConfigError`` with the path otherwise."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputNotFoundError(f"config file not found: {p}")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: expected a mapping at the top level")
-    return data
 
 
 def _apply(data: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
