@@ -10,6 +10,11 @@ Run by bench/server.py, one process per session; it talks to its parent over std
     parent: analyze              -> face mesh on the stored frames, lip-sync of the recording
     child: done                  (the result JSON is in --out)
 
+With ``--count-only`` (bench/server.py's load clients: every client but the first) video is not decoded: the
+jitter buffer's completed frames are counted (with their arrival times) and the process measures frames/s and
+the returned voice only; the probe client (the first) decodes and measures everything. Decoding 512² VP8 in
+every client would take ~0.1 core per session from the two cores the server under test is measured on.
+
 During the session the process only decodes and stores: video frames are kept as YUV 4:2:0
 planes (a copy, no colour conversion) and converted to RGB after the session ends, so the
 mesh and the MP4 encode never compete with the server for the CPU while it is measured.
@@ -70,6 +75,26 @@ class RecordingPeer(LivePeer):
         if frame.format.name != "yuv420p":
             frame = frame.reformat(format="yuv420p")
         return frame.to_ndarray()
+
+
+class CountingDecoder:
+    """A VP8 "decoder" that returns one 16×16 blank frame per complete encoded frame (``--count-only``): the
+    receiver's timing and frame count are the real ones, the pixels are not decoded."""
+
+    def decode(self, encoded_frame) -> list[av.VideoFrame]:
+        from aiortc.mediastreams import VIDEO_TIME_BASE
+
+        frame = av.VideoFrame(16, 16, "yuv420p")
+        frame.pts, frame.time_base = encoded_frame.timestamp, VIDEO_TIME_BASE
+        return [frame]
+
+
+def count_video_only() -> None:
+    """Make aiortc's receivers count video frames instead of decoding them (audio is still decoded)."""
+    import aiortc.rtcrtpreceiver as receiver
+
+    real = receiver.get_decoder
+    receiver.get_decoder = lambda codec: CountingDecoder() if codec.mimeType.lower() == "video/vp8" else real(codec)
 
 
 def find_onsets(samples: np.ndarray, frames_sent: int) -> list[tuple[int, int]]:
@@ -184,6 +209,20 @@ def analyse_onsets(sent_at: list[float], samples: np.ndarray, arrivals: np.ndarr
     return results
 
 
+def analyse_counts(peer: RecordingPeer, samples: np.ndarray, audio_hold_s: float) -> dict:
+    """``--count-only``: frames/s, the largest gap between frames and the returned voice's delay."""
+    arrivals = [t for t, _ in peer.received.video]
+    gaps = np.diff(arrivals) if len(arrivals) > 1 else np.zeros(1)
+    lag, r = voice_delay(peer.mic.sent_at, samples, peer.received.audio)
+    return {"session_id": peer.session_id, "count_only": True, "video_frames": len(arrivals),
+            "audio_frames": len(peer.received.audio), "mic_frames_sent": len(peer.mic.sent_at),
+            "fps_received": round(received_fps(peer.received, skip_s=1.0), 2),
+            "max_video_gap_ms": round(float(gaps.max()) * 1000, 1),
+            "voice_delay_xcorr": {"raw_ms": None if lag is None else round(lag * 1000, 1),
+                                  "corrected_ms": None if lag is None else round((lag - audio_hold_s) * 1000, 1),
+                                  "r": None if r is None else round(r, 3)}}
+
+
 def analyse(peer: RecordingPeer, samples: np.ndarray, fps: int, audio_hold_s: float, lipsync: bool,
             declared_s: float = 0.0) -> dict:
     import cv2
@@ -275,8 +314,11 @@ def main() -> int:
     parser.add_argument("--audio-hold-ms", type=float, default=80.0)
     parser.add_argument("--timeout", type=float, default=120.0, help="longest session without 'stop'")
     parser.add_argument("--no-lipsync", action="store_true")
+    parser.add_argument("--count-only", action="store_true", help="count video frames, do not decode them")
     args = parser.parse_args()
     samples = np.load(args.signal).astype(np.float32)
+    if args.count_only:
+        count_video_only()
     _say("ready")
     if sys.stdin.readline().strip() != "go":
         return 1
@@ -292,8 +334,11 @@ def main() -> int:
     if sys.stdin.readline().strip() != "analyze":
         return 1
     try:
-        result = analyse(peer, samples, args.fps, args.audio_hold_ms / 1000.0, lipsync=not args.no_lipsync,
-                         declared_s=(answer.get("latency_ms") or 0) / 1000.0)
+        if args.count_only:
+            result = analyse_counts(peer, samples, args.audio_hold_ms / 1000.0)
+        else:
+            result = analyse(peer, samples, args.fps, args.audio_hold_ms / 1000.0, lipsync=not args.no_lipsync,
+                             declared_s=(answer.get("latency_ms") or 0) / 1000.0)
     except Exception as exc:
         traceback.print_exc()
         result = {"error": f"analysis failed: {type(exc).__name__}: {exc}"}

@@ -207,7 +207,7 @@ class Client:
     """One client process and its line protocol (see bench/live_load.py)."""
 
     def __init__(self, index: int, base: str, signal_path: Path, out: Path, fps: int, log_path: Path,
-                 lipsync: bool) -> None:
+                 lipsync: bool, count_only: bool = False) -> None:
         self.index = index
         self.out = out
         self.log_path = log_path
@@ -216,6 +216,8 @@ class Client:
                "--fps", str(fps), "--audio-hold-ms", str(AUDIO_HOLD_MS)]
         if not lipsync:
             cmd.append("--no-lipsync")
+        if count_only:
+            cmd.append("--count-only")
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=child_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self._log, text=True)
         self.lines: queue.Queue = queue.Queue()
@@ -287,8 +289,9 @@ def make_signal(clips: list[np.ndarray], index: int, seconds: float) -> np.ndarr
 
 
 def run_round(n: int, base: str, server_pid: int, clips: list[np.ndarray], seconds: float, fps: int,
-              tmp: Path, lipsync: bool, analyse: bool = True) -> dict | None:
-    """N clients together for ``seconds``; None when ``analyse`` is False (a warm-up)."""
+              tmp: Path, lipsync: bool, analyse: bool = True, decode_all: bool = False) -> dict | None:
+    """N clients together for ``seconds``; None when ``analyse`` is False (a warm-up). Client 0 decodes and
+    measures everything; the others only count frames unless ``decode_all``."""
     clients: list[Client] = []
     started = time.monotonic()
     tag = str(n) if analyse else "warmup"
@@ -298,7 +301,7 @@ def run_round(n: int, base: str, server_pid: int, clips: list[np.ndarray], secon
             # long enough for any stagger of connections; the parent ends the session with "stop"
             np.save(sig, make_signal(clips, k, seconds + 30))
             clients.append(Client(k, base, sig, tmp / f"result-{tag}-{k}.json", fps,
-                                  tmp / f"client-{tag}-{k}.log", lipsync))
+                                  tmp / f"client-{tag}-{k}.log", lipsync, count_only=k > 0 and not decode_all))
         for c in clients:
             c.expect("ready", 120)
         for c in clients:
@@ -455,7 +458,8 @@ def summarise(n: int, results: list[dict], failed: list[dict], a: Snapshot, b: S
             "arrival_corrected_p95_abs": pct([abs(o["av_arrival_corrected_ms"]) for o in av_arrival], 95),
             "arrival_onsets": len(av_arrival),
         },
-        "face_found_min": min((r["face_found"] for r in ok), default=None),
+        "face_found_min": min((r["face_found"] for r in ok if "face_found" in r), default=None),
+        "clients_decoding_video": sum(not r.get("count_only") for r in ok),
         "frames_sent": int(sent),
         "frames_late": int(late),
         "late_fraction": round(late / sent, 4) if sent else None,
@@ -518,6 +522,10 @@ def commit() -> str:
 
 
 METHOD = {
+    "clients": ("client 0 decodes the video and measures onset -> mouth, A/V and lip-sync; the other clients (load) "
+                "let aiortc's jitter buffer complete each VP8 frame and count it without decoding (--decode-all: "
+                "all decode), so the 2 cores measure the server and not N video decoders; frames/s is every "
+                "client's"),
     "onset": ("wall time (CLOCK_MONOTONIC, shared by all processes) at which the client's first 20 ms mic frame "
               "louder than -40 dBFS after >= 0.5 s below it was handed to the sender (LivePeer.mic.sent_at)"),
     "visible_mouth_motion": ("arrival time of the first received video frame after the onset whose mouth opening "
@@ -569,6 +577,9 @@ def main() -> int:
     parser.add_argument("--sessions", default="1,2,4,6", help="comma-separated session counts (1 is always run)")
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds each round's sessions run together")
     parser.add_argument("--no-lipsync", action="store_true", help="skip the recording lip-sync (faster)")
+    parser.add_argument("--decode-all", action="store_true",
+                        help="every client decodes video (default: client 0 decodes and measures, the load clients "
+                             "count frames: decoding would take ~0.1 core per session from the server's 2 cores)")
     args = parser.parse_args()
     counts = sorted({1, *(int(x) for x in args.sessions.split(",") if x.strip())})
     args.config = args.config.resolve()
@@ -602,7 +613,7 @@ def main() -> int:
                     t = time.monotonic()
                     try:
                         per_n[str(n)] = run_round(n, base, server.pid, clips, args.seconds, fps, tmp,
-                                                  lipsync=not args.no_lipsync)
+                                                  lipsync=not args.no_lipsync, decode_all=args.decode_all)
                     except (RuntimeError, OSError, httpx.HTTPError, ValueError) as exc:
                         if n == 1:
                             raise  # no baseline, nothing to compare against
@@ -639,6 +650,7 @@ def main() -> int:
             "utterances": list(UTTERANCES), "lead_silence_s": LEAD_S, "per_client_stagger_s": STAGGER_S,
             "gap_s": GAP_S, "receive_hold_corrections_ms": {"video": round(1000 / fps, 1), "audio": AUDIO_HOLD_MS},
             "client_processes": "one per session (bench/live_load.py)",
+            "load_clients": "decode video" if args.decode_all else "count video frames, no decode (client 0 decodes)",
             "declared_latency_ms": base_entry.get("declared_latency_ms"),
         },
         "baseline": {**base_entry, "offline_render": offline},

@@ -12,7 +12,12 @@ import torch
 from emo_stream.animators.emo_sampler import ClipRequest, denoise_batch
 from emo_stream.errors import CheckpointError
 from emo_stream.models import InferenceSettings, make_scheduler, tiny_components
-from emo_stream.models.schedulers import echomimic_acc_output, model_output_for_step, pseudo_velocity
+from emo_stream.models.schedulers import (
+    echomimic_acc_output,
+    model_output_for_step,
+    pseudo_velocity,
+    set_sampling_timesteps,
+)
 from emo_stream.pipelines import EmoPipeline
 from emo_stream.pipelines.context import context_windows
 
@@ -174,7 +179,9 @@ def test_checkpoint_settings_are_validated():
     good = dataclasses.asdict(InferenceSettings(step_rule="echomimic_acc", initial_noise_clamp=1.5, context_overlap=3))
     assert InferenceSettings.from_dict(good).step_rule == "echomimic_acc"
     for change, words in (({"step_rule": "heun"}, "step_rule"), ({"context_overlap": 12}, "context_overlap"),
-                          ({"initial_noise_clamp": -1.0}, "initial_noise_clamp")):
+                          ({"initial_noise_clamp": -1.0}, "initial_noise_clamp"),
+                          ({"reference_strength": 0.0}, "reference_strength"),
+                          ({"reference_strength": 1.5}, "reference_strength")):
         with pytest.raises(CheckpointError, match=words):
             InferenceSettings.from_dict({**good, **change})
 
@@ -193,3 +200,43 @@ def test_acc_checkpoints_keep_their_sampler_live_and_all_checkpoints_offline():
     plain.scheduler = make_scheduler("DDIMScheduler")
     animator = EmoAnimator(plain, clip_frames=4, realtime=False)
     assert (animator.scheduler_name, animator.steps) == ("DDIMScheduler", 30)  # offline: the checkpoint's own
+
+
+@pytest.mark.parametrize("name", ["DDIMScheduler", "LCMScheduler"])
+def test_sampling_timesteps_start_inside_the_strength(name):
+    scheduler = make_scheduler(name)
+    full = set_sampling_timesteps(scheduler, 4).tolist()
+    assert full[0] == 999 and len(full) == 4
+    for strength in (0.3, 0.6):
+        steps = set_sampling_timesteps(scheduler, 4, strength).tolist()
+        assert len(steps) == 4 and steps == sorted(steps, reverse=True)
+        assert 1000 * strength - 150 < steps[0] <= 1000 * strength
+    with pytest.raises(ValueError, match="strength"):
+        set_sampling_timesteps(scheduler, 4, 0.0)
+
+
+def test_reference_strength_starts_every_frame_from_the_noised_portrait():
+    """img2img: the first denoiser input is the portrait's latents noised to the first timestep, on the offline
+    clip path and in the streaming batch; at strength 1 it is the noise itself."""
+    anchored = tiny_pipe(reference_strength=0.3, motion_frames=0, num_inference_steps=2, guidance_scale=1.0)
+    state = anchored.prepare_portrait(PORTRAIT)
+    tokens = anchored.encode_audio(sine(0.16), 4, FPS)
+    seen = []
+    forward = anchored.denoiser.forward
+
+    def record(sample, t, *args, **kwargs):
+        seen.append((sample.clone(), int(t)))
+        return forward(sample, t, *args, **kwargs)
+
+    anchored.denoiser.forward = record
+    anchored.denoise_clip(state, tokens, generator=torch.Generator().manual_seed(3))
+    denoise_batch(anchored, [ClipRequest(state, tokens, None, torch.Generator().manual_seed(3))],
+                  steps=2, guidance_scale=1.0, motion_frames=0, noise_correlation=0.0)
+    anchored.denoiser.forward = forward
+    noise = anchored._initial_noise((1, *state.latents.shape[1:2], 4, *state.latents.shape[2:]), None, 0.0,
+                                    torch.Generator().manual_seed(3))
+    for sample, t in (seen[0], seen[2]):
+        assert t < 300
+        expected = anchored.scheduler.add_noise(state.latents[:, :, None].expand_as(noise), noise, torch.tensor([t]))
+        torch.testing.assert_close(sample, expected)
+    assert not torch.allclose(seen[0][0], noise, atol=1e-3)

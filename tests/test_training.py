@@ -383,3 +383,33 @@ def shard_folder(root: Path, clips: int, frames: int) -> Path:
             source_fps=25.0, source_size=(SIZE, SIZE), face_frames=1.0)
     manifest.save(root)
     return root
+
+
+def test_img2img_sampling_trains_and_distills_where_it_samples(teacher, tmp_path, capsys):
+    """``stage.max_noise`` keeps training timesteps below it; ``sampling`` goes into the distilled checkpoint, whose
+    consistency training then draws only grid timesteps below its ``reference_strength``."""
+    from emo_stream.training.device import setup_runtime
+    from emo_stream.training.distill import ConsistencyDistiller
+    from emo_stream.training.stages import encode_batch
+
+    trainer = Trainer(config(2, tmp_path / "stage", **{"stage.max_noise": 0.3}))
+    batch = collate([SyntheticClips(16, 4, 2, SIZE, seed=0)[i] for i in range(16)])
+    inputs = encode_batch(trainer.frozen, batch, 2, 25, torch.Generator().manual_seed(0), 0.0, 0.0,
+                          trainer.config.stage.max_noise)
+    assert int(inputs.timesteps.max()) < 300 and int(inputs.timesteps.max()) > 100
+
+    overrides = {"sampling.reference_strength": 0.4, "sampling.noise_correlation": 0.9}
+    cfg = load_distill_config(CONFIGS / "distill-tiny.yaml", {"teacher": str(teacher), "output_dir": "x",
+                                                             **overrides})
+    assert ConsistencyDistiller(load_checkpoint(teacher), cfg, setup_runtime("cpu")).grid_points == 20
+    yaml_text = (CONFIGS / "distill-tiny.yaml").read_text().replace(
+        "run:", "sampling:\n  reference_strength: 0.4\n  noise_correlation: 0.9\nrun:")
+    (tmp_path / "distill.yaml").write_text(yaml_text)
+    out = tmp_path / "lcm"
+    assert main(["distill", "--teacher", str(teacher), "--out", str(out), "--config", str(tmp_path / "distill.yaml"),
+                 "--quiet"]) == 0, capsys.readouterr().err
+    settings = load_checkpoint(out).settings
+    assert (settings.reference_strength, settings.noise_correlation) == (0.4, 0.9)
+    with pytest.raises(Exception, match="reference_strength"):
+        load_distill_config(CONFIGS / "distill-tiny.yaml", {"teacher": "t", "output_dir": "o",
+                                                           "sampling.reference_strength": 1.5})

@@ -303,3 +303,47 @@ def test_dataset_errors(prepared, tmp_path):
         ClipDataset(out, clip_frames=0)
     with pytest.raises(ConfigError, match="seed"):
         ClipDataset(out, clip_frames=8, seed=-1)
+
+
+def test_augmentation_identity_greyscale_and_mirror():
+    from emo_stream.training.augment import ColourJitter, draw_augmentation
+
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.uniform(-0.9, 0.9, (3, 2, 8, 8)).astype(np.float32))
+    same = draw_augmentation(rng, ColourJitter(hue_turn=0.0, saturation=(1, 1), contrast=(1, 1),
+                                               brightness=(0, 0), flip=0.0))
+    torch.testing.assert_close(same.pixels(x), x, atol=1e-5, rtol=0)  # the YIQ round trip is exact
+    grey = draw_augmentation(rng, ColourJitter(saturation=(0, 0), flip=1.0))
+    y = grey.pixels(x)
+    assert torch.allclose(y[0], y[1], atol=1e-5) and torch.allclose(y[1], y[2], atol=1e-5)
+    mask = torch.zeros(1, 8, 8)
+    mask[..., :3] = 1
+    assert torch.equal(grey.mask(mask), mask.flip(-1))
+    # A hue turn keeps the brightness (Y) and turns the colour: a pure red goes elsewhere.
+    turned = draw_augmentation(np.random.default_rng(5), ColourJitter(hue_turn=0.5, saturation=(1, 1),
+                                                                      contrast=(1, 1), brightness=(0, 0)))
+    red = torch.tensor([0.6, -0.6, -0.6]).reshape(3, 1, 1)
+    assert not torch.allclose(turned.pixels(red), red, atol=0.05)
+
+
+def test_augmented_samples_share_one_change_and_keep_their_windows(prepared):
+    out = prepared[0]
+    plain = ClipDataset(out, clip_frames=4, motion_frames=2, seed=3)
+    aug = ClipDataset(out, clip_frames=4, motion_frames=2, seed=3, augment=True)
+    flips = 0
+    for i in range(12):
+        p, a = plain[i], aug[i]
+        assert (p.clip_id, p.start) == (a.clip_id, a.start) and torch.equal(p.audio, a.audio)
+        assert a.target.min() >= -1 and a.target.max() <= 1
+        flipped = not torch.equal(a.face_mask, p.face_mask)
+        flips += flipped
+        # One colour map for reference, motion and target: fit it on the reference, it explains the target.
+        src = torch.cat([p.reference.reshape(3, -1), torch.ones(1, p.reference[0].numel())])
+        dst = (a.reference.flip(-1) if flipped else a.reference).reshape(3, -1)
+        keep = (dst.abs() < 0.98).all(0)  # pixels the clamp did not touch
+        fit = torch.linalg.lstsq(src[:, keep].T, dst[:, keep].T).solution
+        target = a.target.flip(-1) if flipped else a.target
+        mapped = (fit.T @ torch.cat([p.target.reshape(3, -1), torch.ones(1, p.target[0].numel())])).clamp(-1, 1)
+        assert (mapped - target.reshape(3, -1)).abs().mean() < 0.02
+        assert torch.equal(aug[i].target, a.target)  # deterministic
+    assert 0 < flips < 12

@@ -90,8 +90,7 @@ def denoise_batch(pipe: EmoPipeline, requests: list[ClipRequest], steps: int, gu
         noises.append(torch.stack(per_frame, dim=2))
     noise = pipe.clamp_noise(_cat(noises))  # the checkpoint's clamp, as ``EmoPipeline._initial_noise``
     scheduler = pipe.scheduler
-    scheduler.set_timesteps(steps, device=device)
-    latents = (noise * scheduler.init_noise_sigma).to(dtype)
+    latents = pipe.start_latents(noise, _cat([p.latents for p in portraits]), steps)
 
     # 3. Inputs; with guidance the unconditional rows drop reference, audio, face features and face tokens.
     guided = guidance_scale > 1.0

@@ -75,6 +75,9 @@ class InferenceSettings:
         context_overlap: offline only, for checkpoints without motion frames: denoise the whole video at once in
             ``clip_frames`` context windows overlapping by this many frames, averaged per step and shifted by
             2 frames each step (EchoMimic: 12 frames, overlap 3); 0 = clip by clip.
+        reference_strength: where sampling starts: 1 = pure noise (EMO and its relatives); below 1 every frame
+            starts from the portrait's latents noised to this fraction of the schedule (img2img), so the model
+            only has to add the motion; small models trained here need it to keep the portrait's look.
     """
 
     num_inference_steps: int = 30
@@ -88,6 +91,7 @@ class InferenceSettings:
     step_rule: str = "scheduler"
     initial_noise_clamp: float = 0.0
     context_overlap: int = 0
+    reference_strength: float = 1.0
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> InferenceSettings:
@@ -102,6 +106,8 @@ class InferenceSettings:
         if settings.initial_noise_clamp < 0 or not 0 <= settings.context_overlap < settings.clip_frames:
             raise CheckpointError("model_index.json: inference.initial_noise_clamp must be >= 0 and "
                                   "inference.context_overlap in [0, clip_frames)")
+        if not 0.0 < settings.reference_strength <= 1.0:
+            raise CheckpointError("model_index.json: inference.reference_strength must be in (0, 1]")
         return settings
 
 

@@ -8,6 +8,7 @@ knows nothing about noise: a checkpoint names its scheduler class and config, an
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -100,3 +101,23 @@ def model_output_for_step(step_rule: str, pred: torch.Tensor, sample: torch.Tens
     if step_rule == "echomimic_acc":
         return echomimic_acc_output(pred, sample, scheduler.alphas_cumprod, timestep)
     raise ValueError(f"unknown step rule {step_rule!r} (known: {', '.join(STEP_RULES)})")
+
+
+def set_sampling_timesteps(scheduler: SchedulerMixin, steps: int, strength: float = 1.0,
+                           device: torch.device | str | None = None) -> torch.Tensor:
+    """Set ``steps`` sampling timesteps that start ``strength`` of the way up the noise schedule.
+
+    ``strength`` 1 is sampling from pure noise. Below 1 sampling starts from a noised image (img2img, SDEdit):
+    schedulers that take ``strength`` themselves (LCM, TCD) space their ``steps`` inside it; the others get a
+    denser schedule of which the last ``steps`` fall inside it (diffusers' img2img ``get_timesteps``).
+    """
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    if strength >= 1.0:
+        scheduler.set_timesteps(steps, device=device)
+    elif isinstance(scheduler, (LCMScheduler, TCDScheduler)):
+        scheduler.set_timesteps(steps, device=device, strength=strength)
+    else:
+        scheduler.set_timesteps(max(steps, math.ceil(steps / strength)), device=device)
+        scheduler.timesteps = scheduler.timesteps[-steps:]
+    return scheduler.timesteps

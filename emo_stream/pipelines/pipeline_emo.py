@@ -32,7 +32,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from emo_stream.models.checkpoint import EmoComponents, InferenceSettings, load_checkpoint
 from emo_stream.models.reference_net import ReferenceBank
-from emo_stream.models.schedulers import model_output_for_step
+from emo_stream.models.schedulers import model_output_for_step, set_sampling_timesteps
 from emo_stream.models.speech_encoder import SAMPLE_RATE
 from emo_stream.pipelines.context import context_windows
 
@@ -229,6 +229,19 @@ class EmoPipeline(DiffusionPipeline):
         limit = self.settings.initial_noise_clamp
         return noise.clamp(-limit, limit) if limit > 0 else noise
 
+    def start_latents(self, noise: torch.Tensor, portrait_latents: torch.Tensor, steps: int) -> torch.Tensor:
+        """Set the sampler's timesteps and return the first denoiser input for ``noise`` [B, C, F, h, w].
+
+        With the checkpoint's ``reference_strength`` below 1 every frame starts from its row's portrait latents
+        ``portrait_latents`` [B, C, h, w] noised to the first timestep (img2img); otherwise from the noise.
+        """
+        strength = self.settings.reference_strength
+        timesteps = set_sampling_timesteps(self.scheduler, steps, strength, noise.device)
+        if strength >= 1.0:
+            return (noise * self.scheduler.init_noise_sigma).to(self._model_dtype)
+        anchor = portrait_latents.float()[:, :, None].expand_as(noise)
+        return self.scheduler.add_noise(anchor, noise, timesteps[:1]).to(self._model_dtype)
+
     def scheduler_step(self, pred: torch.Tensor, t: torch.Tensor, latents: torch.Tensor,
                        generator: torch.Generator | list[torch.Generator] | None) -> torch.Tensor:
         """One sampler step with the checkpoint's step rule (``InferenceSettings.step_rule``)."""
@@ -294,8 +307,7 @@ class EmoPipeline(DiffusionPipeline):
         # 2. Initial noise, continuing the previous clip's.
         noise = self._initial_noise((1, channels, frames, height, width), carry if motion else None,
                                     correlation, generator)
-        self.scheduler.set_timesteps(steps, device=device)
-        latents = (noise * self.scheduler.init_noise_sigma).to(dtype)
+        latents = self.start_latents(noise, state.latents, steps)
 
         # 3. Conditional (+ unconditional) inputs; the uncond row drops reference, audio, face and face tokens.
         rows = 2 if guidance.enabled else 1
@@ -360,8 +372,7 @@ class EmoPipeline(DiffusionPipeline):
         _, channels, height, width = state.latents.shape
 
         noise = self._initial_noise((1, channels, total, height, width), None, 0.0, generator)
-        self.scheduler.set_timesteps(steps, device=device)
-        latents = (noise * self.scheduler.init_noise_sigma).to(dtype)
+        latents = self.start_latents(noise, state.latents, steps)
         rows = 2 if guidance.enabled else 1
         face_in, tokens_in, ref_mask, masks_in = self._portrait_rows(state, rows)
 

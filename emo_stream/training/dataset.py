@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import Dataset
 
 from emo_stream.errors import ConfigError, DataError
+from emo_stream.training.augment import draw_augmentation
 from emo_stream.training.sample import TrainingSample
 from emo_stream.training.shards import ClipArrays, ClipRecord, load_manifest, read_clip_shard
 
@@ -42,6 +43,7 @@ class ClipDataset(Dataset):
         seed: same seed, same samples.
         samples_per_epoch: epoch length (None: one slot per F frames of every clip, see module docstring).
         max_open_shards: shards kept open (memory-mapped) at once.
+        augment: recolour and mirror each sample (``augment.draw_augmentation``, seeded like the sample).
 
     Raises:
         DataError: no manifest, no clips, or no clip has F + M frames (shorter clips are left out with a warning).
@@ -49,7 +51,8 @@ class ClipDataset(Dataset):
     """
 
     def __init__(self, root: str | Path, clip_frames: int, motion_frames: int = 0, size: int | None = None,
-                 seed: int = 0, samples_per_epoch: int | None = None, max_open_shards: int = MAX_OPEN_SHARDS) -> None:
+                 seed: int = 0, samples_per_epoch: int | None = None, max_open_shards: int = MAX_OPEN_SHARDS,
+                 augment: bool = False) -> None:
         if clip_frames < 1 or motion_frames < 0:
             raise ConfigError(f"clip_frames must be >= 1 and motion_frames >= 0, got {clip_frames}, {motion_frames}")
         if size is not None and size < 8:
@@ -79,6 +82,7 @@ class ClipDataset(Dataset):
         self.seed = seed
         self.samples_per_epoch = samples_per_epoch
         self.max_open_shards = max(1, max_open_shards)
+        self.augment = augment
         self._windows = np.array([c.frames - need + 1 for c in self.clips], dtype=np.int64)
         slots = -(-self._windows // clip_frames)  # ceil
         self._slot_clip = np.repeat(np.arange(len(self.clips)), slots)
@@ -152,12 +156,17 @@ class ClipDataset(Dataset):
         if self.size != self.stored_size:
             mask = cv2.resize(mask, (self.size, self.size), interpolation=cv2.INTER_NEAREST)
         window = self._pixels(arrays.frames[start - m: start + f])
+        portrait = self._pixels(arrays.frames[reference: reference + 1])[:, 0]
+        face_mask = torch.from_numpy(mask.astype(np.float32))[None]
+        if self.augment:  # its own stream: the windows stay those of the unaugmented dataset
+            change = draw_augmentation(np.random.default_rng([self.seed, self._epoch, index % len(self), 1]))
+            window, portrait, face_mask = change.pixels(window), change.pixels(portrait), change.mask(face_mask)
         return TrainingSample(
-            reference=self._pixels(arrays.frames[reference: reference + 1])[:, 0],
+            reference=portrait,
             target=window[:, m:],
             motion=window[:, :m],
             audio=torch.from_numpy(np.array(arrays.audio[start * spf: (start + f) * spf], dtype=np.float32)),
-            face_mask=torch.from_numpy(mask.astype(np.float32))[None],
+            face_mask=face_mask,
             head_speed=torch.from_numpy(np.array(arrays.head_speed[start: start + f], dtype=np.float32)),
             clip_id=self.clips[clip].clip_id,
             start=start,

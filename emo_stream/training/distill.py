@@ -130,6 +130,8 @@ class ConsistencyDistiller:
         self.solver = DdimSolver(teacher.scheduler.alphas_cumprod)
         self.guidance = float(lcd.guidance_scale if lcd.guidance_scale is not None else teacher.settings.guidance_scale)
         self.interval = teacher.scheduler.config.num_train_timesteps // lcd.num_ddim_timesteps
+        strength = config.sampling.reference_strength or 1.0
+        self.grid_points = max(lcd.steps, int(lcd.num_ddim_timesteps * strength))
         self.params = [p for p in self.student.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=lcd.lr, weight_decay=0.0)
         self.scaler = runtime.grad_scaler()
@@ -160,8 +162,9 @@ class ConsistencyDistiller:
         z0, noise = inputs.latents, inputs.noise
         b = z0.shape[0]
         device = z0.device
-        # 1. A grid timestep t and the next one down s (LCM's DDIM grid: (i + 1)·k − 1, s = t − k ≥ 0).
-        index = torch.randint(0, lcd.num_ddim_timesteps, (b,), generator=generator, device=device)
+        # 1. A grid timestep t and the next one down s (LCM's DDIM grid: (i + 1)·k − 1, s = t − k ≥ 0), only where
+        #    the student will sample: below its reference_strength (LCMScheduler's strength takes that grid share).
+        index = torch.randint(0, self.grid_points, (b,), generator=generator, device=device)
         t = (index + 1) * self.interval - 1
         s = (t - self.interval).clamp(min=0)
         x_t = self.frozen.scheduler.add_noise(z0, noise, t)
@@ -319,6 +322,7 @@ def distill(config: DistillConfig, batches: Iterable[TrainingBatch] | None = Non
         # The LCM step takes the student's output as is, from unclamped noise: the conditions it was trained in.
         known = {f.name for f in dataclasses.fields(teacher.settings)}
         updates.update({k: v for k, v in (("step_rule", "scheduler"), ("initial_noise_clamp", 0.0)) if k in known})
+        updates.update(config.sampling.updates())
         settings = dataclasses.replace(teacher.settings, **updates)
         components = dataclasses.replace(teacher, denoiser=denoiser, small_decoder=decoder, scheduler=scheduler,
                                          settings=settings)

@@ -34,7 +34,7 @@ def build_dataset(data: DataConfig, seed: int) -> Any:
     except ImportError as exc:  # the shard reader ships separately from the trainers
         raise ConfigError(f"data.root: cannot read shards ({exc}); use data.synthetic for a smoke run") from None
     return ClipDataset(Path(data.root).expanduser(), clip_frames=data.clip_frames, motion_frames=data.motion_frames,
-                       size=data.size, seed=seed, samples_per_epoch=data.samples_per_epoch)
+                       size=data.size, seed=seed, samples_per_epoch=data.samples_per_epoch, augment=data.augment)
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:

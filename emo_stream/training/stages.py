@@ -115,8 +115,9 @@ def vae_latents(vae: AutoencoderKL, pixels: torch.Tensor, chunk: int = 16) -> to
 
 @torch.no_grad()
 def encode_batch(frozen: FrozenParts, batch: TrainingBatch, stage: int, fps: int, generator: torch.Generator,
-                 condition_drop: float, motion_drop: float) -> StepInputs:
-    """Encode ``batch`` with the frozen VAE/speech encoder and draw noise, timesteps and condition dropout."""
+                 condition_drop: float, motion_drop: float, max_noise: float = 1.0) -> StepInputs:
+    """Encode ``batch`` with the frozen VAE/speech encoder and draw noise, timesteps (below ``max_noise`` of the
+    schedule) and condition dropout."""
     device = batch.target.device
     b, _, frames, size, _ = batch.target.shape
     if stage == 1:
@@ -144,8 +145,8 @@ def encode_batch(frozen: FrozenParts, batch: TrainingBatch, stage: int, fps: int
         audio_states = frozen.speech_encoder(wave, frames, fps).states.float()
     # 3. This step's randomness.
     noise = torch.randn(latents.shape, generator=generator, device=device)
-    timesteps = torch.randint(0, frozen.scheduler.config.num_train_timesteps, (b,), generator=generator,
-                              device=device)
+    highest = max(1, round(frozen.scheduler.config.num_train_timesteps * max_noise))
+    timesteps = torch.randint(0, highest, (b,), generator=generator, device=device)
     keep = torch.rand(b, generator=generator, device=device) >= condition_drop
     return StepInputs(latents=latents, reference=reference, motion=motion, audio_states=audio_states,
                       face_mask=batch.face_mask.float(), head_speed=batch.head_speed.float() if stage == 2 else None,

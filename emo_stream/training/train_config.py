@@ -36,6 +36,8 @@ class DataConfig:
         fps: video frame rate of the shards (the audio window per frame follows from it).
         samples_per_epoch: ``ClipDataset``'s epoch length (None: its default).
         num_workers: DataLoader worker processes (0: load in the training process).
+        augment: recolour and mirror every sample (``training.augment``): a model trained on few portraits
+            learns to carry the reference's look instead of learning those portraits.
     """
 
     root: str | None = None
@@ -47,6 +49,7 @@ class DataConfig:
     fps: int = 25
     samples_per_epoch: int | None = None
     num_workers: int = 0
+    augment: bool = False
 
     def validate(self, prefix: str) -> None:
         _check(self.synthetic or bool(self.root), f"{prefix}.root", "set a shard folder (or synthetic: true)")
@@ -168,6 +171,9 @@ class StageConfig:
         face_loss_weight: extra weight of the loss inside the face mask (0: plain MSE; w: the face's latents
             count 1 + w times, normalised so the mean weight is 1): a small model spends its few steps on the
             face, where the audio acts, rather than on the background.
+        max_noise: train on timesteps below this share of the schedule only (1: all). A checkpoint that samples
+            from the noised portrait (``reference_strength`` s) never sees more noise than s: a small model
+            spends its steps there.
     """
 
     stage: int = 1
@@ -175,8 +181,10 @@ class StageConfig:
     condition_drop: float = 0.05
     motion_drop: float = 0.0
     face_loss_weight: float = 0.0
+    max_noise: float = 1.0
 
     def validate(self, prefix: str) -> None:
+        _check(0.0 < self.max_noise <= 1.0, f"{prefix}.max_noise", f"must be in (0, 1], got {self.max_noise}")
         _check(self.stage in (1, 2), f"{prefix}.stage", f"1 (image) or 2 (video), got {self.stage}")
         for i, group in enumerate(self.trainable or []):
             _check(group in GROUPS, f"{prefix}.trainable[{i}]", f"one of {', '.join(GROUPS)}, got {group!r}")
@@ -277,6 +285,29 @@ class DecoderConfig:
 
 
 @dataclass
+class SamplingConfig:
+    """How the distilled checkpoint samples (``model_index.json`` ``inference``; None keeps the teacher's).
+
+    Attributes:
+        reference_strength: start every frame from the portrait noised to this share of the schedule (img2img);
+            1 = from pure noise.
+        noise_correlation: AR(1) correlation of the initial noise across frames and clips (0: independent).
+    """
+
+    reference_strength: float | None = None
+    noise_correlation: float | None = None
+
+    def validate(self, prefix: str) -> None:
+        _check(self.reference_strength is None or 0.0 < self.reference_strength <= 1.0,
+               f"{prefix}.reference_strength", f"must be in (0, 1], got {self.reference_strength}")
+        _check(self.noise_correlation is None or 0.0 <= self.noise_correlation < 1.0,
+               f"{prefix}.noise_correlation", f"must be in [0, 1), got {self.noise_correlation}")
+
+    def updates(self) -> dict[str, float]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+@dataclass
 class DistillConfig:
     """``emo-stream distill --teacher DIR --out DIR [--config F]``."""
 
@@ -285,6 +316,7 @@ class DistillConfig:
     data: DataConfig = field(default_factory=lambda: DataConfig(clip_frames=4, motion_frames=2))
     lcd: LcdConfig = field(default_factory=LcdConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
     run: RunConfig = field(default_factory=lambda: RunConfig(ema_decay=0.0))
 
     def validate(self, prefix: str = "") -> None:

@@ -156,7 +156,7 @@ class Trainer:
         batch = batch.to(rt.device, torch.float32)
         with rt.autocast():
             inputs = encode_batch(self.frozen, batch, self.stage, cfg.data.fps, generator, cfg.stage.condition_drop,
-                                  cfg.stage.motion_drop)
+                                  cfg.stage.motion_drop, cfg.stage.max_noise)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.step)
         with rt.autocast():
