@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from emo_stream.animators.emo_sampler import ClipRequest, denoise_batch
+from emo_stream.animators.emo_sampler import ClipRequest, decode_batch, denoise_batch
 from emo_stream.errors import CheckpointError
 from emo_stream.models import InferenceSettings, make_scheduler, tiny_components
 from emo_stream.models.schedulers import (
@@ -240,3 +240,29 @@ def test_reference_strength_starts_every_frame_from_the_noised_portrait():
         expected = anchored.scheduler.add_noise(state.latents[:, :, None].expand_as(noise), noise, torch.tensor([t]))
         torch.testing.assert_close(sample, expected)
     assert not torch.allclose(seen[0][0], noise, atol=1e-3)
+
+
+def test_residual_decoding_gives_the_portrait_back_where_nothing_changed():
+    """``decode_residual``: decoding the portrait's own latents returns the portrait itself (to rounding), in the
+    pipeline and in the streaming batch; a changed latent changes the frame by the decoded change."""
+    plain = tiny_pipe(guidance_scale=1.0)
+    residual = tiny_pipe(guidance_scale=1.0, decode_residual=True)
+    state = residual.prepare_portrait(PORTRAIT)
+    latents = state.latents[:, :, None].repeat(1, 1, 2, 1, 1)
+    portrait01 = (state.pixels[0].float() + 1) / 2
+    back = residual.decode_latents(latents, "vae", state)
+    torch.testing.assert_close(back[0], portrait01.clamp(0, 1), atol=1e-5, rtol=0)
+    # The random tiny VAE alone returns something else entirely.
+    assert (plain.decode_latents(latents, "vae", state)[0] - portrait01).abs().mean() > 0.1
+    batch = decode_batch(residual, torch.cat([latents, latents]), "vae", [state, state])
+    expected = (portrait01.clamp(0, 1).permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+    assert batch.shape == (2, 2, *expected.shape) and np.abs(batch[1, 1].astype(int) - expected).max() <= 1
+    moved = latents.clone()
+    moved[:, :, 1] += 0.5
+    out = residual.decode_latents(moved, "vae", state)[1]
+    change = out - back[1]
+    decoded_change = (plain.decode_frames(moved[0, :, 1:].permute(1, 0, 2, 3)) -
+                      plain.decode_frames(state.latents))[0] / 2
+    inside = (back[1] > 0.02) & (back[1] < 0.98) & (out > 0.02) & (out < 0.98)  # away from the clamp
+    assert inside.float().mean() > 0.3
+    torch.testing.assert_close(change[inside], decoded_change.float()[inside], atol=1e-4, rtol=0)

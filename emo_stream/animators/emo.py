@@ -438,7 +438,7 @@ class EmoAnimator:
             requests.append(ClipRequest(portrait, self._tokens(clip), state.carry, state.generator))
         latents, carries = denoise_batch(self.pipe, requests, self.steps, self.guidance_scale, self.motion_frames,
                                          self.noise_correlation)
-        pixels = decode_batch(self.pipe, latents, self.decoder)
+        pixels = decode_batch(self.pipe, latents, self.decoder, [r.portrait for r in requests])
         for clip, carry in zip(clips, carries, strict=True):
             clip.state.carry = carry
         return pixels
@@ -550,7 +550,8 @@ class EmoAnimator:
                                           generator=state.generator)
         ticks = PTS_CLOCK_RATE // self.fps
         for start in range(0, total, self.clip_frames):
-            pixels = decode_batch(self.pipe, latents[:, :, start:start + self.clip_frames], self.decoder)[0]
+            pixels = decode_batch(self.pipe, latents[:, :, start:start + self.clip_frames], self.decoder,
+                                  [state.portrait])[0]
             for k, rgb in enumerate(pixels):
                 self.stats.emo_frames += 1
                 yield Frame(rgb=resize_square(rgb, self.size), pts=(start + k) * ticks, matte=state.lite.matte)

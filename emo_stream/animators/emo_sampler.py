@@ -136,14 +136,16 @@ def denoise_batch(pipe: EmoPipeline, requests: list[ClipRequest], steps: int, gu
 
 
 @torch.no_grad()
-def decode_batch(pipe: EmoPipeline, latents: torch.Tensor, decoder: str) -> np.ndarray:
-    """[B, C, F, h, w] latents → [B, F, H, W, 3] uint8 frames (``EmoPipeline.decode_latents``'s rounding)."""
+def decode_batch(pipe: EmoPipeline, latents: torch.Tensor, decoder: str,
+                 portraits: list[PortraitState] | None = None) -> np.ndarray:
+    """[B, C, F, h, w] latents → [B, F, H, W, 3] uint8 frames (``EmoPipeline.decode_latents``'s math, with each
+    row's portrait residual when the checkpoint decodes residually)."""
     batch, channels, frames, height, width = latents.shape
     flat = latents.permute(0, 2, 1, 3, 4).reshape(batch * frames, channels, height, width)
-    if decoder == "small":
-        images = pipe.small_decoder(flat).sample
-    else:
-        images = pipe.vae.decode(flat / pipe.vae.config.scaling_factor).sample
-    images = ((images.float() + 1.0) / 2.0).clamp(0.0, 1.0)
+    images = pipe.decode_frames(flat, decoder).float()
+    bases = [pipe.residual_base(p, decoder) for p in portraits] if portraits is not None else [None]
+    if all(b is not None for b in bases):
+        images = images + torch.cat(bases).repeat_interleave(frames, dim=0)
+    images = ((images + 1.0) / 2.0).clamp(0.0, 1.0)
     pixels = (images.permute(0, 2, 3, 1) * 255.0).round().to(torch.uint8).cpu().numpy()
     return pixels.reshape(batch, frames, *pixels.shape[1:])

@@ -78,6 +78,10 @@ class InferenceSettings:
         reference_strength: where sampling starts: 1 = pure noise (EMO and its relatives); below 1 every frame
             starts from the portrait's latents noised to this fraction of the schedule (img2img), so the model
             only has to add the motion; small models trained here need it to keep the portrait's look.
+        decode_residual: decode each frame as the portrait's own pixels plus the decoded *change* from the
+            portrait's latents (``decode(z) - decode(z_portrait)``): what does not move stays exactly the photo,
+            and a small autoencoder's blur and colour loss cancel out where nothing changed (the paste-back of
+            MuseTalk and LivePortrait, over the whole frame). Off for EMO and its relatives.
     """
 
     num_inference_steps: int = 30
@@ -92,6 +96,7 @@ class InferenceSettings:
     initial_noise_clamp: float = 0.0
     context_overlap: int = 0
     reference_strength: float = 1.0
+    decode_residual: bool = False
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> InferenceSettings:

@@ -60,6 +60,8 @@ class PortraitState:
         face_features: [1, C0, h, w] face-locator output.
         region_masks: [1, 3, h, w] full/face/lip masks at latent size (separate audio slot).
         face_tokens: [1, T, C] image-projection tokens for ``attn2`` (Hallo), or None.
+        pixels: [1, 3, S, S] the portrait in [-1, 1] at the output size (``decode_residual``).
+        residual_bases: per decoder, ``pixels - decode(latents)`` (filled on first use; ``decode_residual``).
     """
 
     latents: torch.Tensor
@@ -67,6 +69,8 @@ class PortraitState:
     face_features: torch.Tensor
     region_masks: torch.Tensor
     face_tokens: torch.Tensor | None = None
+    pixels: torch.Tensor | None = None
+    residual_bases: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -191,7 +195,7 @@ class EmoPipeline(DiffusionPipeline):
         latent_mask = F.interpolate(mask, size=latents.shape[-2:], mode="area")
         # Without landmarks the lip region is approximated by the face region.
         region_masks = torch.cat([torch.ones_like(latent_mask), latent_mask, latent_mask], 1).to(device, dtype)
-        return PortraitState(latents, bank, face_features, region_masks, face_tokens)
+        return PortraitState(latents, bank, face_features, region_masks, face_tokens, pixels=pixels.to(device))
 
     @torch.no_grad()
     def encode_audio(self, audio: np.ndarray | torch.Tensor, num_frames: int, fps: float) -> torch.Tensor:
@@ -403,19 +407,37 @@ class EmoPipeline(DiffusionPipeline):
                 progress_bar.update()
         return latents
 
-    @torch.no_grad()
-    def decode_latents(self, latents: torch.Tensor, decoder: str = "vae") -> torch.Tensor:
-        """[1, C, F, h, w] latents → [F, 3, H, W] RGB in [0, 1] with the VAE or the small decoder."""
-        frames = latents[0].permute(1, 0, 2, 3)
+    def decode_frames(self, frames: torch.Tensor, decoder: str = "vae") -> torch.Tensor:
+        """[N, C, h, w] latents → [N, 3, H, W] in about [-1, 1] (unclamped) with the VAE or the small decoder."""
         if decoder == "small":
             if self.small_decoder is None:
                 raise ValueError("this checkpoint has no small_decoder")
-            images = self.small_decoder(frames).sample
-        elif decoder == "vae":
-            images = self.vae.decode(frames / self.vae.config.scaling_factor).sample
-        else:
-            raise ValueError(f"decoder must be 'vae' or 'small', got {decoder!r}")
-        return ((images.float() + 1.0) / 2.0).clamp(0.0, 1.0)
+            return self.small_decoder(frames).sample
+        if decoder == "vae":
+            return self.vae.decode(frames / self.vae.config.scaling_factor).sample
+        raise ValueError(f"decoder must be 'vae' or 'small', got {decoder!r}")
+
+    def residual_base(self, state: PortraitState | None, decoder: str) -> torch.Tensor | None:
+        """``portrait pixels - decode(portrait latents)`` [1, 3, S, S] to add to every decoded frame when the
+        checkpoint decodes residually (``InferenceSettings.decode_residual``), else None. Cached on ``state``."""
+        if not self.settings.decode_residual or state is None or state.pixels is None:
+            return None
+        base = state.residual_bases.get(decoder)
+        if base is None:
+            base = state.pixels.float() - self.decode_frames(state.latents, decoder).float()
+            state.residual_bases[decoder] = base
+        return base
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor, decoder: str = "vae",
+                       portrait: PortraitState | None = None) -> torch.Tensor:
+        """[1, C, F, h, w] latents → [F, 3, H, W] RGB in [0, 1] with the VAE or the small decoder (plus the
+        portrait's residual base when the checkpoint decodes residually and ``portrait`` is given)."""
+        images = self.decode_frames(latents[0].permute(1, 0, 2, 3), decoder).float()
+        base = self.residual_base(portrait, decoder)
+        if base is not None:
+            images = images + base
+        return ((images + 1.0) / 2.0).clamp(0.0, 1.0)
 
     @torch.no_grad()
     def __call__(
@@ -486,7 +508,7 @@ class EmoPipeline(DiffusionPipeline):
                                              speed_buckets=None if speed is None else speed[:, :total],
                                              generator=generator, progress_bar=bar)
             for start in range(0, total, clip_frames):
-                clips.append(self.decode_latents(latents[:, :, start:start + clip_frames], decoder).cpu())
+                clips.append(self.decode_latents(latents[:, :, start:start + clip_frames], decoder, state).cpu())
         else:
             # 4b. Clip by clip, each continuing the previous through its motion frames.
             carry = None
@@ -497,7 +519,7 @@ class EmoPipeline(DiffusionPipeline):
                         state, tokens[:, window], carry, steps, guidance_scale, motion_frames, noise_correlation,
                         None if speed is None else speed[:, window], generator, progress_bar=bar)
                     # 5. Decode this clip now: memory stays flat however long the audio is.
-                    clips.append(self.decode_latents(latents, decoder).cpu())
+                    clips.append(self.decode_latents(latents, decoder, state).cpu())
         video = torch.cat(clips)[:total]
 
         # 6. Output.

@@ -23,11 +23,18 @@ def _to_uint8(x: torch.Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def render_sample(components: EmoComponents, batch: TrainingBatch, stage: int, fps: int, frames: int,
-                  steps: int, seed: int = 0) -> np.ndarray:
-    """Sample up to ``frames`` frames for ``batch[0]``; returns the 2-row strip as an H×W×3 uint8 image."""
+                  steps: int, seed: int = 0, strength: float = 1.0) -> np.ndarray:
+    """Sample up to ``frames`` frames for ``batch[0]``; returns the 2-row strip as an H×W×3 uint8 image.
+
+    ``strength`` below 1 samples from the reference noised that far (a stage trained with ``max_noise``).
+    """
+    import dataclasses
+
     from emo_stream.pipelines.pipeline_emo import EmoPipeline, MotionCarry
 
     pipe = EmoPipeline.from_components(components)
+    if strength < 1.0:
+        pipe.settings = dataclasses.replace(pipe.settings, reference_strength=strength)
     pipe.set_progress_bar_config(disable=True)
     device = next(components.denoiser.parameters()).device
     frames = 1 if stage == 1 else min(frames, batch.target.shape[2])

@@ -292,10 +292,12 @@ class SamplingConfig:
         reference_strength: start every frame from the portrait noised to this share of the schedule (img2img);
             1 = from pure noise.
         noise_correlation: AR(1) correlation of the initial noise across frames and clips (0: independent).
+        decode_residual: decode frames as the portrait plus the decoded change (``InferenceSettings``).
     """
 
     reference_strength: float | None = None
     noise_correlation: float | None = None
+    decode_residual: bool | None = None
 
     def validate(self, prefix: str) -> None:
         _check(self.reference_strength is None or 0.0 < self.reference_strength <= 1.0,
@@ -303,7 +305,7 @@ class SamplingConfig:
         _check(self.noise_correlation is None or 0.0 <= self.noise_correlation < 1.0,
                f"{prefix}.noise_correlation", f"must be in [0, 1), got {self.noise_correlation}")
 
-    def updates(self) -> dict[str, float]:
+    def updates(self) -> dict[str, float | bool]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
 

@@ -285,10 +285,10 @@ class Trainer:
             if self.ema is not None:
                 with self.ema.applied(self.model):
                     image = render_sample(self.components, batch, self.stage, self.config.data.fps, run.sample_frames,
-                                          run.sample_steps, seed=run.seed)
+                                          run.sample_steps, seed=run.seed, strength=self.config.stage.max_noise)
             else:
                 image = render_sample(self.components, batch, self.stage, self.config.data.fps, run.sample_frames,
-                                      run.sample_steps, seed=run.seed)
+                                      run.sample_steps, seed=run.seed, strength=self.config.stage.max_noise)
         return save_png(image, self.output_dir / "samples" / f"step-{self.step:07d}.png")
 
     # -- the loop -----------------------------------------------------------------------------------------
@@ -336,7 +336,10 @@ class Trainer:
                               samples_per_s=cfg.optim.batch_size * rt.world_size * cfg.run.log_every / (now - tick))
                     tick = now
                 if rt.is_main and cfg.run.sample_every and self.step % cfg.run.sample_every == 0:
-                    samples.append(self.render(first))
+                    try:
+                        samples.append(self.render(first))
+                    except Exception:  # a sample strip is a look at progress: never lose the run over it
+                        logger.exception("step %d: the sample render failed; training goes on", self.step)
                 if cfg.run.checkpoint_every and self.step % cfg.run.checkpoint_every == 0 and self.step < total:
                     if rt.is_main:
                         self.save()
