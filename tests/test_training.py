@@ -413,3 +413,14 @@ def test_img2img_sampling_trains_and_distills_where_it_samples(teacher, tmp_path
     with pytest.raises(Exception, match="reference_strength"):
         load_distill_config(CONFIGS / "distill-tiny.yaml", {"teacher": "t", "output_dir": "o",
                                                            "sampling.reference_strength": 1.5})
+
+
+def test_a_failing_sample_render_does_not_lose_the_run(tmp_path, monkeypatch, caplog):
+    def broken(self, batch):
+        raise RuntimeError("no display")
+
+    monkeypatch.setattr(Trainer, "render", broken)
+    trainer = Trainer(config(1, tmp_path, **{"optim.steps": 2, "run.sample_every": 1}))
+    result = trainer.fit()
+    assert result.step == 2 and result.final_dir is not None and (result.final_dir / "model_index.json").exists()
+    assert "sample render failed" in caplog.text
