@@ -181,7 +181,8 @@ def test_checkpoint_settings_are_validated():
     for change, words in (({"step_rule": "heun"}, "step_rule"), ({"context_overlap": 12}, "context_overlap"),
                           ({"initial_noise_clamp": -1.0}, "initial_noise_clamp"),
                           ({"reference_strength": 0.0}, "reference_strength"),
-                          ({"reference_strength": 1.5}, "reference_strength")):
+                          ({"reference_strength": 1.5}, "reference_strength"),
+                          ({"generate_region": "mouth"}, "generate_region")):
         with pytest.raises(CheckpointError, match=words):
             InferenceSettings.from_dict({**good, **change})
 
@@ -266,3 +267,31 @@ def test_residual_decoding_gives_the_portrait_back_where_nothing_changed():
     inside = (back[1] > 0.02) & (back[1] < 0.98) & (out > 0.02) & (out < 0.98)  # away from the clamp
     assert inside.float().mean() > 0.3
     torch.testing.assert_close(change[inside], decoded_change.float()[inside], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("region", ["lower_face", "face"])
+def test_generated_region_keeps_the_portrait_latents_outside_it(region):
+    """``generate_region``: outside the region every frame ends as the portrait's own latents (inpainting), in the
+    offline clip and the streaming batch; inside, the model's frames; the lower face lies in the face's lower half."""
+    pipe = tiny_pipe(generate_region=region, guidance_scale=1.0, motion_frames=0, num_inference_steps=2)
+    face = np.zeros((64, 64), np.float32)
+    face[16:48, 20:44] = 1.0
+    state = pipe.prepare_portrait(PORTRAIT, face_mask=face)
+    mask = state.generate_mask
+    assert mask is not None and mask.shape == (1, 1, *state.latents.shape[-2:])
+    rows = torch.nonzero(mask[0, 0].amax(dim=1) > 0.5).flatten()
+    face_rows = (2, 6) if region == "face" else (4, 7)  # latent rows of the face box (8 px each) / its lower part
+    assert face_rows[0] - 1 <= int(rows[0]) <= face_rows[0] + 1 and int(rows[-1]) <= face_rows[1]
+    assert float(mask[0, 0, 0].max()) == 0.0 and float(mask.max()) > 0.6
+    tokens = pipe.encode_audio(sine(0.16), 4, FPS)
+    offline, _ = pipe.denoise_clip(state, tokens, generator=torch.Generator().manual_seed(1))
+    batched, _ = denoise_batch(pipe, [ClipRequest(state, tokens, None, torch.Generator().manual_seed(1))],
+                               steps=2, guidance_scale=1.0, motion_frames=0, noise_correlation=0.0)
+    outside = (mask == 0)[:, :, None].expand_as(offline)
+    portrait = state.latents[:, :, None].expand_as(offline)
+    for latents in (offline, batched):
+        torch.testing.assert_close(latents[outside], portrait[outside])
+        inside = (mask > 0.5)[:, :, None].expand_as(latents)
+        assert (latents[inside] - portrait[inside]).abs().mean() > 0.05
+    # Without a face box the whole frame is generated.
+    assert pipe.prepare_portrait(PORTRAIT).generate_mask is None

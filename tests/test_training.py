@@ -403,16 +403,19 @@ def test_img2img_sampling_trains_and_distills_where_it_samples(teacher, tmp_path
                                                              **overrides})
     assert ConsistencyDistiller(load_checkpoint(teacher), cfg, setup_runtime("cpu")).grid_points == 20
     yaml_text = (CONFIGS / "distill-tiny.yaml").read_text().replace(
-        "run:", "sampling:\n  reference_strength: 0.4\n  noise_correlation: 0.9\n  decode_residual: true\nrun:")
+        "run:", "sampling:\n  reference_strength: 0.4\n  noise_correlation: 0.9\n  decode_residual: true\n"
+                 "  generate_region: lower_face\nrun:")
     (tmp_path / "distill.yaml").write_text(yaml_text)
     out = tmp_path / "lcm"
     assert main(["distill", "--teacher", str(teacher), "--out", str(out), "--config", str(tmp_path / "distill.yaml"),
                  "--quiet"]) == 0, capsys.readouterr().err
     settings = load_checkpoint(out).settings
-    assert (settings.reference_strength, settings.noise_correlation, settings.decode_residual) == (0.4, 0.9, True)
-    with pytest.raises(Exception, match="reference_strength"):
-        load_distill_config(CONFIGS / "distill-tiny.yaml", {"teacher": "t", "output_dir": "o",
-                                                           "sampling.reference_strength": 1.5})
+    assert (settings.reference_strength, settings.noise_correlation, settings.decode_residual,
+            settings.generate_region) == (0.4, 0.9, True, "lower_face")
+    for key, value in (("reference_strength", 1.5), ("generate_region", "mouth")):
+        with pytest.raises(Exception, match=key):
+            load_distill_config(CONFIGS / "distill-tiny.yaml", {"teacher": "t", "output_dir": "o",
+                                                               f"sampling.{key}": value})
 
 
 def test_a_failing_sample_render_does_not_lose_the_run(tmp_path, monkeypatch, caplog):

@@ -109,8 +109,15 @@ def denoise_batch(pipe: EmoPipeline, requests: list[ClipRequest], steps: int, gu
     ref_mask = torch.tensor([True] * batch + [False] * batch * (rows - 1), device=device)
     generators = [r.generator for r in requests]
 
-    # 4. The few-step loop: one denoiser call per step for every session.
-    for t in scheduler.timesteps:
+    # 4. The few-step loop: one denoiser call per step for every session (outside each session's generated
+    #    region its portrait is put back after every step, when the checkpoint generates a region only).
+    regions = [p.generate_mask for p in portraits]
+    region = None
+    if any(m is not None for m in regions):  # a portrait without a region generates its whole frame
+        whole = next(m for m in regions if m is not None)
+        region = _cat([torch.ones_like(whole) if m is None else m for m in regions])
+    anchors = _cat([p.latents for p in portraits])
+    for index, t in enumerate(scheduler.timesteps):
         model_in = latents if rows == 1 else torch.cat([latents, latents])
         model_in = scheduler.scale_model_input(model_in, t)
         pred = pipe.denoiser(model_in, t, audio_embeds=audio, encoder_hidden_states=face_tokens,
@@ -120,6 +127,7 @@ def denoise_batch(pipe: EmoPipeline, requests: list[ClipRequest], steps: int, gu
             cond, uncond = pred.chunk(2)
             pred = uncond + guidance_scale * (cond - uncond)
         latents = pipe.scheduler_step(pred, t, latents, generators if batch > 1 else generators[0])
+        latents = pipe.keep_outside(latents, anchors, region, noise, pipe.next_timestep(index))
 
     # 5. Each session's last frames (and last noise) for its next clip.
     carries: list[MotionCarry | None] = []

@@ -55,6 +55,9 @@ PART_CLASSES: dict[str, tuple[dict[tuple[str, str], type], bool]] = {
 }
 
 
+GENERATE_REGIONS = ("frame", "face", "lower_face")
+
+
 @dataclass
 class InferenceSettings:
     """How a checkpoint is meant to be sampled (the ``inference`` entry of ``model_index.json``).
@@ -82,6 +85,10 @@ class InferenceSettings:
             portrait's latents (``decode(z) - decode(z_portrait)``): what does not move stays exactly the photo,
             and a small autoencoder's blur and colour loss cancel out where nothing changed (the paste-back of
             MuseTalk and LivePortrait, over the whole frame). Off for EMO and its relatives.
+        generate_region: what the model generates: ``frame`` (everything: EMO); ``lower_face`` (the lower half
+            of the face box and a little below it; the rest is the portrait's own latents, noised to each step's
+            level and put back after every step, as inpainting does: Wav2Lip and MuseTalk generate only that
+            region); ``face`` (the face box).
     """
 
     num_inference_steps: int = 30
@@ -97,6 +104,7 @@ class InferenceSettings:
     context_overlap: int = 0
     reference_strength: float = 1.0
     decode_residual: bool = False
+    generate_region: str = "frame"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> InferenceSettings:
@@ -111,6 +119,9 @@ class InferenceSettings:
         if settings.initial_noise_clamp < 0 or not 0 <= settings.context_overlap < settings.clip_frames:
             raise CheckpointError("model_index.json: inference.initial_noise_clamp must be >= 0 and "
                                   "inference.context_overlap in [0, clip_frames)")
+        if settings.generate_region not in GENERATE_REGIONS:
+            raise CheckpointError(f"model_index.json: inference.generate_region must be one of "
+                                  f"{', '.join(GENERATE_REGIONS)}")
         if not 0.0 < settings.reference_strength <= 1.0:
             raise CheckpointError("model_index.json: inference.reference_strength must be in (0, 1]")
         return settings

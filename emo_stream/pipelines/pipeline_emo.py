@@ -61,6 +61,7 @@ class PortraitState:
         region_masks: [1, 3, h, w] full/face/lip masks at latent size (separate audio slot).
         face_tokens: [1, T, C] image-projection tokens for ``attn2`` (Hallo), or None.
         pixels: [1, 3, S, S] the portrait in [-1, 1] at the output size (``decode_residual``).
+        generate_mask: [1, 1, h, w] in [0, 1], where the model generates (``generate_region``); None = everywhere.
         residual_bases: per decoder, ``pixels - decode(latents)`` (filled on first use; ``decode_residual``).
     """
 
@@ -70,6 +71,7 @@ class PortraitState:
     region_masks: torch.Tensor
     face_tokens: torch.Tensor | None = None
     pixels: torch.Tensor | None = None
+    generate_mask: torch.Tensor | None = None
     residual_bases: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
@@ -195,7 +197,41 @@ class EmoPipeline(DiffusionPipeline):
         latent_mask = F.interpolate(mask, size=latents.shape[-2:], mode="area")
         # Without landmarks the lip region is approximated by the face region.
         region_masks = torch.cat([torch.ones_like(latent_mask), latent_mask, latent_mask], 1).to(device, dtype)
-        return PortraitState(latents, bank, face_features, region_masks, face_tokens, pixels=pixels.to(device))
+        generate = self._generate_mask(mask, latents.shape[-2:])
+        return PortraitState(latents, bank, face_features, region_masks, face_tokens, pixels=pixels.to(device),
+                             generate_mask=None if generate is None else generate.to(device, dtype))
+
+    def _generate_mask(self, face: torch.Tensor, latent_size: tuple[int, int]) -> torch.Tensor | None:
+        """The ``generate_region`` at latent size, soft-edged, from the [1, 1, S, S] face mask (None: everywhere)."""
+        region = self.settings.generate_region
+        if region == "frame":
+            return None
+        rows = torch.nonzero(face[0, 0].amax(dim=1) > 0.5).flatten()
+        cols = torch.nonzero(face[0, 0].amax(dim=0) > 0.5).flatten()
+        size = face.shape[-1]
+        if len(rows) == 0 or (len(rows) == size and len(cols) == size):  # no face box: the whole frame moves
+            return None
+        top, bottom, left, right = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+        if region == "lower_face":  # from the nose down, and below the chin where the jaw drops to
+            height = bottom - top
+            top, bottom = top + height // 2, min(size, bottom + height // 6)
+        mask = torch.zeros(1, 1, size, size)
+        mask[..., top:bottom, left:right] = 1.0
+        mask = F.interpolate(mask, size=latent_size, mode="area")
+        # One latent of feathering: the seam is blended by the model rather than cut.
+        return F.avg_pool2d(F.pad(mask, (1, 1, 1, 1), mode="replicate"), 3, stride=1).clamp(0, 1)
+
+    def keep_outside(self, latents: torch.Tensor, portrait_latents: torch.Tensor, masks: torch.Tensor | None,
+                     noise: torch.Tensor, timestep: torch.Tensor | None) -> torch.Tensor:
+        """Inpainting: outside each row's ``masks`` [B, 1, h, w] (``generate_region``), ``latents`` [B, C, F, h, w]
+        become the portrait's latents [B, C, h, w] noised with ``noise`` to ``timestep`` (None: clean)."""
+        if masks is None:
+            return latents
+        known = portrait_latents.float()[:, :, None].expand_as(noise)
+        if timestep is not None:
+            known = self.scheduler.add_noise(known, noise, timestep.reshape(1))
+        m = masks.float()[:, :, None]
+        return (m * latents.float() + (1 - m) * known).to(latents.dtype)
 
     @torch.no_grad()
     def encode_audio(self, audio: np.ndarray | torch.Tensor, num_frames: int, fps: float) -> torch.Tensor:
@@ -245,6 +281,11 @@ class EmoPipeline(DiffusionPipeline):
             return (noise * self.scheduler.init_noise_sigma).to(self._model_dtype)
         anchor = portrait_latents.float()[:, :, None].expand_as(noise)
         return self.scheduler.add_noise(anchor, noise, timesteps[:1]).to(self._model_dtype)
+
+    def next_timestep(self, index: int) -> torch.Tensor | None:
+        """The noise level of the sample after step ``index`` of the current timesteps (None: clean)."""
+        timesteps = self.scheduler.timesteps
+        return timesteps[index + 1] if index + 1 < len(timesteps) else None
 
     def scheduler_step(self, pred: torch.Tensor, t: torch.Tensor, latents: torch.Tensor,
                        generator: torch.Generator | list[torch.Generator] | None) -> torch.Tensor:
@@ -320,7 +361,8 @@ class EmoPipeline(DiffusionPipeline):
         speed_in = None if speed_buckets is None else speed_buckets.to(device, dtype).expand(rows, -1, -1)
 
         # 4. Denoising loop.
-        for t in self.scheduler.timesteps:
+        region = state.generate_mask
+        for index, t in enumerate(self.scheduler.timesteps):
             model_in = latents.expand(rows, -1, -1, -1, -1)
             model_in = self.scheduler.scale_model_input(model_in, t)
             pred = self.denoiser(
@@ -331,6 +373,7 @@ class EmoPipeline(DiffusionPipeline):
                 cond, uncond = pred.chunk(2)
                 pred = uncond + guidance.scale * (cond - uncond)
             latents = self.scheduler_step(pred, t, latents, generator)
+            latents = self.keep_outside(latents, state.latents, region, noise, self.next_timestep(index))
             if progress_bar is not None:
                 progress_bar.update()
 
@@ -403,6 +446,8 @@ class EmoPipeline(DiffusionPipeline):
                 counts.index_add_(2, index, torch.ones((1, 1, len(window), 1, 1), device=device))
             # The step is per element, so the averaged prediction of the whole video takes one step.
             latents = self.scheduler.step((summed / counts).to(dtype), t, latents, generator=generator).prev_sample
+            latents = self.keep_outside(latents, state.latents, state.generate_mask, noise,
+                                        self.next_timestep(step_index))
             if progress_bar is not None:
                 progress_bar.update()
         return latents

@@ -14,6 +14,7 @@ from typing import Any
 # The engine config's builder: same coercion rules and error wording for every YAML file we read.
 from emo_stream.config import _build, _check, read_yaml
 from emo_stream.errors import ConfigError
+from emo_stream.models.checkpoint import GENERATE_REGIONS
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 # Parameter groups a stage can train (see ``stages.parameter_group``).
@@ -293,19 +294,24 @@ class SamplingConfig:
             1 = from pure noise.
         noise_correlation: AR(1) correlation of the initial noise across frames and clips (0: independent).
         decode_residual: decode frames as the portrait plus the decoded change (``InferenceSettings``).
+        generate_region: ``frame``, ``face`` or ``lower_face``: what the model generates; the rest stays the
+            portrait (``InferenceSettings``).
     """
 
     reference_strength: float | None = None
     noise_correlation: float | None = None
     decode_residual: bool | None = None
+    generate_region: str | None = None
 
     def validate(self, prefix: str) -> None:
         _check(self.reference_strength is None or 0.0 < self.reference_strength <= 1.0,
                f"{prefix}.reference_strength", f"must be in (0, 1], got {self.reference_strength}")
         _check(self.noise_correlation is None or 0.0 <= self.noise_correlation < 1.0,
                f"{prefix}.noise_correlation", f"must be in [0, 1), got {self.noise_correlation}")
+        _check(self.generate_region is None or self.generate_region in GENERATE_REGIONS, f"{prefix}.generate_region",
+               f"one of {', '.join(GENERATE_REGIONS)}, got {self.generate_region!r}")
 
-    def updates(self) -> dict[str, float | bool]:
+    def updates(self) -> dict[str, float | bool | str]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
 
