@@ -35,6 +35,7 @@ from emo_stream.models.reference_net import ReferenceBank
 from emo_stream.models.schedulers import model_output_for_step, set_sampling_timesteps
 from emo_stream.models.speech_encoder import SAMPLE_RATE
 from emo_stream.pipelines.context import context_windows
+from emo_stream.pipelines.regions import face_region
 
 
 @dataclass
@@ -198,25 +199,16 @@ class EmoPipeline(DiffusionPipeline):
         # Without landmarks the lip region is approximated by the face region.
         region_masks = torch.cat([torch.ones_like(latent_mask), latent_mask, latent_mask], 1).to(device, dtype)
         generate = self._generate_mask(mask, latents.shape[-2:])
-        return PortraitState(latents, bank, face_features, region_masks, face_tokens, pixels=pixels.to(device),
+        kept = pixels.to(device) if self.settings.decode_residual else None  # 3 MB at 512²: only when used
+        return PortraitState(latents, bank, face_features, region_masks, face_tokens, pixels=kept,
                              generate_mask=None if generate is None else generate.to(device, dtype))
 
     def _generate_mask(self, face: torch.Tensor, latent_size: tuple[int, int]) -> torch.Tensor | None:
         """The ``generate_region`` at latent size, soft-edged, from the [1, 1, S, S] face mask (None: everywhere)."""
         region = self.settings.generate_region
-        if region == "frame":
+        mask = None if region == "frame" else face_region(face, region)
+        if mask is None:  # the whole frame, or no face box: everything is generated
             return None
-        rows = torch.nonzero(face[0, 0].amax(dim=1) > 0.5).flatten()
-        cols = torch.nonzero(face[0, 0].amax(dim=0) > 0.5).flatten()
-        size = face.shape[-1]
-        if len(rows) == 0 or (len(rows) == size and len(cols) == size):  # no face box: the whole frame moves
-            return None
-        top, bottom, left, right = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-        if region == "lower_face":  # from the nose down, and below the chin where the jaw drops to
-            height = bottom - top
-            top, bottom = top + height // 2, min(size, bottom + height // 6)
-        mask = torch.zeros(1, 1, size, size)
-        mask[..., top:bottom, left:right] = 1.0
         mask = F.interpolate(mask, size=latent_size, mode="area")
         # One latent of feathering: the seam is blended by the model rather than cut.
         return F.avg_pool2d(F.pad(mask, (1, 1, 1, 1), mode="replicate"), 3, stride=1).clamp(0, 1)

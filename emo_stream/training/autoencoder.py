@@ -47,6 +47,9 @@ class AutoencoderConfig:
         sample_posterior: decode a sample of the posterior (a VAE); False decodes its mean (a plain autoencoder
             with the KL term as a weight on the latents' size: converges in far fewer steps, and the diffusion
             stages use the mean anyway).
+        mouth_loss_weight: extra loss weight of the lower face (``pipelines.regions``: nose to below the chin);
+            0 = a plain per-pixel loss. The mouth is ~1 % of a frame: unweighted, a small autoencoder spends
+            nothing on it and decodes an open mouth and a closed one alike.
         scale_batches: batches whose latents set ``vae.config.scaling_factor`` (0: keep the config's).
         seed: weights, sampling and batch order.
         log_every: steps between ``log.csv`` rows.
@@ -62,6 +65,7 @@ class AutoencoderConfig:
     mse_weight: float = 1.0
     kl_weight: float = 1e-3
     sample_posterior: bool = True
+    mouth_loss_weight: float = 0.0
     scale_batches: int = 8
     seed: int = 0
     log_every: int = 25
@@ -73,6 +77,7 @@ class AutoencoderConfig:
                "the autoencoder trains on single frames: clip_frames 1, motion_frames 0")
         _check(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
         _check(self.lr > 0 and self.batch_size >= 1, "lr", "lr must be > 0 and batch_size >= 1")
+        _check(self.mouth_loss_weight >= 0, "mouth_loss_weight", f"must be >= 0, got {self.mouth_loss_weight}")
         _check(min(self.l1_weight, self.mse_weight, self.kl_weight) >= 0 and self.l1_weight + self.mse_weight > 0,
                "l1_weight", "loss weights must be >= 0, and L1 and MSE not both 0")
         _check(self.scale_batches >= 0 and self.log_every >= 1, "scale_batches",
@@ -102,13 +107,35 @@ def _frames(batch: TrainingBatch) -> torch.Tensor:
     return torch.cat([batch.target[:, :, 0], batch.reference]).float()
 
 
+def pixel_weights(batch: TrainingBatch, mouth_weight: float) -> torch.Tensor | None:
+    """[2B, 1, S, S] loss weights of ``_frames(batch)``: 1 + ``mouth_weight`` in each sample's lower face, scaled
+    to a mean of 1 per frame (the loss keeps its scale); None for a plain loss."""
+    if not mouth_weight:
+        return None
+    from emo_stream.pipelines.regions import face_region
+
+    masks = []
+    for mask in batch.face_mask.float():
+        region = face_region(mask[None], "lower_face")
+        masks.append(torch.zeros_like(mask[None]) if region is None else region)
+    weight = 1.0 + mouth_weight * torch.cat(masks)
+    weight = weight / weight.mean(dim=(-2, -1), keepdim=True)
+    return torch.cat([weight, weight])
+
+
 def reconstruction_loss(vae: torch.nn.Module, frames: torch.Tensor, config: AutoencoderConfig,
-                        generator: torch.Generator) -> torch.Tensor:
-    """L1 + MSE of the decoded posterior sample against ``frames`` (in [-1, 1]), plus the weighted KL."""
+                        generator: torch.Generator, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """L1 + MSE of the decoded posterior sample against ``frames`` (in [-1, 1]), per pixel times ``weights``
+    [N, 1, S, S] if given, plus the weighted KL."""
     posterior = vae.encode(frames).latent_dist
     latents = posterior.sample(generator) if config.sample_posterior else posterior.mean
     decoded = vae.decode(latents).sample
-    loss = config.l1_weight * F.l1_loss(decoded, frames) + config.mse_weight * F.mse_loss(decoded, frames)
+    if weights is None:
+        loss = config.l1_weight * F.l1_loss(decoded, frames) + config.mse_weight * F.mse_loss(decoded, frames)
+    else:
+        error = decoded - frames
+        loss = (config.l1_weight * (error.abs() * weights).mean()
+                + config.mse_weight * (error.square() * weights).mean())
     if config.kl_weight:
         loss = loss + config.kl_weight * posterior.kl().mean() / posterior.mean[0].numel()
     return loss
@@ -159,7 +186,9 @@ def train_autoencoder(config: AutoencoderConfig, components: EmoComponents | Non
             # Cosine decay to a tenth: the last steps sharpen the reconstruction.
             for group in optimizer.param_groups:
                 group["lr"] = config.lr * (0.55 + 0.45 * torch.cos(torch.tensor(step / config.steps * torch.pi)).item())
-            loss = reconstruction_loss(vae, _frames(next(stream)), config, generator)
+            batch = next(stream)
+            loss = reconstruction_loss(vae, _frames(batch), config, generator,
+                                       pixel_weights(batch, config.mouth_loss_weight))
             loss.backward()
             torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
             optimizer.step()
