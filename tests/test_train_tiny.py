@@ -83,3 +83,31 @@ def test_train_tiny_chain_runs_a_few_steps(tmp_path: Path) -> None:
     assert ckpt.settings.num_inference_steps <= 4 and ckpt.settings.sample_size == 128
     assert ckpt.small_decoder is not None
     assert (out / "timings.json").is_file()
+
+
+def test_autoencoder_weighs_the_lower_face() -> None:
+    from emo_stream.training.autoencoder import pixel_weights, reconstruction_loss
+
+    batch = _one_batch()
+    batch.face_mask.zero_()
+    batch.face_mask[:, :, 16:48, 20:44] = 1.0  # face box rows 16..48: lower face 32..53
+    weights = pixel_weights(batch, 8.0)
+    assert weights.shape == (4, 1, 64, 64) and torch.allclose(weights.mean(dim=(-2, -1)), torch.ones(4, 1))
+    assert weights[0, 0, 40, 30] > 4 * weights[0, 0, 20, 30] and weights[0, 0, 20, 30] == weights[0, 0, 5, 5]
+    assert pixel_weights(batch, 0.0) is None
+    # An error inside the lower face costs more than the same error elsewhere.
+    config = _autoencoder_config(Path("unused"))
+    from emo_stream.models import tiny_components
+
+    model = tiny_components(seed=0).vae
+    frames = torch.zeros(4, 3, 64, 64)
+    with torch.no_grad():
+        decoded = model.decode(model.encode(frames).latent_dist.mean).sample
+    low, high = frames.clone(), frames.clone()
+    low[..., 40:44, 28:32] = decoded[..., 40:44, 28:32] + 1.0   # a patch wrong in the mouth
+    high[..., 4:8, 28:32] = decoded[..., 4:8, 28:32] + 1.0      # the same patch wrong in the hair
+    config.kl_weight = 0.0
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        assert (reconstruction_loss(model, low, config, g, weights) >
+                reconstruction_loss(model, high, config, g, weights))
