@@ -3,6 +3,7 @@ VAE the way the emo backend decodes (128 px, ``decode_residual``: the first fram
 scored by ``emo-stream metrics``. A model cannot show mouth motion its autoencoder does not carry.
 
 Usage: .venv/bin/python scripts/ae_ceiling.py --checkpoint runs/train-tiny/checkpoint [--eval runs/train-tiny/eval]
+(an autoencoder run's ``final`` folder works too: only its ``vae`` is read)
 Prints one JSON object: per video and the means (lipsync_r, mouth ranges in speech and silence).
 """
 
@@ -60,15 +61,16 @@ def through_autoencoder(vae, source: Path, out: Path, size: int) -> None:
 
 
 def main() -> int:
-    from emo_stream.models.checkpoint import load_checkpoint
+    from diffusers import AutoencoderKL
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--eval", type=Path, default=REPO / "runs" / "train-tiny" / "eval",
                         help="the folder scripts/eval_tiny.py wrote (its *-lite.mp4 are used)")
     args = parser.parse_args()
-    parts = load_checkpoint(args.checkpoint)
-    vae, size = parts.vae.eval(), parts.settings.sample_size
+    # Only the VAE is read: an autoencoder run's folder is scored before any denoiser fits it.
+    vae = AutoencoderKL.from_pretrained(args.checkpoint / "vae").eval()
+    size = int(vae.config.sample_size)
     cli = str(Path(sys.executable).parent / "emo-stream")
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -135,6 +135,25 @@ def test_reference_cache_equals_rerun_every_clip(checkpoint, animator, avatars):
     assert animator.cache.stats.bytes > 0 and avatars[1].cache_key in animator.cache
 
 
+def test_residual_portrait_is_counted_whole_when_cached(checkpoint, avatars, tmp_path):
+    """A residual-decoding checkpoint keeps the decoded portrait per state; it is made before the state enters
+    the byte-bounded cache, so the cache's count stays the state's true size while it streams."""
+    from emo_stream.animators.emo_cache import tensor_bytes
+
+    residual = tmp_path / "residual"
+    shutil.copytree(checkpoint, residual)
+    index = json.loads((residual / "model_index.json").read_text())
+    index.setdefault("inference", {})["decode_residual"] = True
+    (residual / "model_index.json").write_text(json.dumps(index))
+    animator = EmoAnimator.from_checkpoint(residual, size=SIZE, clip_frames=CLIP, realtime=False, warmup=False)
+    state = animator.prepare(avatars[0], seed=0)
+    counted = animator.cache.stats.bytes
+    portrait = animator.cache.get(avatars[0].cache_key)
+    assert portrait.residual_bases and counted == tensor_bytes(portrait)
+    stream(animator, state, tone(8, seed=1))
+    assert tensor_bytes(portrait) == counted
+
+
 def test_byte_lru_evicts_least_recently_used():
     item = {"x": torch.zeros(256)}  # 1 KiB
     cache: ByteLRU[dict] = ByteLRU(max_bytes=2048)

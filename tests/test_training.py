@@ -7,6 +7,7 @@ before and after a few steps; the per-step training losses themselves vary with 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -402,6 +403,11 @@ def test_img2img_sampling_trains_and_distills_where_it_samples(teacher, tmp_path
     cfg = load_distill_config(CONFIGS / "distill-tiny.yaml", {"teacher": str(teacher), "output_dir": "x",
                                                              **overrides})
     assert ConsistencyDistiller(load_checkpoint(teacher), cfg, setup_runtime("cpu")).grid_points == 20
+    # A config silent on the strength keeps the one the teacher already samples at.
+    anchored = load_checkpoint(teacher)
+    anchored = dataclasses.replace(anchored, settings=dataclasses.replace(anchored.settings, reference_strength=0.5))
+    silent = load_distill_config(CONFIGS / "distill-tiny.yaml", {"teacher": str(teacher), "output_dir": "x"})
+    assert ConsistencyDistiller(anchored, silent, setup_runtime("cpu")).grid_points == 25
     yaml_text = (CONFIGS / "distill-tiny.yaml").read_text().replace(
         "run:", "sampling:\n  reference_strength: 0.4\n  noise_correlation: 0.9\n  decode_residual: true\n"
                  "  generate_region: lower_face\nrun:")

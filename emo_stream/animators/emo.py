@@ -325,7 +325,10 @@ class EmoAnimator:
 
     def encode_portrait(self, avatar: Avatar) -> PortraitState:
         """VAE latents, reference bank, face features of ``avatar`` (not cached: see ``prepare``)."""
-        return self.pipe.prepare_portrait(avatar.image, face_mask=self.face_mask(avatar))
+        state = self.pipe.prepare_portrait(avatar.image, face_mask=self.face_mask(avatar))
+        # Decoded now, not on first use: the portrait cache counts a state's bytes when it enters.
+        self.pipe.residual_base(state, self.decoder)
+        return state
 
     @property
     def cache(self) -> ByteLRU[PortraitState]:

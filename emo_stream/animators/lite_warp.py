@@ -96,11 +96,8 @@ class LiteRenderer:
         self._lx, self._ly = np.meshgrid(coords, coords)
         self._mouth_box = self._box_for_mouth(rig.mouth)
         self._eye_boxes = [self._box_for_eye(e) for e in rig.eyes]
-        mr = rig.mouth
-        cu = np.array([-1.3, 1.3, -1.3, 1.3]) * mr.half_width
-        cv = np.array([mr.inner_upper.v.min() - 0.3 * mr.half_width] * 2 + [mr.inner_lower.v.max() + 1.2 * mr.half_width] * 2)
-        cxs, cys = mr.frame.to_image(cu, cv)
-        self._cavity_box = self._clip_box(np.asarray(cxs), np.asarray(cys), margin=2)
+        # The cavity lies between the lips' inner contours, opened by the jaw (see _cavity_box).
+        self._cavity_span = (float(rig.mouth.inner_upper.v.min()), float(rig.mouth.inner_lower.v.max()))
         m = rig.mouth
         hw, reach = m.half_width, m.jaw_half_width * 1.3 + 0.3 * rig.face_height
         self._mouth_luts = _Luts(
@@ -337,10 +334,23 @@ class LiteRenderer:
             self._paint_cavity(p, rgba, head_x, head_y, margin * k)
         return cv2.cvtColor(rgba, cv2.COLOR_RGBA2RGB), cv2.extractChannel(rgba, 3)
 
+    def _cavity_box(self, drop: float) -> tuple[int, int, int, int]:
+        """The image box the cavity can cover at jaw drop ``drop`` (px): from the upper lip, raised by at most
+        0.1 × drop, to the lower lip, lowered by at most drop; within ±1.3 half-widths (the widest "ee" moves a corner 0.2)."""
+        m = self.rig.mouth
+        top, bottom = self._cavity_span
+        cu = np.array([-1.3, 1.3, -1.3, 1.3]) * m.half_width
+        cv = np.array([top - 0.1 * drop] * 2 + [bottom + drop] * 2)
+        xs, ys = m.frame.to_image(cu, cv)
+        return self._clip_box(np.asarray(xs), np.asarray(ys), margin=2)
+
     def _paint_cavity(self, p: FaceParams, rgba: np.ndarray, head_x: np.ndarray, head_y: np.ndarray,
                       margin: int) -> None:
         s, k = self.rig.size, MAP_SCALE
-        x0, y0, x1, y1 = self._cavity_box
+        drop = p.jaw * 0.8 * self.rig.mouth.half_width  # as in _mouth
+        if 1.1 * drop <= 0.5:
+            return  # the cavity (1.1 × drop high at most, _cavity) is under half a pixel: alpha is 0 everywhere
+        x0, y0, x1, y1 = self._cavity_box(drop)
         x0, y0 = max(0, x0 - margin), max(0, y0 - margin)
         x1, y1 = min(s, x1 + margin), min(s, y1 + margin)
         if x1 <= x0 or y1 <= y0:

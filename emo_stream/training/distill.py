@@ -130,7 +130,8 @@ class ConsistencyDistiller:
         self.solver = DdimSolver(teacher.scheduler.alphas_cumprod)
         self.guidance = float(lcd.guidance_scale if lcd.guidance_scale is not None else teacher.settings.guidance_scale)
         self.interval = teacher.scheduler.config.num_train_timesteps // lcd.num_ddim_timesteps
-        strength = config.sampling.reference_strength or 1.0
+        # The strength the student will sample at: the config's, else the one the teacher already carries.
+        strength = config.sampling.reference_strength or teacher.settings.reference_strength
         self.grid_points = max(lcd.steps, int(lcd.num_ddim_timesteps * strength))
         self.params = [p for p in self.student.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=lcd.lr, weight_decay=0.0)
