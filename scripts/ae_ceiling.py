@@ -61,7 +61,7 @@ def through_autoencoder(vae, source: Path, out: Path, size: int) -> None:
 
 
 def main() -> int:
-    from diffusers import AutoencoderKL
+    from emo_stream.models.checkpoint import load_part
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, required=True)
@@ -69,7 +69,7 @@ def main() -> int:
                         help="the folder scripts/eval_tiny.py wrote (its *-lite.mp4 are used)")
     args = parser.parse_args()
     # Only the VAE is read: an autoencoder run's folder is scored before any denoiser fits it.
-    vae = AutoencoderKL.from_pretrained(args.checkpoint / "vae").eval()
+    vae = load_part(args.checkpoint, "vae")
     size = int(vae.config.sample_size)
     cli = str(Path(sys.executable).parent / "emo-stream")
     rows = {}

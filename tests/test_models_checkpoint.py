@@ -172,3 +172,34 @@ def test_pickled_weights_are_refused(folder):
     (part / "diffusion_pytorch_model.safetensors").unlink()
     model.save_pretrained(part, safe_serialization=False)
     expect_error(folder, "'speech_encoder'", "safetensors")
+
+
+def test_tiny_autoencoder_answers_like_autoencoder_kl_and_round_trips(tmp_path):
+    """``TinyAutoencoder`` (tiny_face's VAE): the same calls as ``AutoencoderKL`` — a point posterior (sample =
+    mean, KL 0), [-1, 1] images in and out, f = 8 — and it saves and loads inside a checkpoint by its own class."""
+    from emo_stream.models import build_components, configs, save_checkpoint
+    from emo_stream.models.checkpoint import load_part
+    from emo_stream.models.factory import TINY_SETTINGS
+    from emo_stream.models.tiny_autoencoder import TinyAutoencoder
+
+    parts = build_components(configs.tiny_face(), TINY_SETTINGS, seed=3)
+    assert isinstance(parts.vae, TinyAutoencoder)
+    x = torch.rand(2, 3, 128, 128) * 2 - 1
+    with torch.no_grad():
+        posterior = parts.vae.encode(x).latent_dist
+        z = posterior.mean
+        assert z.shape == (2, configs.TINY_FACE_LATENTS, 16, 16)
+        assert torch.equal(posterior.sample(torch.Generator().manual_seed(0)), z)
+        assert float(posterior.kl().abs().sum()) == 0.0
+        decoded = parts.vae.decode(z).sample
+    assert decoded.shape == x.shape
+    save_checkpoint(parts, tmp_path / "ckpt")
+    index = json.loads((tmp_path / "ckpt" / "model_index.json").read_text())
+    assert index["vae"] == ["emo_stream.models", "TinyAutoencoder"]
+    loaded = load_checkpoint(tmp_path / "ckpt")
+    alone = load_part(tmp_path / "ckpt", "vae")
+    with torch.no_grad():
+        assert torch.equal(loaded.vae.decode(z).sample, decoded)
+        assert torch.equal(alone.encode(x).latent_dist.mean, z)
+    with pytest.raises(CheckpointError, match="no part 'audio_projection'"):
+        load_part(tmp_path / "ckpt", "audio_projection")

@@ -32,7 +32,7 @@ def test_tiny_face_config_makes_128_px_latents_of_16() -> None:
     with torch.no_grad():
         latents = parts.vae.encode(torch.zeros(1, 3, 128, 128)).latent_dist.mean
         tokens = parts.speech_encoder.tokens(parts.speech_encoder(torch.zeros(1, 6400), 4, 25).states)
-    assert latents.shape == (1, 4, 16, 16)
+    assert latents.shape == (1, configs.TINY_FACE_LATENTS, 16, 16)
     assert tokens.shape[-2:] == (parts.denoiser.config.audio_tokens, parts.denoiser.config.audio_dim)
 
 

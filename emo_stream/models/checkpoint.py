@@ -35,6 +35,7 @@ from emo_stream.models.reference_net import ReferenceNet
 from emo_stream.models.schedulers import SCHEDULERS, STEP_RULES
 from emo_stream.models.small_decoder import SmallDecoder
 from emo_stream.models.speech_encoder import SpeechEncoder
+from emo_stream.models.tiny_autoencoder import TinyAutoencoder
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,8 @@ PART_CLASSES: dict[str, tuple[dict[tuple[str, str], type], bool]] = {
     "audio_projection": ({("emo_stream.models", "AudioProjection"): AudioProjection}, False),
     "image_projection": ({("emo_stream.models", "ImageProjection"): ImageProjection}, False),
     "speech_encoder": ({("emo_stream.models", "SpeechEncoder"): SpeechEncoder}, True),
-    "vae": ({("diffusers", "AutoencoderKL"): AutoencoderKL}, True),
+    "vae": ({("diffusers", "AutoencoderKL"): AutoencoderKL,
+             ("emo_stream.models", "TinyAutoencoder"): TinyAutoencoder}, True),
     "small_decoder": ({("emo_stream.models", "SmallDecoder"): SmallDecoder}, False),
     "scheduler": ({("diffusers", name): cls for name, cls in SCHEDULERS.items()}, True),
 }
@@ -135,7 +137,7 @@ class EmoComponents:
     denoiser: EmoDenoiser
     face_locator: FaceLocator
     speech_encoder: SpeechEncoder
-    vae: AutoencoderKL
+    vae: AutoencoderKL | TinyAutoencoder
     scheduler: SchedulerMixin
     audio_projection: AudioProjection | None = None
     image_projection: ImageProjection | None = None
@@ -164,7 +166,7 @@ def save_checkpoint(components: EmoComponents, folder: str | Path, safe_serializ
         if part is None:
             index[name] = None
             continue
-        library = "diffusers" if name in ("vae", "scheduler") else "emo_stream.models"
+        library = "diffusers" if type(part).__module__.startswith("diffusers") else "emo_stream.models"
         index[name] = [library, type(part).__name__]
         if isinstance(part, SchedulerMixin):
             part.save_pretrained(root / name)
@@ -218,6 +220,19 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu",
     components = EmoComponents(**loaded, settings=settings)
     _check_fit(components)
     return components
+
+
+def load_part(folder: str | Path, name: str, device: str | torch.device = "cpu",
+              dtype: torch.dtype = torch.float32) -> Any:
+    """One part of a checkpoint folder (e.g. ``vae``), of the class its index names, without the others."""
+    root = Path(folder).expanduser()
+    try:
+        index = json.loads((root / INDEX_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{root / INDEX_FILE}: unreadable ({exc})") from None
+    if name not in PART_CLASSES or not isinstance(index, dict) or index.get(name) is None:
+        raise CheckpointError(f"{root}: no part '{name}' in {INDEX_FILE}")
+    return _load_part(root, name, index[name], PART_CLASSES[name][0], device, dtype)
 
 
 def _load_part(root: Path, name: str, entry: Any, classes: dict[tuple[str, str], type],

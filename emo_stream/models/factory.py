@@ -18,6 +18,7 @@ from emo_stream.models.reference_net import ReferenceNet
 from emo_stream.models.schedulers import make_scheduler
 from emo_stream.models.small_decoder import SmallDecoder
 from emo_stream.models.speech_encoder import SpeechEncoder
+from emo_stream.models.tiny_autoencoder import TinyAutoencoder
 
 # The layers that start at zero so a fresh (or imported) model ignores them: face locator conv_out, temporal
 # proj_out, audio zero convs, speed projections.
@@ -26,6 +27,17 @@ ZERO_INIT_SUFFIXES = ("face_locator.conv_out", "temporal_transformer.proj_out", 
 
 TINY_SETTINGS = InferenceSettings(num_inference_steps=2, guidance_scale=2.0, fps=25, audio_mode="inline",
                                   sample_size=64, clip_frames=4, motion_frames=2, noise_correlation=0.0)
+
+
+def _vae(config: dict[str, Any]) -> torch.nn.Module:
+    """``AutoencoderKL`` (every relative's), or ``TinyAutoencoder`` for a config with ``"kind": "tiny"``."""
+    config = dict(config)
+    kind = config.pop("kind", "kl")
+    if kind == "tiny":
+        return TinyAutoencoder(**config)
+    if kind != "kl":
+        raise ValueError(f"vae kind must be 'kl' or 'tiny', got {kind!r}")
+    return AutoencoderKL(**config)
 
 
 def build_components(configs: dict[str, dict[str, Any]], settings: InferenceSettings,
@@ -44,7 +56,7 @@ def build_components(configs: dict[str, dict[str, Any]], settings: InferenceSett
         denoiser=EmoDenoiser(**configs["denoiser"]).eval(),
         face_locator=FaceLocator(**configs["face_locator"]).eval(),
         speech_encoder=SpeechEncoder(**configs["speech_encoder"]).eval(),
-        vae=AutoencoderKL(**configs["vae"]).eval(),
+        vae=_vae(configs["vae"]).eval(),
         scheduler=make_scheduler(scheduler),
         settings=settings,
         **{k: v.eval() for k, v in optional.items()},
