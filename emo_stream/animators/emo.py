@@ -295,7 +295,8 @@ class EmoAnimator:
 
         from emo_stream.models.temporal import MotionModule
 
-        decoder = self.pipe.small_decoder if self.decoder == "small" else self.pipe.vae.decoder
+        # A fitted PatchAutoencoder has no separate decoder module: compile the whole part.
+        decoder = self.pipe.small_decoder if self.decoder == "small" else getattr(self.pipe.vae, "decoder", self.pipe.vae)
         decoder.compile()
         for module in self.pipe.denoiser.modules():
             if isinstance(module, ResnetBlock2D | MotionModule):

@@ -9,7 +9,8 @@ checkpoint's ``model_index.json``. Full sizes reproduce the upstream key layouts
   in both UNets, 3-channel face locator (16, 32, 64, 128), Hallo's inference path for plain blocks;
 - ``emo``: our own full-size layout — EchoMimic's audio slot plus speed buckets;
 - ``tiny``: the ``emo`` layout at toy widths, forward well under a second on CPU;
-- ``tiny_face``: ``tiny`` at 128 px (16 × 16 × 16 latents) with a ``TinyAutoencoder`` that trains on a CPU (``make train-tiny``).
+- ``tiny_face``: ``tiny`` at 128 px (16 × 16 × 32 latents of a fitted ``PatchAutoencoder``), trained on a CPU
+  (``make train-tiny``).
 """
 
 from __future__ import annotations
@@ -157,17 +158,17 @@ def tiny() -> dict[str, dict[str, Any]]:
     }
 
 
-# Latent channels of tiny_face: 16 at f = 8 (12x compression, as an f = 4 VAE with 4): more channels cost the
-# denoiser only its first and last convolutions, more resolution would cost it 4x everywhere.
-TINY_FACE_LATENTS = 16
+# Latent channels of tiny_face: 32 principal components of each 8 × 8 RGB patch (12x compression). More channels
+# cost the denoiser only its first and last convolutions; more resolution would cost it 4x everywhere.
+TINY_FACE_LATENTS = 32
 
 
 def tiny_face() -> dict[str, dict[str, Any]]:
     """``tiny`` for 128 px faces, sized to train on two CPU cores within an hour (``scripts/train_tiny.py``).
 
     At 64 px a face mesh no longer resolves the lips (the lite teacher's lip-sync r drops from 0.70 at 128 px
-    to 0.05), so the output is 128 px: a ``TinyAutoencoder`` (no normalisation layers, 32 channels, f = 8,
-    16 × 16 × 16 latents), the ``tiny`` denoiser on them, and a wider log-mel encoder (32 mels, 32 channels,
+    to 0.05), so the output is 128 px: a ``PatchAutoencoder`` (whitened PCA of 8 × 8 patches, 16 × 16 × 32
+    latents, fitted in seconds), the ``tiny`` denoiser on them, and a wider log-mel encoder (32 mels, 32 channels,
     ±2 states: 10 audio tokens of 32).
     """
     configs = tiny()
@@ -177,9 +178,7 @@ def tiny_face() -> dict[str, dict[str, Any]]:
     configs["speech_encoder"] = {"kind": "logmel",
                                  "encoder_config": {"n_mels": 32, "hidden_size": 32, "num_layers": 1},
                                  "window_before": 2, "window_after": 2, "states_hz": 50.0}
-    configs["vae"] = {"kind": "tiny", "latent_channels": TINY_FACE_LATENTS, "sample_size": 128,
-                      "encoder_block_out_channels": [32] * 4, "decoder_block_out_channels": [32] * 4,
-                      "num_encoder_blocks": [1, 2, 2, 2], "num_decoder_blocks": [2, 2, 2, 1]}
+    configs["vae"] = {"kind": "patch", "patch_size": 8, "latent_channels": TINY_FACE_LATENTS, "sample_size": 128}
     configs["small_decoder"] = {"latent_channels": TINY_FACE_LATENTS, "block_out_channels": [32, 32, 16, 8],
                                 "num_blocks": [1, 1, 1, 1]}
     return configs

@@ -14,11 +14,11 @@ from emo_stream.models.checkpoint import EmoComponents, InferenceSettings
 from emo_stream.models.denoiser import EmoDenoiser
 from emo_stream.models.face_locator import FaceLocator
 from emo_stream.models.image_projection import ImageProjection
+from emo_stream.models.patch_autoencoder import PatchAutoencoder
 from emo_stream.models.reference_net import ReferenceNet
 from emo_stream.models.schedulers import make_scheduler
 from emo_stream.models.small_decoder import SmallDecoder
 from emo_stream.models.speech_encoder import SpeechEncoder
-from emo_stream.models.tiny_autoencoder import TinyAutoencoder
 
 # The layers that start at zero so a fresh (or imported) model ignores them: face locator conv_out, temporal
 # proj_out, audio zero convs, speed projections.
@@ -30,13 +30,13 @@ TINY_SETTINGS = InferenceSettings(num_inference_steps=2, guidance_scale=2.0, fps
 
 
 def _vae(config: dict[str, Any]) -> torch.nn.Module:
-    """``AutoencoderKL`` (every relative's), or ``TinyAutoencoder`` for a config with ``"kind": "tiny"``."""
+    """``AutoencoderKL`` (every relative's), or ``PatchAutoencoder`` for a config with ``"kind": "patch"``."""
     config = dict(config)
     kind = config.pop("kind", "kl")
-    if kind == "tiny":
-        return TinyAutoencoder(**config)
+    if kind == "patch":
+        return PatchAutoencoder(**config)
     if kind != "kl":
-        raise ValueError(f"vae kind must be 'kl' or 'tiny', got {kind!r}")
+        raise ValueError(f"vae kind must be 'kl' or 'patch', got {kind!r}")
     return AutoencoderKL(**config)
 
 

@@ -171,6 +171,8 @@ def train_autoencoder(config: AutoencoderConfig, components: EmoComponents | Non
         dataset = build_dataset(config.data, config.seed)
         batches = iter_batches(dataset, config.batch_size, runtime, config.seed, 0, config.data.num_workers)
     stream = iter(batches)
+    if hasattr(components.vae, "fit"):  # a fitted autoencoder (PatchAutoencoder): no gradient steps
+        return _fit_autoencoder(config, components, stream, progress)
     vae = components.vae.float().train().requires_grad_(True)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(config.seed)
@@ -207,6 +209,47 @@ def train_autoencoder(config: AutoencoderConfig, components: EmoComponents | Non
     if config.scale_batches:
         scale = latent_scale(vae, stream, config.scale_batches)
         vae.register_to_config(scaling_factor=scale)
+    return _finish(config, components, stream, losses, scale)
+
+
+def _fit_autoencoder(config: AutoencoderConfig, components: EmoComponents, stream: Iterator[TrainingBatch],
+                     progress: bool) -> AutoencoderResult:
+    """``steps`` batches fit a ``PatchAutoencoder`` (its frames weighted as the loss would weigh them); the
+    losses returned are the config's reconstruction loss on one batch before and after the fit."""
+    from tqdm import tqdm
+
+    vae = components.vae.float().eval()
+    probe = next(stream)
+    generator = torch.Generator().manual_seed(config.seed)
+    with torch.no_grad():
+        before = float(reconstruction_loss(vae, _frames(probe), config, generator,
+                                           pixel_weights(probe, config.mouth_loss_weight)))
+    bar = tqdm(range(config.steps), desc="autoencoder fit", unit="batch", file=sys.stderr, disable=not progress,
+               dynamic_ncols=True)
+    try:
+        patches = vae.fit((_frames(batch), pixel_weights(batch, config.mouth_loss_weight))
+                          for batch in (next(stream) for _ in bar))
+    finally:
+        bar.close()
+    with torch.no_grad():
+        after = float(reconstruction_loss(vae, _frames(probe), config, generator,
+                                          pixel_weights(probe, config.mouth_loss_weight)))
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    log = RunLog(out, tensorboard=False)
+    log.write(config.steps, loss=after, loss_before_fit=before, patches=patches)
+    log.close()
+    scale = float(vae.config.scaling_factor)
+    if config.scale_batches:
+        scale = latent_scale(vae, stream, config.scale_batches)
+        vae.register_to_config(scaling_factor=scale)
+    return _finish(config, components, stream, [before, after], scale)
+
+
+def _finish(config: AutoencoderConfig, components: EmoComponents, stream: Iterator[TrainingBatch],
+            losses: list[float], scale: float) -> AutoencoderResult:
+    """A sample strip and the checkpoint folder ``output_dir/final``."""
+    vae, out = components.vae, Path(config.output_dir)
     with torch.no_grad():  # a strip to look at: frames over their reconstructions
         frames = _frames(next(stream))[:8]
         decoded = vae.decode(vae.encode(frames).latent_dist.mean).sample

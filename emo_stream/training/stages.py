@@ -24,9 +24,9 @@ from torch import nn
 
 from emo_stream.models.checkpoint import EmoComponents
 from emo_stream.models.denoiser import speed_to_buckets
+from emo_stream.models.patch_autoencoder import PatchAutoencoder
 from emo_stream.models.reference_net import ReferenceBank
 from emo_stream.models.speech_encoder import SpeechEncoder
-from emo_stream.models.tiny_autoencoder import TinyAutoencoder
 from emo_stream.training.sample import TrainingBatch
 
 TRAINED_PARTS = ("reference_net", "denoiser", "face_locator", "audio_projection", "image_projection")
@@ -75,7 +75,7 @@ def set_trainable(components: EmoComponents, groups: list[str]) -> dict[str, int
 class FrozenParts:
     """The parts a stage never trains (kept out of the trained module, the optimizer and DDP)."""
 
-    vae: AutoencoderKL | TinyAutoencoder
+    vae: AutoencoderKL | PatchAutoencoder
     speech_encoder: SpeechEncoder
     scheduler: SchedulerMixin
 
@@ -107,7 +107,7 @@ class StepInputs:
 
 
 @torch.no_grad()
-def vae_latents(vae: AutoencoderKL | TinyAutoencoder, pixels: torch.Tensor, chunk: int = 16) -> torch.Tensor:
+def vae_latents(vae: AutoencoderKL | PatchAutoencoder, pixels: torch.Tensor, chunk: int = 16) -> torch.Tensor:
     """[N, 3, S, S] pixels in [-1, 1] → [N, C, S/8, S/8] scaled latents (the distribution's mean, as inference)."""
     dtype = next(vae.parameters()).dtype
     out = [vae.encode(pixels[i:i + chunk].to(dtype)).latent_dist.mean for i in range(0, pixels.shape[0], chunk)]
