@@ -6,6 +6,10 @@ sample of the posterior, decoded) plus a small KL term, on single frames of a ``
 the latents' scaling factor is set to 1 / std of the latents of a few batches (as SD's 0.18215 was chosen), so
 the diffusion stages see unit-variance latents. The output is a whole checkpoint folder (``final/``): the
 start model with the trained VAE, which stage 1 loads through ``model.checkpoint``.
+
+A ``PatchAutoencoder`` (tiny_face's) is fitted instead of trained: ``steps`` batches give its patch PCA, with the
+lower face weighted by ``mouth_loss_weight`` as the loss would weigh it; ``log.csv`` has the loss on one batch
+before and after the fit.
 """
 
 from __future__ import annotations

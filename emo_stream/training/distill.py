@@ -233,7 +233,7 @@ class DecoderDistiller:
         d = self.config.decoder
         with torch.no_grad():
             latents = vae_latents(vae, frames)
-            target = vae.decode((latents / vae.config.scaling_factor).to(next(vae.parameters()).dtype)).sample
+            target = vae.decode((latents / vae.config.scaling_factor).to(vae.dtype)).sample
             target = target.float().clamp(-1, 1)  # what decode_latents shows
         with self.runtime.autocast():
             pred = self.ddp_decoder(latents).sample.float()

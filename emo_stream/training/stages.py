@@ -109,7 +109,7 @@ class StepInputs:
 @torch.no_grad()
 def vae_latents(vae: AutoencoderKL | PatchAutoencoder, pixels: torch.Tensor, chunk: int = 16) -> torch.Tensor:
     """[N, 3, S, S] pixels in [-1, 1] → [N, C, S/8, S/8] scaled latents (the distribution's mean, as inference)."""
-    dtype = next(vae.parameters()).dtype
+    dtype = vae.dtype  # ModelMixin: of its parameters, else its buffers (a fitted PatchAutoencoder has only buffers)
     out = [vae.encode(pixels[i:i + chunk].to(dtype)).latent_dist.mean for i in range(0, pixels.shape[0], chunk)]
     return torch.cat(out).float() * vae.config.scaling_factor
 
