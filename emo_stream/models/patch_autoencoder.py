@@ -1,9 +1,12 @@
 """A linear patch autoencoder (PCA of f × f RGB patches) with ``AutoencoderKL``'s interface, for models trained
 here on a CPU.
 
-Encode: cut the image into f × f patches (``pixel_unshuffle``), subtract the mean patch, project onto the top
-``latent_channels`` principal directions and divide each by its standard deviation (whitened latents, every
-channel of equal variance for the diffusion noise). Decode: the transpose. It is *fitted* (``fit``: one
+Encode: cut the image into f × f patches (``pixel_unshuffle``), subtract the mean patch and project onto the top
+``latent_channels`` principal directions. Decode: the transpose. By default the components keep their natural
+scales (the first carries most of the variance, as coarse structure does in pixels), so the diffusion noise
+drowns fine detail first and coarse structure last, as it does for an image; ``whiten`` divides each by its
+standard deviation instead (every channel of equal variance) — a tiny denoiser trained on whitened latents drew
+blocky colour noise. It is *fitted* (``fit``: one
 eigendecomposition of the patch covariance), not trained by gradient steps, in seconds.
 
 Why: a convolutional autoencoder trained for the minutes a CPU allows (1,000 steps of 8 frames) returns grey,
@@ -34,11 +37,12 @@ class PatchAutoencoder(ModelMixin, ConfigMixin):
         latent_channels: principal components kept per patch (≤ in_channels × f²).
         sample_size: the image side it is fitted for (``AutoencoderKL``'s config field of that name).
         scaling_factor: the latents' scale for the diffusion model (``AutoencoderKL``'s).
+        whiten: each component divided by its standard deviation (see the module's docstring).
     """
 
     @register_to_config
     def __init__(self, in_channels: int = 3, patch_size: int = 8, latent_channels: int = 32, sample_size: int = 128,
-                 scaling_factor: float = 1.0) -> None:
+                 scaling_factor: float = 1.0, whiten: bool = False) -> None:
         super().__init__()
         dim = in_channels * patch_size * patch_size
         if not 0 < latent_channels <= dim:
@@ -84,7 +88,8 @@ class PatchAutoencoder(ModelMixin, ConfigMixin):
         flip = torch.sign(basis.gather(1, basis.abs().argmax(1, keepdim=True)))
         self.mean.copy_(mean.float())
         self.basis.copy_((basis * flip).float())
-        self.scale.copy_(eigenvalues[order].clamp_min(1e-8).sqrt().float())
+        if self.config.whiten:
+            self.scale.copy_(eigenvalues[order].clamp_min(1e-8).sqrt().float())
         return count
 
     def encode(self, x: torch.Tensor, return_dict: bool = True) -> AutoencoderKLOutput | tuple:
