@@ -175,7 +175,7 @@ def test_pickled_weights_are_refused(folder):
 
 
 def test_patch_autoencoder_answers_like_autoencoder_kl_fits_and_round_trips(tmp_path):
-    """``PatchAutoencoder`` (tiny_face's): the calls of ``AutoencoderKL`` — a point posterior (sample = mean, KL 0),
+    """``PatchAutoencoder`` (tiny_face_patch's): the calls of ``AutoencoderKL`` — a point posterior (sample = mean, KL 0),
     f = 8 — a fit that reconstructs what it was fitted on far better than the unfitted code, components in
     order of variance (or whitened), the same fit for the same data, and a checkpoint that saves and loads it by its own class."""
     from emo_stream.models import build_components, configs, save_checkpoint
@@ -183,7 +183,7 @@ def test_patch_autoencoder_answers_like_autoencoder_kl_fits_and_round_trips(tmp_
     from emo_stream.models.factory import TINY_SETTINGS
     from emo_stream.models.patch_autoencoder import PatchAutoencoder
 
-    parts = build_components(configs.tiny_face(), TINY_SETTINGS, seed=3)
+    parts = build_components(configs.tiny_face_patch(), TINY_SETTINGS, seed=3)
     assert isinstance(parts.vae, PatchAutoencoder)
     # Smooth random images (a face's statistics are not needed: a PCA of any correlated patches).
     g = torch.Generator().manual_seed(0)
@@ -201,7 +201,7 @@ def test_patch_autoencoder_answers_like_autoencoder_kl_fits_and_round_trips(tmp_
     with torch.no_grad():
         posterior = parts.vae.encode(x).latent_dist
         z = posterior.mean
-        assert z.shape == (8, configs.TINY_FACE_LATENTS, 16, 16)
+        assert z.shape == (8, configs.PATCH_LATENTS, 16, 16)
         assert torch.equal(posterior.sample(torch.Generator().manual_seed(0)), z)
         assert float(posterior.kl().abs().sum()) == 0.0
         spread = z.std(dim=(0, 2, 3))
@@ -210,11 +210,11 @@ def test_patch_autoencoder_answers_like_autoencoder_kl_fits_and_round_trips(tmp_
     again = PatchAutoencoder(**{k: v for k, v in parts.vae.config.items() if not k.startswith("_")})
     again.fit([(x, None)])
     assert torch.allclose(again.basis, parts.vae.basis, atol=1e-5)
-    white = PatchAutoencoder(latent_channels=configs.TINY_FACE_LATENTS, whiten=True)
+    white = PatchAutoencoder(latent_channels=configs.PATCH_LATENTS, whiten=True)
     white.fit([(x, None)])
     with torch.no_grad():
         w = white.encode(x).latent_dist.mean
-    assert torch.allclose(w.std(dim=(0, 2, 3)), torch.ones(configs.TINY_FACE_LATENTS), atol=0.05)
+    assert torch.allclose(w.std(dim=(0, 2, 3)), torch.ones(configs.PATCH_LATENTS), atol=0.05)
     save_checkpoint(parts, tmp_path / "ckpt")
     index = json.loads((tmp_path / "ckpt" / "model_index.json").read_text())
     assert index["vae"] == ["emo_stream.models", "PatchAutoencoder"]

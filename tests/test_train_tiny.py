@@ -32,7 +32,7 @@ def test_tiny_face_config_makes_128_px_latents_of_16() -> None:
     with torch.no_grad():
         latents = parts.vae.encode(torch.zeros(1, 3, 128, 128)).latent_dist.mean
         tokens = parts.speech_encoder.tokens(parts.speech_encoder(torch.zeros(1, 6400), 4, 25).states)
-    assert latents.shape == (1, configs.TINY_FACE_LATENTS, 16, 16)
+    assert latents.shape == (1, 4, 16, 16)
     assert tokens.shape[-2:] == (parts.denoiser.config.audio_tokens, parts.denoiser.config.audio_dim)
 
 
@@ -63,6 +63,21 @@ def test_autoencoder_stage_trains_sets_scale_and_writes_a_checkpoint(tmp_path: P
     first = train_autoencoder(_autoencoder_config(tmp_path / "a"))
     second = train_autoencoder(_autoencoder_config(tmp_path / "b"))
     assert first.losses == second.losses and first.scaling_factor == second.scaling_factor
+
+
+def test_patch_autoencoder_is_fitted_not_trained(tmp_path: Path) -> None:
+    """``model.init: tiny_face_patch``: the autoencoder stage fits the PatchAutoencoder on ``steps`` batches (no
+    gradient steps), lowers the loss on a batch it did not fit on, and writes a checkpoint that loads."""
+    config = load_autoencoder_config(REPO / "configs" / "train" / "tiny-autoencoder.yaml", {
+        "output_dir": str(tmp_path / "ae"), "data.root": None, "data.synthetic": True, "data.synthetic_clips": 4,
+        "data.size": 64, "model.init": "tiny_face_patch", "steps": 3, "batch_size": 2, "scale_batches": 2})
+    result = train_autoencoder(config)
+    before, after = result.losses
+    assert after < 0.5 * before
+    loaded = load_checkpoint(result.final_dir)
+    assert type(loaded.vae).__name__ == "PatchAutoencoder"
+    assert loaded.vae.config.scaling_factor == pytest.approx(result.scaling_factor)
+    assert (tmp_path / "ae" / "log.csv").read_text().splitlines()[0] == "step,loss,loss_before_fit,patches"
 
 
 def test_autoencoder_config_refuses_clips() -> None:
