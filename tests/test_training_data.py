@@ -148,8 +148,16 @@ def test_resume_is_per_video(videos, tmp_path):
     fourth = prepare_videos(folder, out, options)
     assert not fourth.prepared and fourth.already_done == 2 and fourth.total_clips == 2
 
+    # The videos folder moved (a run directory renamed): the clips are prepared again from the new paths and
+    # replace their old entries — each clip is listed once, or a dataset would draw it twice as often.
+    moved = folder.rename(tmp_path / "moved")
+    fifth = prepare_videos(moved, out, options)
+    assert len(fifth.prepared) == 2 and fifth.total_clips == 2
+    listed = [c["source"]["path"] for c in json.loads((out / MANIFEST_NAME).read_text())["clips"]]
+    assert sorted(Path(p).parent.name for p in listed) == ["moved", "moved"]
+
     with pytest.raises(ConfigError, match="48 px"):
-        prepare_videos(folder, out, PrepareOptions(size=64, workers=1))
+        prepare_videos(moved, out, PrepareOptions(size=64, workers=1))
 
 
 def test_a_crashing_worker_skips_only_its_video(videos, tmp_path):

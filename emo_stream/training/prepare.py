@@ -655,6 +655,7 @@ def prepare_videos(videos: str | Path, out: str | Path, options: PrepareOptions 
 
     prepared: list[ClipRecord] = []
     skipped: list[SkipRecord] = []
+    by_shard = {clip.shard: path for path, clip in manifest.clips.items()}
     saved_at = time.monotonic()
     workers = min(options.workers or os.cpu_count() or 1, max(1, len(todo)))
     results: Iterator[ClipRecord | SkipRecord]
@@ -668,6 +669,12 @@ def prepare_videos(videos: str | Path, out: str | Path, options: PrepareOptions 
                 earlier = manifest.clips.pop(result.source.path, None)
                 manifest.skipped.pop(result.source.path, None)
                 if isinstance(result, ClipRecord):
+                    # Its shard was just written from this path: an entry of another path naming the same shard
+                    # (the videos folder moved) is stale, and would list the clip twice.
+                    stale = by_shard.pop(result.shard, None)
+                    if stale is not None and stale != result.source.path:
+                        manifest.clips.pop(stale, None)
+                    by_shard[result.shard] = result.source.path
                     manifest.clips[result.source.path] = result
                     prepared.append(result)
                 else:
