@@ -6,14 +6,16 @@ Encode: cut the image into f × f patches (``pixel_unshuffle``), subtract the me
 scales (the first carries most of the variance, as coarse structure does in pixels), so the diffusion noise
 drowns fine detail first and coarse structure last, as it does for an image; ``whiten`` divides each by its
 standard deviation instead (every channel of equal variance) — a tiny denoiser trained on whitened latents drew
-blocky colour noise. It is *fitted* (``fit``: one
-eigendecomposition of the patch covariance), not trained by gradient steps, in seconds.
+blocky colour noise. It is *fitted* (``fit``: one eigendecomposition of the patch covariance), not trained by
+gradient steps, in seconds.
 
 Why: a convolutional autoencoder trained for the minutes a CPU allows (1,000 steps of 8 frames) returns grey,
 blurred faces with the mouth shut; the held-out mouth motion it carries (``scripts/ae_ceiling.py``: the teacher's
 own videos through it) is r 0.22–0.34 with a speech mouth range of 0.03–0.04 eye spans. A 32-component patch PCA
 (12× compression at f = 8) carries r 0.63 and 0.085 — near the teacher's 0.78 and 0.088 — and the tiny denoiser
-costs the same: only its first and last convolutions see the channel count.
+costs the same: only its first and last convolutions see the channel count. But the tiny denoiser, trained as
+long as ``make train-tiny`` allows, leaves visible noise in a lower face generated on it (README), so
+``tiny_face`` keeps its trained VAE and this is ``tiny_face_patch``.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from diffusers.models.modeling_utils import ModelMixin
 
 
 class PatchAutoencoder(ModelMixin, ConfigMixin):
-    """Whitened PCA of ``patch_size``² RGB patches (see the module's docstring).
+    """PCA of ``patch_size``² RGB patches, optionally whitened (see the module's docstring).
 
     Args:
         in_channels: image channels (3).
@@ -67,8 +69,9 @@ class PatchAutoencoder(ModelMixin, ConfigMixin):
         (e.g. the lower face more). Moments accumulate in float64, so any number of batches fits in memory.
         Returns the number of patches seen."""
         dim, f = self.patch_dim, self.config.patch_size
-        total, first, second, count = 0.0, torch.zeros(dim, dtype=torch.float64), \
-            torch.zeros(dim, dim, dtype=torch.float64), 0
+        total, count = 0.0, 0
+        first = torch.zeros(dim, dtype=torch.float64)
+        second = torch.zeros(dim, dim, dtype=torch.float64)
         for frames, weights in batches:
             patches = self._patches(frames.double()).reshape(-1, dim)
             w = (torch.ones(patches.shape[0], dtype=torch.float64) if weights is None

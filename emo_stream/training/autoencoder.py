@@ -7,7 +7,7 @@ the latents' scaling factor is set to 1 / std of the latents of a few batches (a
 the diffusion stages see unit-variance latents. The output is a whole checkpoint folder (``final/``): the
 start model with the trained VAE, which stage 1 loads through ``model.checkpoint``.
 
-A ``PatchAutoencoder`` (tiny_face's) is fitted instead of trained: ``steps`` batches give its patch PCA, with the
+A ``PatchAutoencoder`` (``tiny_face_patch``'s) is fitted instead of trained: ``steps`` batches give its patch PCA, with the
 lower face weighted by ``mouth_loss_weight`` as the loss would weigh it; ``log.csv`` has the loss on one batch
 before and after the fit.
 """
@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from emo_stream.config import _build, _check
 from emo_stream.models.checkpoint import EmoComponents, save_checkpoint
+from emo_stream.models.patch_autoencoder import PatchAutoencoder
 from emo_stream.training.run_log import RunLog
 from emo_stream.training.sample import TrainingBatch
 from emo_stream.training.samples import _to_uint8, save_png
@@ -175,7 +176,7 @@ def train_autoencoder(config: AutoencoderConfig, components: EmoComponents | Non
         dataset = build_dataset(config.data, config.seed)
         batches = iter_batches(dataset, config.batch_size, runtime, config.seed, 0, config.data.num_workers)
     stream = iter(batches)
-    if hasattr(components.vae, "fit"):  # a fitted autoencoder (PatchAutoencoder): no gradient steps
+    if isinstance(components.vae, PatchAutoencoder):  # fitted, not trained: no gradient steps
         return _fit_autoencoder(config, components, stream, progress)
     vae = components.vae.float().train().requires_grad_(True)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.lr, weight_decay=0.0)
@@ -209,11 +210,7 @@ def train_autoencoder(config: AutoencoderConfig, components: EmoComponents | Non
         bar.close()
         log.close()
     vae.eval().requires_grad_(False)
-    scale = float(vae.config.scaling_factor)
-    if config.scale_batches:
-        scale = latent_scale(vae, stream, config.scale_batches)
-        vae.register_to_config(scaling_factor=scale)
-    return _finish(config, components, stream, losses, scale)
+    return _finish(config, components, stream, losses)
 
 
 def _fit_autoencoder(config: AutoencoderConfig, components: EmoComponents, stream: Iterator[TrainingBatch],
@@ -224,10 +221,10 @@ def _fit_autoencoder(config: AutoencoderConfig, components: EmoComponents, strea
 
     vae = components.vae.float().eval()
     probe = next(stream)
+    probe_frames, probe_weights = _frames(probe), pixel_weights(probe, config.mouth_loss_weight)
     generator = torch.Generator().manual_seed(config.seed)
     with torch.no_grad():
-        before = float(reconstruction_loss(vae, _frames(probe), config, generator,
-                                           pixel_weights(probe, config.mouth_loss_weight)))
+        before = float(reconstruction_loss(vae, probe_frames, config, generator, probe_weights))
     bar = tqdm(range(config.steps), desc="autoencoder fit", unit="batch", file=sys.stderr, disable=not progress,
                dynamic_ncols=True)
     try:
@@ -236,24 +233,23 @@ def _fit_autoencoder(config: AutoencoderConfig, components: EmoComponents, strea
     finally:
         bar.close()
     with torch.no_grad():
-        after = float(reconstruction_loss(vae, _frames(probe), config, generator,
-                                          pixel_weights(probe, config.mouth_loss_weight)))
+        after = float(reconstruction_loss(vae, probe_frames, config, generator, probe_weights))
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     log = RunLog(out, tensorboard=False)
     log.write(config.steps, loss=after, loss_before_fit=before, patches=patches)
     log.close()
+    return _finish(config, components, stream, [before, after])
+
+
+def _finish(config: AutoencoderConfig, components: EmoComponents, stream: Iterator[TrainingBatch],
+            losses: list[float]) -> AutoencoderResult:
+    """The latents' scaling factor, a sample strip and the checkpoint folder ``output_dir/final``."""
+    vae, out = components.vae, Path(config.output_dir)
     scale = float(vae.config.scaling_factor)
     if config.scale_batches:
         scale = latent_scale(vae, stream, config.scale_batches)
         vae.register_to_config(scaling_factor=scale)
-    return _finish(config, components, stream, [before, after], scale)
-
-
-def _finish(config: AutoencoderConfig, components: EmoComponents, stream: Iterator[TrainingBatch],
-            losses: list[float], scale: float) -> AutoencoderResult:
-    """A sample strip and the checkpoint folder ``output_dir/final``."""
-    vae, out = components.vae, Path(config.output_dir)
     with torch.no_grad():  # a strip to look at: frames over their reconstructions
         frames = _frames(next(stream))[:8]
         decoded = vae.decode(vae.encode(frames).latent_dist.mean).sample
