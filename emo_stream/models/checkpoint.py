@@ -190,20 +190,10 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu",
         CheckpointError: the folder, its index or a part is missing, misnamed, unreadable or does not fit.
     """
     root = Path(folder).expanduser()
-    if not root.is_dir():
-        raise CheckpointError(f"checkpoint folder not found: {root}")
-    index_path = root / INDEX_FILE
-    if not index_path.is_file():
-        raise CheckpointError(f"{root}: not an EMO checkpoint (no {INDEX_FILE})")
-    try:
-        index = json.loads(index_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{index_path}: unreadable ({exc})") from None
-    if not isinstance(index, dict):
-        raise CheckpointError(f"{index_path}: expected a JSON object")
+    index = _read_index(root)
     unknown = sorted(k for k in index if not k.startswith("_") and k not in PART_CLASSES and k != "inference")
     if unknown:
-        raise CheckpointError(f"{index_path}: unknown part(s) {', '.join(unknown)} "
+        raise CheckpointError(f"{root / INDEX_FILE}: unknown part(s) {', '.join(unknown)} "
                               f"(known: {', '.join(PART_CLASSES)})")
     settings = InferenceSettings.from_dict(index.get("inference") or {})
 
@@ -226,13 +216,26 @@ def load_part(folder: str | Path, name: str, device: str | torch.device = "cpu",
               dtype: torch.dtype = torch.float32) -> Any:
     """One part of a checkpoint folder (e.g. ``vae``), of the class its index names, without the others."""
     root = Path(folder).expanduser()
-    try:
-        index = json.loads((root / INDEX_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{root / INDEX_FILE}: unreadable ({exc})") from None
-    if name not in PART_CLASSES or not isinstance(index, dict) or index.get(name) is None:
+    index = _read_index(root)
+    if name not in PART_CLASSES or index.get(name) is None:
         raise CheckpointError(f"{root}: no part '{name}' in {INDEX_FILE}")
     return _load_part(root, name, index[name], PART_CLASSES[name][0], device, dtype)
+
+
+def _read_index(root: Path) -> dict[str, Any]:
+    """The checkpoint folder's ``model_index.json`` as a dict (CheckpointError for anything else)."""
+    if not root.is_dir():
+        raise CheckpointError(f"checkpoint folder not found: {root}")
+    index_path = root / INDEX_FILE
+    if not index_path.is_file():
+        raise CheckpointError(f"{root}: not an EMO checkpoint (no {INDEX_FILE})")
+    try:
+        index = json.loads(index_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{index_path}: unreadable ({exc})") from None
+    if not isinstance(index, dict):
+        raise CheckpointError(f"{index_path}: expected a JSON object")
+    return index
 
 
 def _load_part(root: Path, name: str, entry: Any, classes: dict[tuple[str, str], type],
