@@ -15,6 +15,10 @@ jitter buffer's completed frames are counted (with their arrival times) and the 
 the returned voice only; the probe client (the first) decodes and measures everything. Decoding 512² VP8 in
 every client would take ~0.1 core per session from the two cores the server under test is measured on.
 
+With ``--save-raw PATH`` (bench/server.py ``--save-dir``, on a machine without mediapipe) the probe client does
+not run the face mesh: it stores what it received (frames as JPEG q85, audio, arrival times, the sent microphone) in
+PATH and reports what needs no mesh; ``analyse_saved`` (bench/server.py ``--finish``) runs the rest elsewhere.
+
 During the session the process only decodes and stores: video frames are kept as YUV 4:2:0
 planes (a copy, no colour conversion) and converted to RGB after the session ends, so the
 mesh and the MP4 encode never compete with the server for the CPU while it is measured.
@@ -233,7 +237,8 @@ def analyse(peer: RecordingPeer, samples: np.ndarray, fps: int, audio_hold_s: fl
 
     video_hold_s = 1.0 / fps  # aiortc's video jitter buffer hands a frame out when the next one starts
     started = time.perf_counter()
-    rgb = [(t, cv2.cvtColor(yuv, cv2.COLOR_YUV2RGB_I420)) for t, yuv in peer.received.video]
+    # YUV 4:2:0 planes as received (RecordingPeer), or RGB already (analyse_saved)
+    rgb = [(t, f if f.ndim == 3 else cv2.cvtColor(f, cv2.COLOR_YUV2RGB_I420)) for t, f in peer.received.video]
     peer.received.video.clear()
     rgb_received = Received(video=rgb, audio=peer.received.audio)
     arrivals = [t for t, _ in rgb]
@@ -276,6 +281,66 @@ def analyse(peer: RecordingPeer, samples: np.ndarray, fps: int, audio_hold_s: fl
     return out
 
 
+JPEG_QUALITIES = (85, 75, 60)  # the first whose frames fit RAW_BUDGET (85: ~40 kB per 512² frame)
+RAW_BUDGET = 14 * 2**20        # a lent machine sends back files of at most 16 MiB
+
+
+def save_raw(peer: RecordingPeer, samples: np.ndarray, path: Path, fps: int, audio_hold_s: float,
+             declared_s: float) -> None:
+    """Everything ``analyse`` reads, in one .npz: frames as JPEG, audio as s16 (lossless: it arrived as s16)."""
+    import cv2
+
+    bgr = [cv2.cvtColor(yuv, cv2.COLOR_YUV2BGR_I420) for _, yuv in peer.received.video]
+    for quality in JPEG_QUALITIES:
+        jpegs = []
+        for frame in bgr:
+            ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, quality])
+            if not ok:
+                raise RuntimeError("JPEG encoding failed")
+            jpegs.append(buf.reshape(-1))
+        if sum(len(j) for j in jpegs) <= RAW_BUDGET:
+            break
+    audio = peer.received.audio
+    nan_for_none = lambda xs: np.array([np.nan if x is None else x for x in xs], np.float64)  # noqa: E731
+    meta = {"session_id": peer.session_id, "fps": fps, "audio_hold_s": audio_hold_s, "declared_s": declared_s,
+            "jpeg_quality": quality}
+    np.savez_compressed(
+        path, meta=np.array(json.dumps(meta)),
+        video_t=np.array([t for t, _ in peer.received.video], np.float64), video_pts=nan_for_none(peer.received.video_pts),
+        jpeg=np.concatenate(jpegs) if jpegs else np.zeros(0, np.uint8),
+        jpeg_len=np.array([len(j) for j in jpegs], np.int64),
+        audio_t=np.array([t for t, _ in audio], np.float64), audio_pts=nan_for_none(peer.received.audio_pts),
+        audio=np.concatenate([np.round(a * 32768).astype(np.int16) for _, a in audio]) if audio
+        else np.zeros(0, np.int16),
+        audio_len=np.array([len(a) for _, a in audio], np.int64),
+        sent_at=np.array(peer.mic.sent_at, np.float64),
+        samples=samples[: len(peer.mic.sent_at) * FRAME_SAMPLES].astype(np.float32))
+
+
+def analyse_saved(path: Path, lipsync: bool = True) -> dict:
+    """``analyse`` of a probe stored by ``save_raw`` (face mesh and lip-sync, where mediapipe is installed)."""
+    import types
+
+    import cv2
+
+    with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(str(z["meta"]))
+        ends = np.cumsum(z["jpeg_len"])
+        jpeg = z["jpeg"]
+        video = [(float(t), cv2.cvtColor(cv2.imdecode(jpeg[e - n:e], cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB))
+                 for t, n, e in zip(z["video_t"], z["jpeg_len"], ends, strict=True)]
+        aends = np.cumsum(z["audio_len"])
+        audio = [(float(t), z["audio"][e - n:e].astype(np.float32) / 32768.0)
+                 for t, n, e in zip(z["audio_t"], z["audio_len"], aends, strict=True)]
+        none_for_nan = lambda xs: [None if math.isnan(x) else float(x) for x in xs]  # noqa: E731
+        received = Received(video=video, audio=audio, video_pts=none_for_nan(z["video_pts"]),
+                            audio_pts=none_for_nan(z["audio_pts"]))
+        peer = types.SimpleNamespace(session_id=meta["session_id"], received=received,
+                                     mic=types.SimpleNamespace(sent_at=[float(t) for t in z["sent_at"]]))
+        samples = z["samples"]
+    return analyse(peer, samples, meta["fps"], meta["audio_hold_s"], lipsync=lipsync, declared_s=meta["declared_s"])
+
+
 async def _session(peer: RecordingPeer, stdin_lines: asyncio.Queue, timeout_s: float) -> dict:
     answer = await peer.connect()
     _say("connected " + json.dumps({"session_id": answer.get("session_id"), "latency_ms": answer.get("latency_ms")}))
@@ -315,6 +380,9 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=120.0, help="longest session without 'stop'")
     parser.add_argument("--no-lipsync", action="store_true")
     parser.add_argument("--count-only", action="store_true", help="count video frames, do not decode them")
+    parser.add_argument("--save-raw", type=Path, default=None,
+                        help="store the received streams in this .npz for analyse_saved instead of running the face "
+                             "mesh here (report only what needs no mesh)")
     args = parser.parse_args()
     samples = np.load(args.signal).astype(np.float32)
     if args.count_only:
@@ -336,6 +404,13 @@ def main() -> int:
     try:
         if args.count_only:
             result = analyse_counts(peer, samples, args.audio_hold_ms / 1000.0)
+        elif args.save_raw:
+            started = time.perf_counter()
+            save_raw(peer, samples, args.save_raw, args.fps, args.audio_hold_ms / 1000.0,
+                     (answer.get("latency_ms") or 0) / 1000.0)
+            result = {**analyse_counts(peer, samples, args.audio_hold_ms / 1000.0), "count_only": False,
+                      "raw": args.save_raw.name, "raw_bytes": args.save_raw.stat().st_size,
+                      "save_s": round(time.perf_counter() - started, 2)}
         else:
             result = analyse(peer, samples, args.fps, args.audio_hold_ms / 1000.0, lipsync=not args.no_lipsync,
                              declared_s=(answer.get("latency_ms") or 0) / 1000.0)

@@ -16,7 +16,16 @@ silence, in real time, and records what comes back with arrival times. It measur
 The N=1 run is the baseline (measured in the same run); ``ratio`` compares each N against it.
 Progress goes to stderr; stdout carries only the JSON.
 
+On a larger machine ``--server-cpus 0,1 --client-cpus 2-15`` pins the server (and its torch/OpenMP threads) to
+those cores and the clients and this process to the others, so the server is measured on 2 cores without its
+clients beside it. Where mediapipe is missing (a lent Python 3.12 machine), ``--face-replay`` serves the default
+portrait from bench/face_replay.py's recording and ``--save-dir DIR`` stores the probe client's streams instead of
+running the face mesh; ``--finish DIR`` then completes onset -> mouth, lip-sync and the offline render where
+mediapipe is installed, and prints the full JSON.
+
 Usage: .venv/bin/python bench/server.py [--config configs/default.yaml] [--sessions 1,2,4,6] [--seconds 10]
+           [--server-cpus 0,1 --client-cpus 2-15] [--face-replay FILE.npz] [--save-dir DIR]
+       .venv/bin/python bench/server.py --finish DIR
 """
 
 from __future__ import annotations
@@ -61,6 +70,7 @@ MIN_FPS = 24.0
 MAX_LATE_FRACTION = 0.02  # "on time": at most 2% of the sent frames were hold frames
 WARMUP_S = 4.0          # one unreported session first: the server's first-session costs stay out of the baseline
 CLIENT = REPO / "bench" / "live_load.py"
+FACE_REPLAY = REPO / "bench" / "face_replay.py"
 PORTRAIT = REPO / "emo_stream" / "assets" / "default.jpg"  # the server's default avatar
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -81,12 +91,39 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def machine_cpu() -> tuple[float, float]:
-    """(busy, total) jiffies of all CPUs from /proc/stat."""
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = values[3] + (values[4] if len(values) > 4 else 0)
-    total = sum(values[:8])
-    return float(total - idle), float(total)
+def cpu_jiffies() -> dict[int, tuple[float, float]]:
+    """(busy, total) jiffies of each CPU from /proc/stat."""
+    out = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *fields = line.split()
+        if not (name.startswith("cpu") and name[3:].isdigit()):
+            continue
+        values = [int(v) for v in fields]
+        idle = values[3] + (values[4] if len(values) > 4 else 0)
+        total = sum(values[:8])
+        out[int(name[3:])] = (float(total - idle), float(total))
+    return out
+
+
+def busy_cores(a: dict[int, tuple[float, float]], b: dict[int, tuple[float, float]],
+               cpus: list[int] | None = None) -> float:
+    """Cores' worth of busy time of ``cpus`` (all when None) between two cpu_jiffies() readings."""
+    keep = [c for c in (cpus if cpus is not None else b) if c in a and c in b]
+    return sum((b[c][0] - a[c][0]) / max(b[c][1] - a[c][1], 1.0) for c in keep)
+
+
+def parse_cpus(text: str) -> list[int]:
+    """'0,1' or '2-15' or '0-1,4' -> sorted CPU numbers."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        lo, _, hi = part.partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    if not cpus:
+        raise ValueError(f"no CPUs in {text!r}")
+    return sorted(cpus)
 
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)")
@@ -149,13 +186,28 @@ def stage_summary(a: dict, b: dict) -> dict:
 
 
 class Snapshot:
-    def __init__(self, base: str, server_pid: int, client_pids: list[int]) -> None:
+    def __init__(self, base: str | None, server_pid: int = 0, client_pids: list[int] | None = None) -> None:
+        if base is None:  # from_dict fills it
+            return
         self.t = time.monotonic()
         self.server_cpu = proc_cpu_s(server_pid)
-        self.client_cpu = sum(proc_cpu_s(p) for p in client_pids)
-        self.machine_busy, self.machine_total = machine_cpu()
+        self.client_cpu = sum(proc_cpu_s(p) for p in client_pids or [])
+        self.cpus = cpu_jiffies()
         self.parent_cpu = sum(os.times()[:2])
         self.metrics = parse_metrics(httpx.get(f"{base}/metrics", timeout=10).text)
+
+    def to_dict(self) -> dict:
+        return {"t": self.t, "server_cpu": self.server_cpu, "client_cpu": self.client_cpu, "parent_cpu": self.parent_cpu,
+                "cpus": {str(c): list(v) for c, v in self.cpus.items()},
+                "metrics": [[name, [list(kv) for kv in labels], value] for (name, labels), value in self.metrics.items()]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Snapshot:
+        snap = cls(None)
+        snap.t, snap.server_cpu, snap.client_cpu, snap.parent_cpu = d["t"], d["server_cpu"], d["client_cpu"], d["parent_cpu"]
+        snap.cpus = {int(c): tuple(v) for c, v in d["cpus"].items()}
+        snap.metrics = {(name, tuple(tuple(kv) for kv in labels)): value for name, labels, value in d["metrics"]}
+        return snap
 
 
 # ---------------------------------------------------------------------- processes
@@ -166,15 +218,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def child_env() -> dict:
-    return dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", GLOG_minloglevel="2",
-                TF_CPP_MIN_LOG_LEVEL="2")
+def child_env(threads: int | None = None) -> dict:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", GLOG_minloglevel="2", TF_CPP_MIN_LOG_LEVEL="2")
+    if threads:  # torch (silero-vad) and any OpenMP/BLAS pool: one thread per pinned core, not per machine core
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))
+    return env
 
 
-def start_server(config: Path, port: int, log_file) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--config", str(config), "--host", "127.0.0.1",
-                             "--port", str(port), "--log-level", "warning"],
-                            cwd=REPO, env=child_env(), stdout=log_file, stderr=subprocess.STDOUT)
+def start_server(config: Path, port: int, log_file, cpus: list[int] | None = None,
+                 face_replay: Path | None = None) -> subprocess.Popen:
+    """``emo-stream serve`` (as ``python -m server.cli``, so no installed script is needed), pinned to ``cpus``
+    (os.sched_setaffinity in the child before exec: every thread it starts inherits them)."""
+    cli = ["serve", "--config", str(config), "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    cmd = [sys.executable, str(FACE_REPLAY), "run", str(face_replay), *cli] if face_replay \
+        else [sys.executable, "-m", "server.cli", *cli]
+    pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+    return subprocess.Popen(cmd, cwd=REPO, env=child_env(len(cpus) if cpus else None), stdout=log_file,
+                            stderr=subprocess.STDOUT, preexec_fn=pin)
 
 
 def wait_healthy(base: str, proc: subprocess.Popen, log_path: Path, timeout_s: float = 120) -> None:
@@ -207,7 +267,7 @@ class Client:
     """One client process and its line protocol (see bench/live_load.py)."""
 
     def __init__(self, index: int, base: str, signal_path: Path, out: Path, fps: int, log_path: Path,
-                 lipsync: bool, count_only: bool = False) -> None:
+                 lipsync: bool, count_only: bool = False, save_raw: Path | None = None) -> None:
         self.index = index
         self.out = out
         self.log_path = log_path
@@ -218,6 +278,8 @@ class Client:
             cmd.append("--no-lipsync")
         if count_only:
             cmd.append("--count-only")
+        elif save_raw is not None:
+            cmd += ["--save-raw", str(save_raw)]
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=child_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self._log, text=True)
         self.lines: queue.Queue = queue.Queue()
@@ -289,9 +351,11 @@ def make_signal(clips: list[np.ndarray], index: int, seconds: float) -> np.ndarr
 
 
 def run_round(n: int, base: str, server_pid: int, clips: list[np.ndarray], seconds: float, fps: int,
-              tmp: Path, lipsync: bool, analyse: bool = True, decode_all: bool = False) -> dict | None:
-    """N clients together for ``seconds``; None when ``analyse`` is False (a warm-up). Client 0 decodes and
-    measures everything; the others only count frames unless ``decode_all``."""
+              tmp: Path, lipsync: bool, analyse: bool = True, decode_all: bool = False,
+              save_dir: Path | None = None) -> dict | None:
+    """N clients together for ``seconds``; None when ``analyse`` is False (a warm-up), else the round's raw
+    record (``summarise`` makes its figures). Client 0 decodes and measures everything (with ``save_dir``: stores
+    its streams there for ``--finish``); the others only count frames unless ``decode_all``."""
     clients: list[Client] = []
     started = time.monotonic()
     tag = str(n) if analyse else "warmup"
@@ -300,8 +364,10 @@ def run_round(n: int, base: str, server_pid: int, clips: list[np.ndarray], secon
             sig = tmp / f"signal-{tag}-{k}.npy"
             # long enough for any stagger of connections; the parent ends the session with "stop"
             np.save(sig, make_signal(clips, k, seconds + 30))
+            raw = save_dir / f"probe-{n}.npz" if save_dir is not None and analyse and k == 0 else None
             clients.append(Client(k, base, sig, tmp / f"result-{tag}-{k}.json", fps,
-                                  tmp / f"client-{tag}-{k}.log", lipsync, count_only=k > 0 and not decode_all))
+                                  tmp / f"client-{tag}-{k}.log", lipsync, count_only=k > 0 and not decode_all,
+                                  save_raw=raw))
         for c in clients:
             c.expect("ready", 120)
         for c in clients:
@@ -352,7 +418,7 @@ def run_round(n: int, base: str, server_pid: int, clips: list[np.ndarray], secon
                 log(f"N={n}: sessions did not all close within 15 s")
         except httpx.HTTPError as exc:
             log(f"N={n}: /metrics unreachable after the round: {exc}")
-    return summarise(n, results, failed, a, b)
+    return {"n": n, "results": results, "failed": failed, "a": a.to_dict(), "b": b.to_dict()}
 
 
 def offline_reference(clips: list[np.ndarray], seconds: float, config, tmp: Path) -> dict:
@@ -390,7 +456,8 @@ def median(values: list[float]) -> float | None:
     return round(float(np.median(values)), 1) if values else None
 
 
-def summarise(n: int, results: list[dict], failed: list[dict], a: Snapshot, b: Snapshot) -> dict:
+def summarise(n: int, results: list[dict], failed: list[dict], a: Snapshot, b: Snapshot,
+              server_cpus: list[int] | None = None, client_cpus: list[int] | None = None) -> dict:
     ok = [r for r in results if "error" not in r]
     onsets = [o for r in ok for o in r.get("onsets", [])]
     measured = [o for o in onsets if "mouth_raw_ms" in o]
@@ -408,7 +475,7 @@ def summarise(n: int, results: list[dict], failed: list[dict], a: Snapshot, b: S
     sent = metric(b.metrics, "emo_stream_frames_sent_total") - metric(a.metrics, "emo_stream_frames_sent_total")
     late = metric(b.metrics, "emo_stream_frames_late_total") - metric(a.metrics, "emo_stream_frames_late_total")
     lag = histogram_delta(a.metrics, b.metrics, "emo_stream_loop_lag_hist_seconds")
-    busy_cores = (b.machine_busy - a.machine_busy) / max(b.machine_total - a.machine_total, 1) * (os.cpu_count() or 1)
+    machine_busy = busy_cores(a.cpus, b.cpus)
     parent_cpu = b.parent_cpu - a.parent_cpu
     fps = [r["fps_received"] for r in ok]
     sessions = len(ok)
@@ -466,9 +533,13 @@ def summarise(n: int, results: list[dict], failed: list[dict], a: Snapshot, b: S
         "overloaded": overloaded,
         "server_cpu_s_per_session_per_s": round(server_cpu / window / max(n, 1), 4),
         "server_cpu_cores": round(server_cpu / window, 3),
+        # pinned: the server's share of its own cores, and how busy those cores were (any process on them)
+        "server_cpu_fraction_of_pinned": round(server_cpu / window / len(server_cpus), 3) if server_cpus else None,
+        "server_cpus_busy_cores": round(busy_cores(a.cpus, b.cpus, server_cpus), 3) if server_cpus else None,
+        "client_cpus_busy_cores": round(busy_cores(a.cpus, b.cpus, client_cpus), 3) if client_cpus else None,
         "client_cpu_s_per_session_per_s": round(client_cpu / window / max(n, 1), 4),
-        "machine_cpu_busy_cores": round(busy_cores, 3),
-        "other_cpu_cores": round(busy_cores - (server_cpu + client_cpu + parent_cpu) / window, 3),
+        "machine_cpu_busy_cores": round(machine_busy, 3),
+        "other_cpu_cores": round(machine_busy - (server_cpu + client_cpu + parent_cpu) / window, 3),
         "loop_lag_ms": {"p99_at_most": bucket_quantile_ms(lag, 0.99), "max_at_most": bucket_quantile_ms(lag, 1.0),
                         "samples": int(lag[-1][1]) if lag else 0},
         "stage_latency": stage_summary(a.metrics, b.metrics),
@@ -503,22 +574,48 @@ def ratios(entry: dict, base: dict) -> dict:
     }
 
 
-def device() -> str:
-    model = platform.processor() or platform.machine()
+def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor() or platform.machine()
+
+
+def device(server_cpus: list[int] | None = None, client_cpus: list[int] | None = None) -> str:
+    model = cpu_model()
+    if server_cpus:
+        clients = f"cpus {cpu_list(client_cpus)}" if client_cpus else "any cpu"
+        return (f"{model}, {os.cpu_count()} cores; the server pinned to cpus {cpu_list(server_cpus)} "
+                f"({len(server_cpus)} torch/OpenMP threads), the clients and the bench on {clients}; the lite server "
+                "uses no GPU")
     return f"{model}, {os.cpu_count()} cores, no GPU (server, client processes and analysis share these cores)"
 
 
+def cpu_list(cpus: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2,5'."""
+    runs: list[list[int]] = []
+    for c in sorted(cpus):
+        if runs and c == runs[-1][1] + 1:
+            runs[-1][1] = c
+        else:
+            runs.append([c, c])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
 def commit() -> str:
+    """The checkout's commit; where there is no git repository (a copied tree), $EMO_STREAM_BENCH_COMMIT."""
     run = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True, cwd=REPO).stdout.strip()  # noqa: E731
-    head = run("rev-parse", "--short", "HEAD")
-    return head + ("-dirty" if run("status", "--porcelain", "--untracked-files=no") else "")
+    try:
+        head = run("rev-parse", "--short", "HEAD")
+        dirty = head and run("status", "--porcelain", "--untracked-files=no")
+    except OSError:  # no git
+        head = dirty = ""
+    if not head:
+        return os.environ.get("EMO_STREAM_BENCH_COMMIT", "unknown") + " (no git here)"
+    return head + ("-dirty" if dirty else "")
 
 
 METHOD = {
@@ -568,78 +665,25 @@ METHOD = {
                  "alone cannot show overload: sessions_at_25fps_on_time also requires frames_late <= 2% of "
                  "frames_sent in the window"),
     "warmup": "one unreported 1-session round runs first, so first-session costs stay out of the baseline",
+    "pinning": ("--server-cpus: the server process is pinned (os.sched_setaffinity before exec, inherited by all its "
+                "threads) and OMP_NUM_THREADS/MKL_NUM_THREADS = its core count (torch runs silero-vad); --client-cpus: "
+                "the clients and this process. server_cpu_fraction_of_pinned = the server's CPU time / (window x its "
+                "cores); server_cpus_busy_cores / client_cpus_busy_cores: busy time of those cores (/proc/stat, any "
+                "process) in cores; machine_cpu_busy_cores: all cores"),
+    "deferred_analysis": ("with --save-dir the probe client stores its streams (frames as JPEG q85, lower if a file "
+                          "would pass 14 MiB; audio; arrival times) instead of running the face mesh; --finish runs the "
+                          "same analysis on them and the offline render later, on the machine named in "
+                          "config.probe_analysis"),
 }
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description="live-core benchmark (prints one JSON object)")
-    parser.add_argument("--config", type=Path, default=REPO / "configs" / "default.yaml")
-    parser.add_argument("--sessions", default="1,2,4,6", help="comma-separated session counts (1 is always run)")
-    parser.add_argument("--seconds", type=float, default=10.0, help="seconds each round's sessions run together")
-    parser.add_argument("--no-lipsync", action="store_true", help="skip the recording lip-sync (faster)")
-    parser.add_argument("--decode-all", action="store_true",
-                        help="every client decodes video (default: client 0 decodes and measures, the load clients "
-                             "count frames: decoding would take ~0.1 core per session from the server's 2 cores)")
-    args = parser.parse_args()
-    counts = sorted({1, *(int(x) for x in args.sessions.split(",") if x.strip())})
-    args.config = args.config.resolve()
-    config = load_config(args.config)
+def measure(args: argparse.Namespace, config, clips: list[np.ndarray], counts: list[int]) -> dict:
+    """Start the server, run the warm-up and each round; the raw record of the run (``report`` makes the JSON)."""
     fps = config.animator.fps
-
-    def on_term(signum, frame):
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, on_term)
-    log("making the microphone signal (espeak-ng)")
-    clips = [load_audio(media.espeak_wav(text), sample_rate=RATE) for text in UTTERANCES]
-    per_n: dict[str, dict] = {}
+    rounds: dict[str, dict] = {}
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="bench-server-") as d:
-        tmp = Path(d)
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
-        log_path = tmp / "server.log"
-        with open(log_path, "w") as server_log:
-            server = start_server(args.config, port, server_log)
-            try:
-                wait_healthy(base, server, log_path)
-                log(f"server up on {base} ({time.monotonic() - started:.1f} s), pid {server.pid}")
-                run_round(1, base, server.pid, clips, WARMUP_S, fps, tmp, lipsync=False, analyse=False)
-                log("warm-up session done")
-                for n in counts:
-                    if n > config.server.max_sessions:
-                        log(f"N={n} is over the config's max_sessions {config.server.max_sessions}: "
-                            "the extra clients should get a 503")
-                    t = time.monotonic()
-                    try:
-                        per_n[str(n)] = run_round(n, base, server.pid, clips, args.seconds, fps, tmp,
-                                                  lipsync=not args.no_lipsync, decode_all=args.decode_all)
-                    except (RuntimeError, OSError, httpx.HTTPError, ValueError) as exc:
-                        if n == 1:
-                            raise  # no baseline, nothing to compare against
-                        log(f"N={n}: round failed: {exc}")
-                        per_n[str(n)] = {"sessions": n, "error": str(exc)[-1500:], "all_sessions_at_24fps": False}
-                        with contextlib.suppress(httpx.HTTPError):
-                            wait_sessions(base, 0, 15)
-                        continue
-                    e = per_n[str(n)]
-                    log(f"N={n}: fps_min {e['fps_min']}, onset->mouth p95 {e['onset_to_mouth_ms']['corrected']['p95']} "
-                        f"ms (corrected), late {e['frames_late']}/{e['frames_sent']}, "
-                        f"server cpu {e['server_cpu_s_per_session_per_s']} s/session/s ({time.monotonic() - t:.1f} s)")
-            finally:
-                t = time.monotonic()
-                stop_process(server)
-                log(f"server stopped ({time.monotonic() - t:.1f} s)")
-                if server.returncode not in (0, -signal.SIGINT, None):
-                    log(f"server exit code {server.returncode}; log tail:\n{log_path.read_text()[-2000:]}")
-        log("offline render of the same signal (the animator's own A/V offset)")
-        offline = offline_reference(clips, args.seconds, config, tmp)
-    base_entry = per_n["1"]
-    passing = [n for n in counts if per_n[str(n)]["all_sessions_at_24fps"]]
-    on_time = [n for n in counts if per_n[str(n)].get("all_sessions_at_24fps_on_time")]
-    out = {
-        "bench": "server",
-        "device": device(),
+    state = {
+        "device": device(args.server_cpus, args.client_cpus),
         "commit": commit(),
         "config": {
             "config_file": str(args.config.relative_to(REPO)) if args.config.is_relative_to(REPO)
@@ -651,8 +695,105 @@ def main() -> int:
             "gap_s": GAP_S, "receive_hold_corrections_ms": {"video": round(1000 / fps, 1), "audio": AUDIO_HOLD_MS},
             "client_processes": "one per session (bench/live_load.py)",
             "load_clients": "decode video" if args.decode_all else "count video frames, no decode (client 0 decodes)",
-            "declared_latency_ms": base_entry.get("declared_latency_ms"),
+            "server_cpus": args.server_cpus, "server_cpus_observed": None,
+            "server_threads": len(args.server_cpus) if args.server_cpus else None,
+            "client_cpus": args.client_cpus,
+            "face_replay": None if args.face_replay is None else args.face_replay.name,
+            "python": platform.python_version(), "numpy": np.__version__,
         },
+        "lipsync": not args.no_lipsync,
+        "rounds": rounds,
+    }
+
+    def save_state() -> None:  # after every round: a run cut short keeps what it measured
+        if args.save_dir:
+            state["duration_s"] = round(time.monotonic() - started, 1)
+            (args.save_dir / "state.json").write_text(json.dumps(state))
+
+    with tempfile.TemporaryDirectory(prefix="bench-server-") as d:
+        tmp = Path(d)
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        log_path = tmp / "server.log"
+        with open(log_path, "w") as server_log:
+            server = start_server(args.config, port, server_log, args.server_cpus, args.face_replay)
+            try:
+                wait_healthy(base, server, log_path)
+                pinned = sorted(os.sched_getaffinity(server.pid)) if args.server_cpus else None
+                state["config"]["server_cpus_observed"] = pinned
+                log(f"server up on {base} ({time.monotonic() - started:.1f} s), pid {server.pid}"
+                    + (f", on cpus {cpu_list(pinned)}" if pinned else ""))
+                run_round(1, base, server.pid, clips, WARMUP_S, fps, tmp, lipsync=False, analyse=False)
+                log("warm-up session done")
+                for n in counts:
+                    if n > config.server.max_sessions:
+                        log(f"N={n} is over the config's max_sessions {config.server.max_sessions}: "
+                            "the extra clients should get a 503")
+                    t = time.monotonic()
+                    try:
+                        rounds[str(n)] = run_round(n, base, server.pid, clips, args.seconds, fps, tmp,
+                                                   lipsync=not args.no_lipsync, decode_all=args.decode_all,
+                                                   save_dir=args.save_dir)
+                    except (RuntimeError, OSError, httpx.HTTPError, ValueError) as exc:
+                        if n == 1:
+                            raise  # no baseline, nothing to compare against
+                        log(f"N={n}: round failed: {exc}")
+                        rounds[str(n)] = {"n": n, "error": str(exc)[-1500:]}
+                        save_state()
+                        with contextlib.suppress(httpx.HTTPError):
+                            wait_sessions(base, 0, 15)
+                        continue
+                    save_state()
+                    e = summarise_round(rounds[str(n)], args.server_cpus, args.client_cpus)
+                    if "error" in e:
+                        log(f"N={n}: {e['error']}")
+                        continue
+                    log(f"N={n}: fps_min {e['fps_min']}, onset->mouth p95 {e['onset_to_mouth_ms']['corrected']['p95']} "
+                        f"ms (corrected), late {e['frames_late']}/{e['frames_sent']}, "
+                        f"server cpu {e['server_cpu_s_per_session_per_s']} s/session/s "
+                        f"({e['server_cpu_cores']} cores) ({time.monotonic() - t:.1f} s)")
+            finally:
+                t = time.monotonic()
+                stop_process(server)
+                log(f"server stopped ({time.monotonic() - t:.1f} s)")
+                if server.returncode not in (0, -signal.SIGINT, None):
+                    log(f"server exit code {server.returncode}; log tail:\n{log_path.read_text()[-2000:]}")
+                elif args.save_dir and log_path.stat().st_size:  # a lent machine: its log is not kept
+                    log(f"server log tail:\n{log_path.read_text()[-2000:]}")
+    state["duration_s"] = round(time.monotonic() - started, 1)
+    return state
+
+
+def summarise_round(r: dict, server_cpus: list[int] | None, client_cpus: list[int] | None) -> dict:
+    if "error" in r:
+        return {"sessions": r["n"], "error": r["error"], "all_sessions_at_24fps": False}
+    try:
+        return summarise(r["n"], r["results"], r["failed"], Snapshot.from_dict(r["a"]), Snapshot.from_dict(r["b"]),
+                         server_cpus, client_cpus)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:  # one odd round must not lose the others
+        if r["n"] == 1:
+            raise
+        return {"sessions": r["n"], "error": f"summary failed: {type(exc).__name__}: {exc}",
+                "all_sessions_at_24fps": False}
+
+
+def report(state: dict, offline: dict | None) -> dict:
+    """The JSON of a run (``measure``'s record; ``finish``'s after the deferred analysis)."""
+    cfg = state["config"]
+    counts = [n for n in cfg["sessions"] if str(n) in state["rounds"]]  # a run cut short has fewer
+    per_n = {k: summarise_round(r, cfg["server_cpus"], cfg["client_cpus"]) for k, r in state["rounds"].items()}
+    base_entry = per_n["1"]
+    passing = [n for n in counts if per_n[str(n)]["all_sessions_at_24fps"]]
+    on_time = [n for n in counts if per_n[str(n)].get("all_sessions_at_24fps_on_time")]
+    deferred = any(r.get("raw") for rnd in state["rounds"].values() for r in rnd.get("results", []))
+    return {
+        "bench": "server",
+        "device": state["device"],
+        "commit": state["commit"],
+        "config": {**cfg, "declared_latency_ms": base_entry.get("declared_latency_ms"),
+                   "probe_analysis": state.get("analysed_on") or ("deferred: stored with --save-dir, not analysed yet "
+                                                                  "(bench/server.py --finish DIR)" if deferred
+                                                                  else "in the probe client, after each round")},
         "baseline": {**base_entry, "offline_render": offline},
         "candidate": {
             "sessions_at_25fps": max(passing, default=0),
@@ -672,6 +813,95 @@ def main() -> int:
                     "sessions_at_25fps": ">= 4 (aim 6)"},
         "method": METHOD,
     }
+
+
+def speech_clips() -> list[np.ndarray]:
+    log("making the microphone signal (espeak-ng, or $EMO_STREAM_TEST_CACHE's copies)")
+    return [load_audio(media.espeak_wav(text), sample_rate=RATE) for text in UTTERANCES]
+
+
+def finish(folder: Path) -> int:
+    """Complete a --save-dir run here: the probe clients' face mesh and lip-sync, and the offline render."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from live_load import analyse_saved
+
+    state = json.loads((folder / "state.json").read_text())
+    for key, rnd in state["rounds"].items():
+        for i, r in enumerate(rnd.get("results", [])):
+            if not r.get("raw"):
+                continue
+            t = time.monotonic()
+            try:
+                full = analyse_saved(folder / r["raw"], lipsync=state["lipsync"])
+            except Exception as exc:  # one bad file: report it, keep the rest
+                full = {"error": f"analysis of {r['raw']} failed: {type(exc).__name__}: {exc}"}
+            rnd["results"][i] = {**full, "client": r["client"], "declared_latency_ms": r.get("declared_latency_ms"),
+                                 "raw": r["raw"]}
+            log(f"N={key}: probe analysed ({time.monotonic() - t:.1f} s)")
+    state["analysed_on"] = (f"face mesh and lip-sync of the stored probe streams, and the offline render, afterwards "
+                            f"(--finish) on {cpu_model()}, {os.cpu_count()} cores, commit {commit()}")
+    config = load_config(REPO / state["config"]["config_file"])
+    clips = speech_clips()
+    with tempfile.TemporaryDirectory(prefix="bench-server-") as d:
+        log("offline render of the same signal (the animator's own A/V offset)")
+        offline = offline_reference(clips, state["config"]["seconds_per_round"], config, Path(d))
+    print(json.dumps(report(state, offline), indent=2))
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="live-core benchmark (prints one JSON object)")
+    parser.add_argument("--config", type=Path, default=REPO / "configs" / "default.yaml")
+    parser.add_argument("--sessions", default="1,2,4,6", help="comma-separated session counts (1 is always run)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="seconds each round's sessions run together")
+    parser.add_argument("--no-lipsync", action="store_true", help="skip the recording lip-sync (faster)")
+    parser.add_argument("--decode-all", action="store_true",
+                        help="every client decodes video (default: client 0 decodes and measures, the load clients "
+                             "count frames: decoding would take ~0.1 core per session from the server's 2 cores)")
+    parser.add_argument("--server-cpus", type=parse_cpus, default=None, metavar="LIST",
+                        help="pin the server to these CPUs (e.g. 0,1), with as many torch/OpenMP threads")
+    parser.add_argument("--client-cpus", type=parse_cpus, default=None, metavar="LIST",
+                        help="pin the clients and this process to these CPUs (e.g. 2-15)")
+    parser.add_argument("--face-replay", type=Path, default=None, metavar="NPZ",
+                        help="serve without mediapipe: the default portrait's face mesh and matte from "
+                             "bench/face_replay.py record")
+    parser.add_argument("--save-dir", type=Path, default=None, metavar="DIR",
+                        help="store state.json and the probe client's streams (probe-N.npz) here instead of running "
+                             "the face mesh and the offline render; complete later with --finish DIR")
+    parser.add_argument("--finish", type=Path, default=None, metavar="DIR",
+                        help="complete a --save-dir run (needs mediapipe) and print its full JSON")
+    args = parser.parse_args()
+    if args.finish:
+        return finish(args.finish.resolve())
+    counts = sorted({1, *(int(x) for x in args.sessions.split(",") if x.strip())})
+    args.config = args.config.resolve()
+    if args.face_replay:
+        args.face_replay = args.face_replay.resolve()
+    if args.save_dir:
+        args.save_dir = args.save_dir.resolve()
+        args.save_dir.mkdir(parents=True, exist_ok=True)
+    if args.server_cpus and args.client_cpus and set(args.server_cpus) & set(args.client_cpus):
+        parser.error("--server-cpus and --client-cpus overlap")
+    if args.client_cpus:
+        os.sched_setaffinity(0, args.client_cpus)  # this process; the clients inherit it
+    config = load_config(args.config)
+
+    def on_term(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+    started = time.monotonic()
+    clips = speech_clips()
+    state = measure(args, config, clips, counts)
+    if args.save_dir:
+        (args.save_dir / "state.json").write_text(json.dumps(state))
+        log(f"state and probe streams in {args.save_dir}: complete with bench/server.py --finish DIR")
+        offline = None
+    else:
+        with tempfile.TemporaryDirectory(prefix="bench-server-") as d:
+            log("offline render of the same signal (the animator's own A/V offset)")
+            offline = offline_reference(clips, args.seconds, config, Path(d))
+    out = report(state, offline)
     log(f"done in {time.monotonic() - started:.1f} s")
     print(json.dumps(out, indent=2))
     return 0

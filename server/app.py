@@ -171,8 +171,8 @@ class Engine:
                                   "would make them late: try again later", retry_after_s=15)
         # The animator is not all of a session's cost: encoders and the network stack run on the
         # same cores. Refuse when the running sessions are already late, or when one more
-        # session's share of the process's CPU would not fit on this machine's cores.
-        cores = os.cpu_count() or 1
+        # session's share of the process's CPU would not fit on the cores this process may run on.
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         # Sessions still starting are counted at the learned cost, so a burst of offers cannot all slip in.
         projected = max(self.cpu_cores * (running + 1) / running if running else 0.0, self.session_cost * (running + 1))
         if running and (self.late_ratio > 0.05 or projected > 0.9 * cores):
