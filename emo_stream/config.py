@@ -7,6 +7,7 @@ Every section is a dataclass; an unknown key or a value of the wrong type or ran
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -61,8 +62,11 @@ class AnimatorConfig:
     motion: float = 1.0
     checkpoint: str | None = None
     device: str = "cpu"
+    # Sessions the lite backend animates side by side; 0: one per core this process may run on, up to 4.
+    threads: int = 0
 
     def validate(self, prefix: str) -> None:
+        _check(0 <= self.threads <= 64, f"{prefix}.threads", f"must be 0..64, got {self.threads}")
         _check(self.backend in BACKENDS, f"{prefix}.backend", f"must be one of {BACKENDS}, got {self.backend!r}")
         _check(64 <= self.size <= 2048 and self.size % 2 == 0, f"{prefix}.size",
                f"must be an even number of pixels in 64..2048, got {self.size}")
@@ -191,3 +195,15 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             raise ConfigError(f"{section}: expected a mapping")
         data[section][key] = value
     return config_from_dict(data)
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity; ``os.cpu_count()`` where there is none)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def render_threads(config: AnimatorConfig) -> int:
+    """``animator.threads``, with 0 resolved to one per usable core, at most 4."""
+    return config.threads or min(4, usable_cores())

@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from emo_stream.animators import create_animator
 from emo_stream.avatar import AvatarLimits
 from emo_stream.compositing import parse_background
-from emo_stream.config import Config
+from emo_stream.config import Config, render_threads, usable_cores
 from emo_stream.errors import (
     EmoStreamError,
     ImageTooLargeError,
@@ -114,6 +114,9 @@ class Engine:
                 await self._lag_task
         if self.worker is not None:
             await asyncio.to_thread(self.worker.stop)
+        close = getattr(self.animator, "close", None)
+        if close is not None:
+            close()
 
     async def _watch_loop_lag(self) -> None:
         loop = asyncio.get_running_loop()
@@ -172,7 +175,7 @@ class Engine:
         # The animator is not all of a session's cost: encoders and the network stack run on the
         # same cores. Refuse when the running sessions are already late, or when one more
         # session's share of the process's CPU would not fit on the cores this process may run on.
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cores = usable_cores()
         # Sessions still starting are counted at the learned cost, so a burst of offers cannot all slip in.
         projected = max(self.cpu_cores * (running + 1) / running if running else 0.0, self.session_cost * (running + 1))
         if running and (self.late_ratio > 0.05 or projected > 0.9 * cores):
@@ -263,7 +266,7 @@ def build_animator(config: Config) -> Any:
     """The configured backend (loads an emo checkpoint: raises CheckpointError naming a bad part)."""
     a = config.animator
     return create_animator(a.backend, size=a.size, fps=a.fps, motion=a.motion, checkpoint=a.checkpoint,
-                           device=a.device)
+                           device=a.device, threads=render_threads(a))
 
 
 def create_app(config: Config | None = None, vad_factory: Any = None, animator: Any = None) -> FastAPI:
