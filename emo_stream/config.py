@@ -62,11 +62,12 @@ class AnimatorConfig:
     motion: float = 1.0
     checkpoint: str | None = None
     device: str = "cpu"
-    # Sessions the lite backend animates side by side; 0: one per core this process may run on, up to 4.
-    threads: int = 0
+    # Lite render processes (sessions animate in parallel, outside the server's GIL); 0: one per core the
+    # server may run on, at most 4; 1: in the server's own process.
+    processes: int = 0
 
     def validate(self, prefix: str) -> None:
-        _check(0 <= self.threads <= 64, f"{prefix}.threads", f"must be 0..64, got {self.threads}")
+        _check(0 <= self.processes <= 64, f"{prefix}.processes", f"must be 0..64, got {self.processes}")
         _check(self.backend in BACKENDS, f"{prefix}.backend", f"must be one of {BACKENDS}, got {self.backend!r}")
         _check(64 <= self.size <= 2048 and self.size % 2 == 0, f"{prefix}.size",
                f"must be an even number of pixels in 64..2048, got {self.size}")
@@ -204,6 +205,6 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
-def render_threads(config: AnimatorConfig) -> int:
-    """``animator.threads``, with 0 resolved to one per usable core, at most 4."""
-    return config.threads or min(4, usable_cores())
+def render_processes(config: AnimatorConfig) -> int:
+    """``animator.processes``, with 0 resolved to one per usable core, at most 4."""
+    return config.processes or min(4, usable_cores())

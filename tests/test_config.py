@@ -31,7 +31,7 @@ def test_default_file_matches_builtin_defaults():
         ("sever:\n  port: 1\n", "sever"),
         ("animator: 3\n", "animator"),
         ("server:\n  port: true\n", "server.port"),
-        ("animator:\n  threads: -1\n", "animator.threads"),
+        ("animator:\n  processes: -1\n", "animator.processes"),
     ],
 )
 def test_bad_keys_and_values_name_the_key(text, key, tmp_path):
@@ -42,11 +42,11 @@ def test_bad_keys_and_values_name_the_key(text, key, tmp_path):
     assert str(info.value).startswith(key)
 
 
-def test_render_threads_follow_the_usable_cores():
-    from emo_stream.config import AnimatorConfig, render_threads, usable_cores
+def test_render_processes_follow_the_usable_cores():
+    from emo_stream.config import AnimatorConfig, render_processes, usable_cores
 
-    assert render_threads(AnimatorConfig(threads=3)) == 3
-    assert render_threads(AnimatorConfig()) == min(4, usable_cores()) >= 1
+    assert render_processes(AnimatorConfig(processes=3)) == 3
+    assert render_processes(AnimatorConfig()) == min(4, usable_cores()) >= 1
 
 
 def test_overrides_and_errors(tmp_path):

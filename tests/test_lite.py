@@ -71,37 +71,17 @@ def test_same_seed_same_frames_other_seed_differs(animator, avatar):
     assert any(not np.array_equal(x.rgb, y.rgb) for x, y in zip(a, c, strict=True))
 
 
-@pytest.mark.parametrize("threads", [1, 3])
-def test_feed_batch_equals_one_by_one(animator, avatar, threads):
+def test_feed_batch_equals_one_by_one(animator, avatar):
     samples = load_audio(media.espeak_wav("hello"))[: 16_000 * 2]
     windows = list(iter_windows([samples]))
-    batcher = create_animator("lite", size=SIZE, threads=threads)
-    one = [animator.prepare(avatar, seed=s) for s in (1, 2, 3)]
-    many = [batcher.prepare(avatar, seed=s) for s in (1, 2, 3)]
-    try:
-        for w in windows:
-            singles = [animator.feed(w, st) for st in one]
-            batched = batcher.feed_batch([(w, st) for st in many])
-            for x, y in zip(singles, batched, strict=True):
-                assert [f.pts for f in x] == [f.pts for f in y]
-                assert all(np.array_equal(f.rgb, g.rgb) for f, g in zip(x, y, strict=True))
-    finally:
-        batcher.close()
-
-
-def test_render_threads_start_with_the_animator_and_stop_on_close():
-    import threading
-
-    def render_threads():
-        return [t for t in threading.enumerate() if t.name.startswith("lite-render")]
-
-    before = len(render_threads())
-    batcher = create_animator("lite", size=SIZE, threads=2)
-    assert len(render_threads()) == before + 2  # all started up front: none appear later, under load
-    batcher.close()
-    assert len(render_threads()) == before
-    with pytest.raises(ValueError, match="threads"):
-        create_animator("lite", size=SIZE, threads=0)
+    one = [animator.prepare(avatar, seed=s) for s in (1, 2)]
+    many = [animator.prepare(avatar, seed=s) for s in (1, 2)]
+    for w in windows:
+        singles = [animator.feed(w, st) for st in one]
+        batched = animator.feed_batch([(w, st) for st in many])
+        for x, y in zip(singles, batched, strict=True):
+            assert [f.pts for f in x] == [f.pts for f in y]
+            assert all(np.array_equal(f.rgb, g.rgb) for f, g in zip(x, y, strict=True))
 
 
 def test_idle_frames_move_and_reset_closes_the_mouth(animator, avatar):

@@ -10,9 +10,7 @@ past that time), the controller one window more, so frame n comes out with windo
 
 from __future__ import annotations
 
-import threading
 from collections import OrderedDict, deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from emo_stream.animators.lite_motion import MotionController
@@ -47,21 +45,14 @@ class LiteAnimator:
         size: output side in pixels (the avatar must have been prepared at this size).
         fps: frames per second.
         motion: head, brow and gaze motion strength (0..3).
-        threads: sessions animated at once by ``feed_batch`` (the live server's worker: one per core
-            it may use). Each session's state is its own, and the warp is NumPy/OpenCV work that
-            releases the GIL, so the sessions of one tick render side by side instead of queueing.
     """
 
     name = "lite"
 
-    def __init__(self, size: int = 512, fps: int = 25, motion: float = 1.0, threads: int = 1) -> None:
-        if threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
+    def __init__(self, size: int = 512, fps: int = 25, motion: float = 1.0) -> None:
         self.size = size
         self.fps = fps
         self.motion = motion
-        self.threads = threads
-        self._pool = _started_pool(threads) if threads > 1 else None
         # The extractor's lookahead, counted from the frame's time, is covered by the frame's own
         # window for the first frame of it.
         self.latency_frames = max(0, lookahead_frames(fps) - 1) + CONTROLLER_LOOKAHEAD_FRAMES
@@ -110,16 +101,8 @@ class LiteAnimator:
         return self._drain(state, keep=CONTROLLER_LOOKAHEAD_FRAMES)
 
     def feed_batch(self, items: list[tuple[AudioWindow, LiteState]]) -> list[list[Frame]]:
-        # Nothing to gain from stacking sessions on a CPU; with threads they run side by side.
-        if self._pool is None or len(items) < 2:
-            return [self.feed(window, state) for window, state in items]
-        return list(self._pool.map(lambda item: self.feed(*item), items))
-
-    def close(self) -> None:
-        """Stop the render threads (the animator still works afterwards, one session at a time)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        # On the CPU there is nothing to gain from batching: one by one is the batch.
+        return [self.feed(window, state) for window, state in items]
 
     def idle(self, state: LiteState, pts: int) -> Frame:
         params = state.controller.step(None)
@@ -139,13 +122,3 @@ class LiteAnimator:
         state.pending.clear()
         state.frame_pts.clear()
         state.controller.reset_mouth()
-
-
-def _started_pool(threads: int) -> ThreadPoolExecutor:
-    """A pool whose threads all run from the start: one that grew under load would look like a
-    thread leak to the server's thread count (tests/test_live.py counts threads around a session)."""
-    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="lite-render")
-    barrier = threading.Barrier(threads)
-    for future in [pool.submit(barrier.wait) for _ in range(threads)]:
-        future.result()
-    return pool
