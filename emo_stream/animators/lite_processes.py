@@ -5,7 +5,8 @@ event loop. On 2 cores given to the server alone (16-core machine, ``bench/serve
 4 sessions at 512² kept the cores only ~75 % busy while the worker's queue grew to 30–70 ms and the render
 of a window took twice its unloaded time; render *threads* gained nothing (the GIL). Here each process owns
 the ``LiteState`` of its sessions (assigned to the least loaded process at ``prepare``) and the parent only
-holds handles; frames come back pickled over a pipe (~1 MB per 512² frame: well under a millisecond).
+holds handles; frames come back pickled over a pipe (~1 MB per 512² frame: well under a millisecond). The
+avatar's rig (face mesh, person matte: mediapipe) is built once, here, and sent to each process that needs it.
 
 Calls come from one thread (the server's inference worker), like any animator's; a batch sends every
 process its part before it waits for any reply, so the processes work side by side. Errors raised in a
@@ -18,11 +19,13 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.connection
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 from emo_stream.types import AudioWindow, Avatar, Frame
 
+RIG_CACHE_SIZE = 16
 START_TIMEOUT_S = 60.0  # a spawned process imports NumPy and OpenCV before it answers
 BUILTIN_ERRORS = {"ValueError": ValueError, "KeyError": KeyError, "TypeError": TypeError}
 
@@ -65,6 +68,7 @@ class LiteProcessAnimator:
         # Sessions per avatar cache key in each process (a process keeps an avatar while a session uses it).
         self._avatars: list[dict[str, int]] = [{} for _ in range(processes)]
         self._sessions = [0] * processes
+        self._rigs: OrderedDict[str, Any] = OrderedDict()
         self._next_key = 0
         self._lock = threading.Lock()  # one caller at a time: replies are matched to requests by order
 
@@ -80,9 +84,11 @@ class LiteProcessAnimator:
             index = min(range(self.processes), key=lambda i: self._sessions[i])
             key = self._next_key
             self._next_key += 1
-            # The avatar travels once per process; later sessions name it by its cache key.
-            known = avatar.cache_key in self._avatars[index]
-            self._call(index, ("prepare", key, avatar.cache_key if known else avatar, seed))
+            # The avatar and its rig travel once per process; later sessions name them by the cache key.
+            if avatar.cache_key in self._avatars[index]:
+                self._call(index, ("prepare", key, avatar.cache_key, None, seed))
+            else:
+                self._call(index, ("prepare", key, avatar, self._rig(avatar), seed))
             users = self._avatars[index]
             users[avatar.cache_key] = users.get(avatar.cache_key, 0) + 1
             self._sessions[index] += 1
@@ -134,6 +140,17 @@ class LiteProcessAnimator:
             self._conns, self._procs = [], []
 
     # ------------------------------------------------------------------ plumbing
+    def _rig(self, avatar: Avatar) -> Any:
+        from emo_stream.animators.lite_rig import build_rig
+
+        rig = self._rigs.get(avatar.cache_key)
+        if rig is None:
+            rig = self._rigs[avatar.cache_key] = build_rig(avatar)
+            while len(self._rigs) > RIG_CACHE_SIZE:
+                self._rigs.popitem(last=False)
+        self._rigs.move_to_end(avatar.cache_key)
+        return rig
+
     def _scatter(self, op: str, items: list[tuple[ProcessState, Any]]) -> list[Any]:
         """Send each process its share of ``items`` at once, then gather the replies in ``items``' order."""
         shares: dict[int, list[int]] = {}
@@ -183,7 +200,7 @@ def _serve(conn: multiprocessing.connection.Connection, size: int, fps: int, mot
     from emo_stream.animators.lite import LiteAnimator  # imported here: the parent may never render
 
     animator = LiteAnimator(size=size, fps=fps, motion=motion)
-    avatars: dict[str, Avatar] = {}
+    avatars: dict[str, tuple[Avatar, Any]] = {}  # cache key -> the avatar and its rig
     states: dict[int, Any] = {}
     conn.send(("ok", animator.latency_frames))
     while True:
@@ -196,11 +213,11 @@ def _serve(conn: multiprocessing.connection.Connection, size: int, fps: int, mot
             return
         try:
             if op == "prepare":
-                _, key, avatar, seed = message
+                _, key, avatar, rig, seed = message
                 if isinstance(avatar, str):
-                    avatar = avatars[avatar]
-                avatars[avatar.cache_key] = avatar
-                states[key] = animator.prepare(avatar, seed=seed)
+                    avatar, rig = avatars[avatar]
+                avatars[avatar.cache_key] = (avatar, rig)
+                states[key] = animator.prepare(avatar, seed=seed, rig=rig)
                 result: Any = None
             elif op == "feed":
                 result = [animator.feed(window, states[key]) for key, window in message[1]]
