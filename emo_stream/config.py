@@ -62,9 +62,10 @@ class AnimatorConfig:
     motion: float = 1.0
     checkpoint: str | None = None
     device: str = "cpu"
-    # Lite render processes (sessions animate in parallel, outside the server's GIL); 0: one per core the
-    # server may run on, at most 4; 1: in the server's own process.
-    processes: int = 0
+    # Lite render processes (sessions animate in parallel, outside the server's GIL); 1: in the server's own
+    # process; 0: one per core the server may run on, at most 4. On 2 cores the server is CPU-bound, not
+    # GIL-bound, and processes gained nothing (README "Live capacity"): for machines with more cores.
+    processes: int = 1
 
     def validate(self, prefix: str) -> None:
         _check(0 <= self.processes <= 64, f"{prefix}.processes", f"must be 0..64, got {self.processes}")

@@ -46,7 +46,8 @@ def test_render_processes_follow_the_usable_cores():
     from emo_stream.config import AnimatorConfig, render_processes, usable_cores
 
     assert render_processes(AnimatorConfig(processes=3)) == 3
-    assert render_processes(AnimatorConfig()) == min(4, usable_cores()) >= 1
+    assert render_processes(AnimatorConfig()) == 1
+    assert render_processes(AnimatorConfig(processes=0)) == min(4, usable_cores()) >= 1
 
 
 def test_overrides_and_errors(tmp_path):
