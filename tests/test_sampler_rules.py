@@ -269,6 +269,31 @@ def test_residual_decoding_gives_the_portrait_back_where_nothing_changed():
     torch.testing.assert_close(change[inside], decoded_change.float()[inside], atol=1e-4, rtol=0)
 
 
+def test_residual_decoding_changes_only_the_generated_region():
+    """With a generated region, residual decoding shows the decoded change inside the region only: a changed
+    latent in the lower face moves the tiny VAE's output everywhere (its group norms and attention see the whole
+    frame), but the frame outside the region stays the portrait, in the pipeline and the streaming batch."""
+    pipe = tiny_pipe(guidance_scale=1.0, decode_residual=True, generate_region="lower_face")
+    face = np.zeros((64, 64), np.float32)
+    face[16:48, 20:44] = 1.0
+    state = pipe.prepare_portrait(PORTRAIT, face_mask=face)
+    moved = state.latents[:, :, None].repeat(1, 1, 2, 1, 1)
+    region = state.generate_mask[0, 0] > 0.5
+    moved[0, :, 1][:, region] += 1.5  # only latents inside the region change
+    raw = pipe.decode_frames(moved[0].permute(1, 0, 2, 3)) - pipe.decode_frames(state.latents)
+    pixel_mask = torch.nn.functional.interpolate(state.generate_mask, size=raw.shape[-2:], mode="bilinear")[0, 0]
+    far = pixel_mask == 0
+    assert raw[1][:, far].abs().max() > 0.01  # the decoder alone moves pixels far from the region
+    portrait01 = ((state.pixels[0].float() + 1) / 2).clamp(0, 1)
+    out = pipe.decode_latents(moved, "vae", state)
+    torch.testing.assert_close(out[1][:, far], portrait01[:, far], atol=1e-6, rtol=0)
+    core = pixel_mask >= 0.9 * pixel_mask.max()
+    assert (out[1] - portrait01)[:, core].abs().mean() > 0.01  # inside: the change shows
+    batch = decode_batch(pipe, moved, "vae", [state])
+    expected = (out.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
+    assert np.abs(batch[0].astype(int) - expected.astype(int)).max() <= 1
+
+
 @pytest.mark.parametrize("region", ["lower_face", "face"])
 def test_generated_region_keeps_the_portrait_latents_outside_it(region):
     """``generate_region``: outside the region every frame ends as the portrait's own latents (inpainting), in the

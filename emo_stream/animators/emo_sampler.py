@@ -151,9 +151,9 @@ def decode_batch(pipe: EmoPipeline, latents: torch.Tensor, decoder: str,
     batch, channels, frames, height, width = latents.shape
     flat = latents.permute(0, 2, 1, 3, 4).reshape(batch * frames, channels, height, width)
     images = pipe.decode_frames(flat, decoder).float()
-    bases = [pipe.residual_base(p, decoder) for p in portraits] if portraits is not None else [None]
-    if all(b is not None for b in bases):
-        images = images + torch.cat(bases).repeat_interleave(frames, dim=0)
+    if portraits is not None:
+        rows = images.reshape(batch, frames, *images.shape[1:])
+        images = torch.cat([pipe.compose_residual(rows[b], p, decoder) for b, p in enumerate(portraits)])
     images = ((images + 1.0) / 2.0).clamp(0.0, 1.0)
     pixels = (images.permute(0, 2, 3, 1) * 255.0).round().to(torch.uint8).cpu().numpy()
     return pixels.reshape(batch, frames, *pixels.shape[1:])

@@ -465,15 +465,30 @@ class EmoPipeline(DiffusionPipeline):
             state.residual_bases[decoder] = base
         return base
 
+    def compose_residual(self, images: torch.Tensor, state: PortraitState | None, decoder: str) -> torch.Tensor:
+        """Decoded frames [N, 3, S, S] in [-1, 1] of one portrait → what is shown: with ``decode_residual``, the
+        portrait plus the decoded change, and that change only inside the generated region (``generate_mask``,
+        upsampled; its one-latent feather blends the seam). The decoder's group norms and attention see the whole
+        frame, so a new mouth also moves its output far from the mouth (on a portrait unlike the training ones,
+        the whole frame); outside the region the portrait's own pixels are what the sampler kept anyway."""
+        base = self.residual_base(state, decoder)
+        if base is None:
+            return images
+        images = images + base
+        if state.generate_mask is None:
+            return images
+        mask = F.interpolate(state.generate_mask.float(), size=images.shape[-2:], mode="bilinear",
+                             align_corners=False).clamp(0.0, 1.0)
+        pixels = state.pixels.float()
+        return pixels + mask * (images - pixels)
+
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor, decoder: str = "vae",
                        portrait: PortraitState | None = None) -> torch.Tensor:
-        """[1, C, F, h, w] latents → [F, 3, H, W] RGB in [0, 1] with the VAE or the small decoder (plus the
-        portrait's residual base when the checkpoint decodes residually and ``portrait`` is given)."""
+        """[1, C, F, h, w] latents → [F, 3, H, W] RGB in [0, 1] with the VAE or the small decoder (composed on
+        the portrait, ``compose_residual``, when the checkpoint decodes residually and ``portrait`` is given)."""
         images = self.decode_frames(latents[0].permute(1, 0, 2, 3), decoder).float()
-        base = self.residual_base(portrait, decoder)
-        if base is not None:
-            images = images + base
+        images = self.compose_residual(images, portrait, decoder)
         return ((images + 1.0) / 2.0).clamp(0.0, 1.0)
 
     @torch.no_grad()
