@@ -57,12 +57,16 @@ def espeak_wav(text_key: str, voice: str = "en-us", speed: int = 150, pitch: int
 
 
 def sox(name: str, *args: str) -> Path:
-    """Run sox with ``args`` (output path substituted for ``{out}``), cached."""
-    recipe = "sox|" + "|".join(args)
+    """Run sox with ``args`` (output path substituted for ``{out}``), cached.
+
+    ``-R``: sox dithers every 16-bit output with fresh random noise (±2 levels) unless told to repeat its
+    random sequence; without it a fresh checkout made different audio, so ``make train-tiny`` trained on
+    different teacher videos each time it ran."""
+    recipe = "sox|-R|" + "|".join(args)
     out = _cached(name, recipe)
     if not out.exists():
         tmp = out.with_name(out.stem + ".tmp" + out.suffix)
-        subprocess.run([_require("sox"), *[a.replace("{out}", str(tmp)) for a in args]],
+        subprocess.run([_require("sox"), "-R", *[a.replace("{out}", str(tmp)) for a in args]],
                        check=True, capture_output=True)
         tmp.rename(out)
     return out
