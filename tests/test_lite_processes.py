@@ -81,4 +81,6 @@ def test_a_dead_process_raises_and_close_stops_the_rest(avatar):
     assert spread.idle(states[1], 0).rgb.shape == (SIZE, SIZE, 3)  # the other process still serves
     spread.close()
     spread.close()  # idempotent
+    with pytest.raises(RenderProcessError, match="closed"):
+        spread.prepare(avatar)
     assert not [p for p in multiprocessing.active_children() if p.name.startswith("lite-render")]

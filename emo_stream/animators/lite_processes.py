@@ -63,14 +63,18 @@ class LiteProcessAnimator:
             child.close()
             self._conns.append(parent)
             self._procs.append(proc)
-        latencies = {self._receive(index, timeout=START_TIMEOUT_S) for index in range(processes)}
+        self._lock = threading.Lock()  # one caller at a time: replies are matched to requests by order
+        try:
+            latencies = {self._receive(index, timeout=START_TIMEOUT_S) for index in range(processes)}
+        except Exception:
+            self.close()  # none left running behind a failed start
+            raise
         self.latency_frames = latencies.pop()
         # Sessions per avatar cache key in each process (a process keeps an avatar while a session uses it).
         self._avatars: list[dict[str, int]] = [{} for _ in range(processes)]
         self._sessions = [0] * processes
         self._rigs: OrderedDict[str, Any] = OrderedDict()
         self._next_key = 0
-        self._lock = threading.Lock()  # one caller at a time: replies are matched to requests by order
 
     @property
     def processes(self) -> int:
@@ -81,6 +85,8 @@ class LiteProcessAnimator:
         if avatar.size != self.size:
             raise ValueError(f"avatar is {avatar.size}px but the animator renders {self.size}px")
         with self._lock:
+            if not self._procs:
+                raise RenderProcessError("the lite render processes were closed")
             index = min(range(self.processes), key=lambda i: self._sessions[i])
             key = self._next_key
             self._next_key += 1
