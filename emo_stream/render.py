@@ -11,6 +11,7 @@ import contextlib
 import math
 import os
 import queue
+import signal
 import tempfile
 import threading
 import time
@@ -225,7 +226,8 @@ def render_file(image: str | Path, audio: str | Path, output: str | Path,
     tmp = Path(tmp_name)
     frames = 0
     try:
-        with av.open(str(tmp), "w") as container, _progress(expected_frames, progress) as bar:
+        with (av.open(str(tmp), "w") as container, _progress(expected_frames, progress) as bar,
+              _ctrl_c_as_flag() as interrupted):
             video, pixel_format, audio_codec = _video_stream(container, output, options)
             track = _AudioTrack(container, audio, options.fps, audio_codec)
             frames_out: queue.Queue = queue.Queue(maxsize=16)
@@ -238,7 +240,12 @@ def render_file(image: str | Path, audio: str | Path, output: str | Path,
             producer.start()
             try:
                 while True:
-                    item = frames_out.get()
+                    if interrupted.is_set():
+                        raise KeyboardInterrupt
+                    try:
+                        item = frames_out.get(timeout=0.2)
+                    except queue.Empty:
+                        continue
                     if item is _END:
                         break
                     if isinstance(item, BaseException):
@@ -268,3 +275,19 @@ def render_file(image: str | Path, audio: str | Path, output: str | Path,
     return RenderSummary(output=str(output), frames=frames, fps=options.fps, duration_s=frames / options.fps,
                          audio_duration_s=info.duration_s or samples / ENGINE_RATE,
                          render_s=time.perf_counter() - started, backend=options.backend, size=options.size)
+
+
+@contextlib.contextmanager
+def _ctrl_c_as_flag():
+    """While frames encode, Ctrl-C sets a flag the loop checks every frame instead of raising where it lands: a
+    KeyboardInterrupt raised inside a codec's callback can be swallowed there, and the render then ran to the
+    end and exited 0 (seen once in CI). Off the main thread (no signal handlers there) the flag never sets."""
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: flag.set())
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
