@@ -45,7 +45,7 @@ def test_same_frames_as_in_process(spread, avatar):
     here = [local.prepare(avatar, seed=s) for s in seeds]
     there = [spread.prepare(avatar, seed=s) for s in seeds]
     assert sorted({s.process for s in there}) == [0, 1]  # spread over both processes
-    assert list(spread._rigs) == [avatar.cache_key]  # the rig is built here, once, and sent
+    assert list(spread._rigs._rigs) == [avatar.cache_key]  # the rig is built here, once, and sent
     samples = load_audio(media.espeak_wav("hello"))[: 16_000 * 2]
     for window in iter_windows([samples]):
         _same([f for st in here for f in local.feed(window, st)],

@@ -58,7 +58,8 @@ class LiteAnimator:
         self.latency_frames = max(0, lookahead_frames(fps) - 1) + CONTROLLER_LOOKAHEAD_FRAMES
         self._rigs: OrderedDict[str, AvatarRig] = OrderedDict()
 
-    def _rig(self, avatar: Avatar) -> AvatarRig:
+    def rig(self, avatar: Avatar) -> AvatarRig:
+        """The avatar's rig (face mesh, matte: the per-portrait work), built once and cached by its key."""
         rig = self._rigs.get(avatar.cache_key)
         if rig is None:
             rig = build_rig(avatar)
@@ -70,10 +71,10 @@ class LiteAnimator:
         return rig
 
     def prepare(self, avatar: Avatar, seed: int = 0, rig: AvatarRig | None = None) -> LiteState:
-        """A session on ``avatar``; ``rig``: one built elsewhere for it (``build_rig``), else built and cached here."""
+        """A session on ``avatar``; ``rig``: one built elsewhere for it (``rig``), else built and cached here."""
         if avatar.size != self.size:
             raise ValueError(f"avatar is {avatar.size}px but the animator renders {self.size}px")
-        return LiteState(avatar=avatar, renderer=LiteRenderer(rig if rig is not None else self._rig(avatar)),
+        return LiteState(avatar=avatar, renderer=LiteRenderer(rig if rig is not None else self.rig(avatar)),
                          extractor=FeatureExtractor(sample_rate=16_000, fps=self.fps),
                          controller=MotionController(fps=self.fps, motion=self.motion, seed=seed))
 

@@ -19,13 +19,12 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.connection
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from emo_stream.animators.lite import LiteAnimator
 from emo_stream.types import AudioWindow, Avatar, Frame
 
-RIG_CACHE_SIZE = 16
 START_TIMEOUT_S = 60.0  # a spawned process imports NumPy and OpenCV before it answers
 BUILTIN_ERRORS = {"ValueError": ValueError, "KeyError": KeyError, "TypeError": TypeError}
 
@@ -73,7 +72,7 @@ class LiteProcessAnimator:
         # Sessions per avatar cache key in each process (a process keeps an avatar while a session uses it).
         self._avatars: list[dict[str, int]] = [{} for _ in range(processes)]
         self._sessions = [0] * processes
-        self._rigs: OrderedDict[str, Any] = OrderedDict()
+        self._rigs = LiteAnimator(size=size, fps=fps, motion=motion)  # builds and caches rigs; never renders here
         self._next_key = 0
 
     @property
@@ -94,7 +93,7 @@ class LiteProcessAnimator:
             if avatar.cache_key in self._avatars[index]:
                 self._call(index, ("prepare", key, avatar.cache_key, None, seed))
             else:
-                self._call(index, ("prepare", key, avatar, self._rig(avatar), seed))
+                self._call(index, ("prepare", key, avatar, self._rigs.rig(avatar), seed))
             users = self._avatars[index]
             users[avatar.cache_key] = users.get(avatar.cache_key, 0) + 1
             self._sessions[index] += 1
@@ -146,17 +145,6 @@ class LiteProcessAnimator:
             self._conns, self._procs = [], []
 
     # ------------------------------------------------------------------ plumbing
-    def _rig(self, avatar: Avatar) -> Any:
-        from emo_stream.animators.lite_rig import build_rig
-
-        rig = self._rigs.get(avatar.cache_key)
-        if rig is None:
-            rig = self._rigs[avatar.cache_key] = build_rig(avatar)
-            while len(self._rigs) > RIG_CACHE_SIZE:
-                self._rigs.popitem(last=False)
-        self._rigs.move_to_end(avatar.cache_key)
-        return rig
-
     def _scatter(self, op: str, items: list[tuple[ProcessState, Any]]) -> list[Any]:
         """Send each process its share of ``items`` at once, then gather the replies in ``items``' order."""
         shares: dict[int, list[int]] = {}
@@ -203,8 +191,6 @@ class LiteProcessAnimator:
 
 def _serve(conn: multiprocessing.connection.Connection, size: int, fps: int, motion: float) -> None:
     """A render process: a ``LiteAnimator`` and the states of its sessions, driven over ``conn``."""
-    from emo_stream.animators.lite import LiteAnimator  # imported here: the parent may never render
-
     animator = LiteAnimator(size=size, fps=fps, motion=motion)
     avatars: dict[str, tuple[Avatar, Any]] = {}  # cache key -> the avatar and its rig
     states: dict[int, Any] = {}
