@@ -266,8 +266,7 @@ def build_animator(config: Config) -> Any:
     """The configured backend (loads an emo checkpoint: raises CheckpointError naming a bad part)."""
     a = config.animator
     return create_animator(a.backend, size=a.size, fps=a.fps, motion=a.motion, checkpoint=a.checkpoint,
-                           device=a.device,
-                           processes=render_processes(a) if a.backend == "lite" else 1)
+                           device=a.device, processes=render_processes(a))
 
 
 def create_app(config: Config | None = None, vad_factory: Any = None, animator: Any = None) -> FastAPI:

@@ -33,8 +33,9 @@ def create_animator(backend: str = "lite", *, size: int = 512, fps: int = 25, mo
     """Make the animator for ``backend``; the emo backend is imported only when asked for.
 
     ``processes``: the lite backend's render processes (1: in this process; more: ``LiteProcessAnimator``,
-    sessions animate in parallel). The emo backend batches sessions on its device instead. ``emo_options`` go to ``EmoAnimator.from_checkpoint`` (e.g. ``decoder="vae", realtime=False``
-    for offline renders); the lite backend takes none.
+    sessions animate in parallel); the emo backend batches sessions on its device instead. ``emo_options`` go
+    to ``EmoAnimator.from_checkpoint`` (e.g. ``decoder="vae", realtime=False`` for offline renders); the lite
+    backend takes none.
     """
     if backend == "lite":
         from emo_stream.animators.lite import LiteAnimator

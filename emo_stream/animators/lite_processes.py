@@ -71,7 +71,6 @@ class LiteProcessAnimator:
         self.latency_frames = latencies.pop()
         # Sessions per avatar cache key in each process (a process keeps an avatar while a session uses it).
         self._avatars: list[dict[str, int]] = [{} for _ in range(processes)]
-        self._sessions = [0] * processes
         self._rigs = LiteAnimator(size=size, fps=fps, motion=motion)  # builds and caches rigs; never renders here
         self._next_key = 0
 
@@ -86,7 +85,7 @@ class LiteProcessAnimator:
         with self._lock:
             if not self._procs:
                 raise RenderProcessError("the lite render processes were closed")
-            index = min(range(self.processes), key=lambda i: self._sessions[i])
+            index = min(range(self.processes), key=lambda i: sum(self._avatars[i].values()))  # least loaded
             key = self._next_key
             self._next_key += 1
             # The avatar and its rig travel once per process; later sessions name them by the cache key.
@@ -96,7 +95,6 @@ class LiteProcessAnimator:
                 self._call(index, ("prepare", key, avatar, self._rigs.rig(avatar), seed))
             users = self._avatars[index]
             users[avatar.cache_key] = users.get(avatar.cache_key, 0) + 1
-            self._sessions[index] += 1
         return ProcessState(avatar=avatar, process=index, key=key)
 
     def feed(self, window: AudioWindow, state: ProcessState) -> list[Frame]:
@@ -123,7 +121,6 @@ class LiteProcessAnimator:
         """The session ended: its process drops the ``LiteState``."""
         with self._lock:
             self._call(state.process, ("release", state.key))
-            self._sessions[state.process] -= 1
             users = self._avatars[state.process]
             users[state.avatar.cache_key] -= 1
             if not users[state.avatar.cache_key]:
