@@ -162,7 +162,11 @@ def main() -> int:
         record(args.out, args.size)
         return 0
     install(args.replay)
+    from server import shards
     from server.cli import main as cli_main
+
+    # Session processes (server.processes) replay the same recording.
+    shards.CHILD_COMMAND = [sys.executable, str(Path(__file__).resolve()), "run", str(args.replay.resolve())]
 
     return cli_main(args.cli_args)
 

@@ -33,8 +33,14 @@ class ServerConfig:
     # Ticks of slack, beyond the animator's lookahead and the window's own tick, for the worker's
     # compute and the network's jitter: 0 is the lowest latency, 1 rides out busy moments.
     delay_margin_ticks: int = 1
+    # Session processes: each runs its own sessions' peers, worker and animator, so sessions on different
+    # processes do not share one interpreter's lock (README "Live capacity"). 1: all in the server's own
+    # process; 0: one per core the server may use, at most 4 (the lite backend only: a GPU backend keeps one
+    # worker per device).
+    processes: int = 0
 
     def validate(self, prefix: str) -> None:
+        _check(0 <= self.processes <= 64, f"{prefix}.processes", f"must be 0..64, got {self.processes}")
         _check(0 <= self.port <= 65535, f"{prefix}.port", f"must be 0..65535, got {self.port}")
         _check(self.max_sessions >= 1, f"{prefix}.max_sessions", f"must be >= 1, got {self.max_sessions}")
         _check(0 <= self.delay_margin_ticks <= 10, f"{prefix}.delay_margin_ticks",
@@ -204,6 +210,15 @@ def usable_cores() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
+
+
+def session_processes(config: Config) -> int:
+    """``server.processes`` resolved: 0 is one per usable core (at most 4 and at most ``max_sessions``);
+    backends other than lite always serve from one process (one worker per device)."""
+    if config.animator.backend != "lite":
+        return 1
+    wanted = config.server.processes or min(4, usable_cores())
+    return max(1, min(wanted, config.server.max_sessions))
 
 
 def render_processes(config: AnimatorConfig) -> int:

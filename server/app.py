@@ -42,6 +42,7 @@ from server.avatars import DEFAULT_AVATAR_ID, AvatarStore, default_portrait_byte
 from server.codecs import install_portrait_encoders
 from server.errors import error_body, status_for
 from server.sessions import Session, SessionOptions, SessionRegistry
+from server.shards import ShardRole
 from server.telemetry import Telemetry
 from server.worker import InferenceWorker
 
@@ -72,8 +73,10 @@ class OfferBody(BaseModel):
 class Engine:
     """What the app owns: the animator, the worker, avatars, sessions and telemetry."""
 
-    def __init__(self, config: Config, vad_factory: Any = None, animator: Any = None) -> None:
+    def __init__(self, config: Config, vad_factory: Any = None, animator: Any = None,
+                 shard: ShardRole | None = None) -> None:
         self.config = config
+        self.shard = shard
         install_portrait_encoders()
         self.telemetry = Telemetry()
         self.avatars = AvatarStore(config.animator.size, AvatarLimits(
@@ -175,7 +178,8 @@ class Engine:
         # The animator is not all of a session's cost: encoders and the network stack run on the
         # same cores. Refuse when the running sessions are already late, or when one more
         # session's share of the process's CPU would not fit on the cores this process may run on.
-        cores = usable_cores()
+        # A session process shares the cores with its siblings: it counts its share.
+        cores = usable_cores() / (self.shard.count if self.shard else 1)
         # Sessions still starting are counted at the learned cost, so a burst of offers cannot all slip in.
         projected = max(self.cpu_cores * (running + 1) / running if running else 0.0, self.session_cost * (running + 1))
         if running and (self.late_ratio > 0.05 or projected > 0.9 * cores):
@@ -213,7 +217,8 @@ class Engine:
         session = Session(avatar, options, self.worker, self.telemetry, self.config.server.ice_servers,
                           latency_frames=self.animator.latency_frames, vad_factory=self.vad_factory,
                           delay_margin_ticks=max(self.config.server.delay_margin_ticks,
-                                                 getattr(self.animator, "margin_ticks", 0)))
+                                                 getattr(self.animator, "margin_ticks", 0)),
+                          id_prefix=self.shard.session_prefix if self.shard else "")
         try:
             answer = await session.accept(offer_sdp, offer_type)
         except BaseException:
@@ -269,11 +274,13 @@ def build_animator(config: Config) -> Any:
                            device=a.device, processes=render_processes(a))
 
 
-def create_app(config: Config | None = None, vad_factory: Any = None, animator: Any = None) -> FastAPI:
+def create_app(config: Config | None = None, vad_factory: Any = None, animator: Any = None,
+               shard: ShardRole | None = None) -> FastAPI:
     """Build the app for ``config`` (defaults when None); ``vad_factory`` injects the VAD and
-    ``animator`` a backend made beforehand (so a bad checkpoint fails before serving)."""
+    ``animator`` a backend made beforehand (so a bad checkpoint fails before serving); ``shard`` makes it
+    one of several session processes behind ``server.router``."""
     config = config or Config()
-    engine = Engine(config, vad_factory, animator)
+    engine = Engine(config, vad_factory, animator, shard)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -136,6 +136,11 @@ class AvatarStore:
                 (staging / "thumb.jpg").write_bytes(thumb)
                 (staging / "meta.json").write_text(json.dumps(asdict(record)))
                 staging.replace(folder)
+            except OSError:
+                shutil.rmtree(staging, ignore_errors=True)
+                # Another process of this server (server.shards) stored the same bytes first: its copy stands.
+                if not (folder / "meta.json").is_file():
+                    raise
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise

@@ -25,28 +25,58 @@ REPO_DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "defa
 def _cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from emo_stream.config import load_config
+    from emo_stream.config import load_config, session_processes
     from emo_stream.errors import ConfigError
     from server.app import create_app
 
     config_path = args.config or (REPO_DEFAULT_CONFIG if REPO_DEFAULT_CONFIG.is_file() else None)
     config = load_config(config_path, {"server.host": args.host, "server.port": args.port,
-                                       "server.token": args.token or None, "server.data_dir": args.data_dir})
+                                       "server.token": args.token or None, "server.data_dir": args.data_dir,
+                                       "server.processes": args.processes})
     if config.server.host not in ("127.0.0.1", "localhost", "::1") and not config.server.token:
         raise ConfigError(f"binding {config.server.host} exposes the server: set a token "
                           "(--token T or EMO_STREAM_TOKEN) or bind 127.0.0.1")
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ConfigError("TLS needs both --tls-cert and --tls-key")
-    from server.app import build_animator
-
-    animator = build_animator(config)  # a bad checkpoint is a one-line error before the server starts
     from server.logs import configure
 
-    configure(args.log_level, as_json=args.log_json)
-    app = create_app(config, animator=animator)
+    if args.shard is not None:  # one session process of a server (server.shards): the app on the given socket
+        from server.shards import ShardRole
+
+        role = ShardRole.parse(args.shard)
+        from server.app import build_animator
+
+        configure(args.log_level, as_json=args.log_json)
+        app = create_app(config, animator=build_animator(config), shard=role)
+        uvicorn.run(app, fd=args.fd, log_level=args.log_level, log_config=None)
+        return 0
+    processes = session_processes(config)
     scheme = "https" if args.tls_cert else "http"
-    print(f"emo-stream serving on {scheme}://{config.server.host}:{config.server.port} "
-          f"(backend {config.animator.backend})", file=sys.stderr, flush=True)
+    if processes > 1:
+        from server.router import create_router_app
+        from server.shards import ShardPool
+
+        configure(args.log_level, as_json=args.log_json)
+        child_args = ["--log-level", args.log_level, *(["--log-json"] if args.log_json else [])]
+        if config_path is not None:
+            child_args += ["--config", str(config_path)]
+        if config.server.data_dir:
+            child_args += ["--data-dir", str(config.server.data_dir)]
+        env = dict(os.environ)
+        env.pop("EMO_STREAM_TOKEN", None)
+        if config.server.token:
+            env["EMO_STREAM_TOKEN"] = config.server.token  # not on a command line, where ps shows it
+        app = create_router_app(config, ShardPool(processes, child_args, env))
+        print(f"emo-stream serving on {scheme}://{config.server.host}:{config.server.port} "
+              f"(backend {config.animator.backend}, {processes} session processes)", file=sys.stderr, flush=True)
+    else:
+        from server.app import build_animator
+
+        animator = build_animator(config)  # a bad checkpoint is a one-line error before the server starts
+        configure(args.log_level, as_json=args.log_json)
+        app = create_app(config, animator=animator)
+        print(f"emo-stream serving on {scheme}://{config.server.host}:{config.server.port} "
+              f"(backend {config.animator.backend})", file=sys.stderr, flush=True)
     uvicorn.run(app, host=config.server.host, port=config.server.port, log_level=args.log_level,
                 ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key, log_config=None)
     return 0
@@ -77,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-key", help="TLS private key (PEM)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--log-json", action="store_true", help="one JSON object per log line")
+    serve.add_argument("--processes", type=int, help="session processes (server.processes; 0 = one per core, "
+                       "at most 4; 1 = all sessions in this process)")
+    # A session process of a multi-process server (server.shards) serves the app on a socket it inherits.
+    serve.add_argument("--shard", help=argparse.SUPPRESS)
+    serve.add_argument("--fd", type=int, help=argparse.SUPPRESS)
     serve.set_defaults(func=_cmd_serve)
 
     metrics = sub.add_parser("metrics", help="score a video: lip-sync, mouth range, blinks, head motion (JSON)")

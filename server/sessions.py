@@ -113,8 +113,9 @@ class Session:
     """One peer: its connection, input buffers, frames by tick, clock and tracks."""
 
     def __init__(self, avatar: Avatar, options: SessionOptions, worker: InferenceWorker, telemetry: Telemetry,
-                 ice_servers: list[str], latency_frames: int, vad_factory=None, delay_margin_ticks: int = 1) -> None:
-        self.id = secrets.token_urlsafe(18)  # 144 bits
+                 ice_servers: list[str], latency_frames: int, vad_factory=None, delay_margin_ticks: int = 1,
+                 id_prefix: str = "") -> None:
+        self.id = id_prefix + secrets.token_urlsafe(18)  # 144 bits; the prefix names a session process
         self.control_token = secrets.token_urlsafe(24)
         self.avatar = avatar
         self.options = options

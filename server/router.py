@@ -1,0 +1,333 @@
+"""The front of a server with several session processes (``server.processes`` > 1; ``server.shards``).
+
+It owns no session: it forwards each request, unchanged (headers, token, body), to the child that owns it.
+
+- ``POST /v1/sessions``: the child with the fewest sessions (the server's ``max_sessions`` counts all
+  children together); a child that answers 503 (busy) passes the offer to the next. A named session goes
+  back to the child that has that name, so a reloading overlay takes its own session over.
+- ``/v1/sessions/{id}/...`` and its WebSockets: the child in the id (``s<k>-...``); a session addressed by
+  name: the child that has the name.
+- ``POST /v1/avatars``: every child (the same bytes give the same id everywhere).
+- ``GET /metrics``: the children's metrics added up (loop lag and worker utilisation: the worst child),
+  plus the router's own ``emo_stream_session_processes`` and restarts.
+- anything else (pages, avatars, ICE servers): the first child alive.
+
+A child that exits is started again (its sessions are gone: their peers see the connection end).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Iterable
+from contextlib import asynccontextmanager
+from urllib.parse import parse_qs
+
+import httpx
+from fastapi import FastAPI, Request, WebSocket
+from fastapi.responses import JSONResponse, Response
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from emo_stream.config import Config
+from emo_stream.errors import EmoStreamError, OverloadedError
+from server.errors import error_body, status_for
+from server.shards import Shard, ShardPool, shard_of_session
+
+logger = logging.getLogger(__name__)
+
+# Headers that describe one hop, not the message (RFC 9110 §7.6.1), and those httpx sets itself.
+_HOP_HEADERS = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+                "transfer-encoding", "upgrade", "host", "content-length", "content-encoding"}
+# Gauges where the sum over children means nothing: the worst child is reported.
+_MAX_GAUGES = {"emo_stream_loop_lag_seconds", "emo_stream_worker_utilization"}
+WATCH_INTERVAL_S = 0.5
+
+
+class ShardUnavailableError(EmoStreamError):
+    """The session process that should answer is not running (it is being started again)."""
+
+    code = "unavailable"
+
+
+def merge_metrics(texts: Iterable[str]) -> str:
+    """Prometheus text of several processes as one: samples with the same name and labels added up
+    (``_MAX_GAUGES``: the largest), each family's HELP / TYPE once, in first-seen order."""
+    headers: dict[str, list[str]] = {}
+    samples: dict[str, dict[str, float]] = {}
+    for text in texts:
+        family = None
+        for line in text.splitlines():
+            if not line.strip():
+                continue
+            if line.startswith("#"):
+                parts = line.split(None, 3)
+                if len(parts) >= 3 and parts[1] in ("HELP", "TYPE"):
+                    family = parts[2]
+                    lines = headers.setdefault(family, [])
+                    if line not in lines and len(lines) < 2:
+                        lines.append(line)
+                    samples.setdefault(family, {})
+                continue
+            key, _, value = line.rpartition(" ")
+            try:
+                number = float(value)
+            except ValueError:
+                continue
+            fam = family if family is not None else key.split("{")[0]
+            bucket = samples.setdefault(fam, {})
+            if key in bucket:
+                # Timestamps (``*_created``) and the _MAX_GAUGES do not add up.
+                worst = fam in _MAX_GAUGES or key.split("{")[0].endswith("_created")
+                bucket[key] = max(bucket[key], number) if worst else bucket[key] + number
+            else:
+                bucket[key] = number
+    out = []
+    for fam, bucket in samples.items():
+        out.extend(headers.get(fam, []))
+        out.extend(f"{key} {value!r}" for key, value in bucket.items())
+    return "\n".join(out) + "\n"
+
+
+def _sessions_active(metrics_text: str) -> int:
+    for line in metrics_text.splitlines():
+        if line.startswith("emo_stream_sessions_active "):
+            return int(float(line.split()[1]))
+    return 0
+
+
+def create_router_app(config: Config, pool: ShardPool) -> FastAPI:
+    """The router over ``pool`` (started by the app's lifespan, stopped with it)."""
+    names: dict[str, int] = {}  # session name -> the child that has it
+    client_box: dict[str, httpx.AsyncClient] = {}
+
+    async def watch() -> None:
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            if any(s.process is not None and not s.alive for s in pool.shards):
+                restarted = await asyncio.to_thread(pool.restart_dead)
+                for name, index in list(names.items()):
+                    if index in restarted:
+                        del names[name]
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await asyncio.to_thread(pool.start)
+        client_box["client"] = httpx.AsyncClient(timeout=httpx.Timeout(60.0), trust_env=False)
+        watcher = asyncio.create_task(watch(), name="session-process-watch")
+        try:
+            yield
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            await client_box["client"].aclose()
+            await asyncio.to_thread(pool.stop)
+
+    app = FastAPI(title="emo-stream", version="1", docs_url=None, redoc_url=None, openapi_url=None,
+                  lifespan=lifespan)
+    app.state.config = config
+    app.state.pool = pool
+
+    @app.exception_handler(EmoStreamError)
+    async def _engine_error(_: Request, exc: EmoStreamError) -> JSONResponse:
+        headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, OverloadedError) else None
+        status = 503 if isinstance(exc, ShardUnavailableError) else status_for(exc)
+        return JSONResponse(error_body(exc.code, exc.message), status_code=status, headers=headers)
+
+    def alive() -> list[Shard]:
+        return [s for s in pool.shards if s.alive]
+
+    def first_alive() -> Shard:
+        shards = alive()
+        if not shards:
+            raise ShardUnavailableError("no session process is running; try again in a few seconds")
+        return shards[0]
+
+    async def forward(shard: Shard, request: Request, body: bytes | None = None) -> Response:
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS]
+        url = shard.base_url + request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        try:
+            answer = await client_box["client"].request(
+                request.method, url, headers=headers, content=await request.body() if body is None else body)
+        except httpx.TransportError as exc:
+            raise ShardUnavailableError(f"session process {shard.index} did not answer ({type(exc).__name__}); "
+                                        "try again in a few seconds") from None
+        out_headers = {k: v for k, v in answer.headers.items() if k.lower() not in _HOP_HEADERS}
+        return Response(answer.content, status_code=answer.status_code, headers=out_headers)
+
+    def owner(session_key: str) -> Shard:
+        """The child that holds ``session_key`` (an id or a name); an unknown key goes to the first child,
+        whose 404 is the answer."""
+        index = names.get(session_key)
+        if index is None:
+            index = shard_of_session(session_key)
+        if index is None or index >= pool.count:
+            return first_alive()
+        shard = pool.shards[index]
+        if not shard.alive:
+            raise ShardUnavailableError(f"the session process of session {session_key!r} is restarting: "
+                                        "the session has ended")
+        return shard
+
+    async def loads() -> list[tuple[int, Shard]]:
+        async def one(shard: Shard) -> tuple[int, Shard] | None:
+            try:
+                answer = await client_box["client"].get(shard.base_url + "/metrics", timeout=5)
+            except httpx.TransportError:
+                return None
+            return _sessions_active(answer.text), shard
+
+        found = await asyncio.gather(*(one(s) for s in alive()))
+        return sorted((x for x in found if x is not None), key=lambda pair: (pair[0], pair[1].index))
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        running = len(alive())
+        if running < pool.count:
+            return JSONResponse(error_body("unavailable", f"{running} of {pool.count} session processes running"),
+                                status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        async def text(shard: Shard) -> str:
+            try:
+                return (await client_box["client"].get(shard.base_url + "/metrics", timeout=5)).text
+            except httpx.TransportError:
+                return ""
+
+        texts = await asyncio.gather(*(text(s) for s in alive()))
+        own = ("# HELP emo_stream_session_processes Session processes running\n"
+               "# TYPE emo_stream_session_processes gauge\n"
+               f"emo_stream_session_processes {float(len(alive()))!r}\n"
+               "# HELP emo_stream_session_process_restarts_total Session processes started again after exiting\n"
+               "# TYPE emo_stream_session_process_restarts_total counter\n"
+               f"emo_stream_session_process_restarts_total {float(sum(s.restarts for s in pool.shards))!r}\n")
+        return Response(merge_metrics([*texts, own]), media_type="text/plain; version=0.0.4")
+
+    @app.post("/v1/sessions")
+    async def create_session(request: Request) -> Response:
+        body = await request.body()
+        name = _session_name(request, body)
+        if name is not None and name in names and pool.shards[names[name]].alive:
+            return await forward(pool.shards[names[name]], request, body)  # a takeover adds no load
+        ranked = await loads()
+        if not ranked:
+            raise ShardUnavailableError("no session process is running; try again in a few seconds")
+        running = sum(n for n, _ in ranked)
+        limit = config.server.max_sessions
+        if running >= limit:
+            raise OverloadedError(f"{running} sessions are running, the limit is {limit}: try again later",
+                                  retry_after_s=10)
+        answer = None
+        for _, shard in ranked:
+            answer = await forward(shard, request, body)
+            if answer.status_code != 503:
+                if answer.status_code == 201 and name is not None:
+                    names[name] = shard.index
+                return answer
+        return answer
+
+    @app.api_route("/v1/sessions/{session_key}", methods=["GET", "DELETE"])
+    async def session_route(session_key: str, request: Request) -> Response:
+        return await forward(owner(session_key), request)
+
+    @app.api_route("/v1/sessions/{session_key}/{action}", methods=["GET", "POST", "DELETE"])
+    async def session_action(session_key: str, action: str, request: Request) -> Response:
+        return await forward(owner(session_key), request)
+
+    @app.post("/v1/avatars")
+    async def upload_avatar(request: Request) -> Response:
+        body = await request.body()
+        shards = alive()
+        if not shards:
+            raise ShardUnavailableError("no session process is running; try again in a few seconds")
+        first = await forward(shards[0], request, body)
+        if first.status_code == 201:
+            for shard in shards[1:]:
+                copy = await forward(shard, request, body)
+                if copy.status_code != 201:
+                    logger.error("session process %d refused an avatar its sibling accepted: %s", shard.index,
+                                 copy.body[:200])
+        return first
+
+    @app.websocket("/v1/sessions/{session_key}/{channel}")
+    async def session_socket(websocket: WebSocket, session_key: str, channel: str) -> None:
+        try:
+            shard = owner(session_key)
+        except ShardUnavailableError as exc:
+            await websocket.close(code=4503, reason=exc.message[:120])
+            return
+        query = websocket.url.query
+        url = f"ws://127.0.0.1:{shard.port}/v1/sessions/{session_key}/{channel}" + (f"?{query}" if query else "")
+        headers = [(k, v) for k, v in websocket.headers.items()
+                   if k.lower() in ("authorization", "x-control-token", "x-request-id")]
+        try:
+            upstream = await ws_connect(url, additional_headers=headers, open_timeout=10, max_size=None)
+        except InvalidStatus:
+            await websocket.close(code=4404, reason="refused by the session's process")
+            return
+        except (OSError, TimeoutError):
+            await websocket.close(code=4503, reason="the session's process did not answer")
+            return
+        await websocket.accept()
+        await _pump(websocket, upstream)
+
+    @app.api_route("/{path:path}", methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"])
+    async def anything_else(path: str, request: Request) -> Response:
+        return await forward(first_alive(), request)
+
+    return app
+
+
+def _session_name(request: Request, body: bytes) -> str | None:
+    """The ``options.name`` of an offer (JSON body, or the WHIP form's query)."""
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() == "application/sdp":
+        values = parse_qs(request.url.query).get("name")
+        return values[0] if values else None
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    options = data.get("options") if isinstance(data, dict) else None
+    name = options.get("name") if isinstance(options, dict) else None
+    return name if isinstance(name, str) else None
+
+
+async def _pump(client: WebSocket, upstream) -> None:
+    """Messages both ways until either side closes; the other side is closed with it."""
+
+    async def down() -> None:
+        with contextlib.suppress(ConnectionClosed):
+            async for message in upstream:
+                if isinstance(message, bytes):
+                    await client.send_bytes(message)
+                else:
+                    await client.send_text(message)
+
+    async def up() -> None:
+        while True:
+            message = await client.receive()
+            if message.get("type") == "websocket.disconnect":
+                return
+            if message.get("bytes") is not None:
+                await upstream.send(message["bytes"])
+            elif message.get("text") is not None:
+                await upstream.send(message["text"])
+
+    tasks = [asyncio.create_task(down()), asyncio.create_task(up())]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        with contextlib.suppress(Exception):
+            await upstream.close()
+        with contextlib.suppress(Exception):
+            await client.close()

@@ -1,0 +1,194 @@
+"""Session processes: ``emo-stream serve`` children that each run the whole app for their own sessions.
+
+One interpreter runs every session's peer, clock and encoder on one event loop and the animator on one
+worker thread, all under one GIL: on 2 cores it holds 2 × 512² sessions on time, with a core to spare
+(README "Live capacity"). With ``server.processes`` > 1 the server starts that many children, each the
+ordinary app (``create_app(shard=ShardRole(k, n))``) on a loopback socket of its own, and routes requests
+to them (``server.router``): a session lives in one child from offer to close, so nothing per frame crosses
+a process boundary. A child's session ids start with ``s<k>-``, which is how the router finds it again.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+logger = logging.getLogger(__name__)
+
+_SESSION_PREFIX = re.compile(r"^s(\d+)-")
+START_TIMEOUT_S = 120.0  # a child loads the VAD and prepares the default avatar before it answers
+# How a child is started, before its ``serve ...`` arguments (bench/face_replay.py puts itself here).
+CHILD_COMMAND = [sys.executable, "-m", "server.cli"]
+
+
+@dataclass(frozen=True)
+class ShardRole:
+    """This process is session process ``index`` of ``count``."""
+
+    index: int
+    count: int
+
+    @property
+    def session_prefix(self) -> str:
+        return f"s{self.index}-"
+
+    @classmethod
+    def parse(cls, text: str) -> ShardRole:
+        """``"K/N"`` (the hidden ``serve --shard`` argument)."""
+        try:
+            index, count = (int(part) for part in text.split("/"))
+        except ValueError:
+            raise ValueError(f"--shard takes K/N, got {text!r}") from None
+        if not 0 <= index < count:
+            raise ValueError(f"--shard {text}: K must be in 0..N-1")
+        return cls(index, count)
+
+
+def shard_of_session(session_key: str) -> int | None:
+    """The session process a session id names (None: not an id made by a session process, e.g. a name)."""
+    match = _SESSION_PREFIX.match(session_key)
+    return int(match.group(1)) if match else None
+
+
+def _die_with_parent() -> None:
+    # A child must not outlive a server that was killed without its shutdown (SIGKILL, OOM).
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+@dataclass
+class Shard:
+    """One child process and the loopback address it serves on."""
+
+    index: int
+    port: int = 0
+    process: subprocess.Popen | None = None
+    restarts: int = 0
+    started_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+class ShardPool:
+    """Starts, watches, restarts and stops the session processes.
+
+    Args:
+        count: how many children.
+        serve_args: ``emo-stream serve`` arguments every child gets (config, data dir, log level ...);
+            the pool adds ``--shard K/N --fd FD`` (a listening socket it opened, so no port can be taken
+            between choosing it and binding it).
+        env: the children's environment (the server token travels here, not on a command line).
+    """
+
+    def __init__(self, count: int, serve_args: list[str], env: dict[str, str] | None = None) -> None:
+        if count < 2:
+            raise ValueError("a pool of session processes needs at least 2")
+        self.shards = [Shard(k) for k in range(count)]
+        self._serve_args = list(serve_args)
+        self._env = dict(os.environ if env is None else env)
+        self._lock = threading.Lock()
+        self._stopping = False
+
+    @property
+    def count(self) -> int:
+        return len(self.shards)
+
+    def _spawn(self, shard: Shard) -> None:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(128)
+        try:
+            shard.port = listener.getsockname()[1]
+            fd = listener.fileno()
+            cmd = [*CHILD_COMMAND, "serve", *self._serve_args,
+                   "--shard", f"{shard.index}/{self.count}", "--fd", str(fd)]
+            shard.process = subprocess.Popen(cmd, env=self._env, pass_fds=(fd,), preexec_fn=_die_with_parent,
+                                             cwd=Path(__file__).resolve().parent.parent)
+            shard.started_at = time.monotonic()
+        finally:
+            listener.close()  # the child holds its own copy
+
+    def _wait_ready(self, shard: Shard, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if not shard.alive:
+                code = shard.process.returncode if shard.process else None
+                raise RuntimeError(f"session process {shard.index} exited with code {code} while starting "
+                                   "(its error is on stderr above)")
+            try:
+                if httpx.get(f"{shard.base_url}/healthz", timeout=2, trust_env=False).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"session process {shard.index} did not answer within {timeout_s:.0f} s")
+            time.sleep(0.1)
+
+    def start(self, timeout_s: float = START_TIMEOUT_S) -> None:
+        """Start every child and wait until each answers /healthz (they start side by side)."""
+        for shard in self.shards:
+            self._spawn(shard)
+        try:
+            for shard in self.shards:
+                self._wait_ready(shard, timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def restart_dead(self) -> list[int]:
+        """Start again every child that exited (its sessions are gone); returns their indices."""
+        restarted = []
+        with self._lock:
+            if self._stopping:
+                return restarted
+            for shard in self.shards:
+                if shard.process is not None and not shard.alive:
+                    logger.error("session process %d exited with code %s; starting it again (its sessions ended)",
+                                 shard.index, shard.process.returncode)
+                    shard.restarts += 1
+                    self._spawn(shard)
+                    restarted.append(shard.index)
+        for index in restarted:
+            try:
+                self._wait_ready(self.shards[index], START_TIMEOUT_S)
+            except RuntimeError as exc:
+                logger.error("%s", exc)
+        return restarted
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        """Ctrl-C every child (each closes its sessions), then kill what is left after ``timeout_s``."""
+        with self._lock:
+            self._stopping = True
+        for shard in self.shards:
+            if shard.alive:
+                shard.process.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + timeout_s
+        for shard in self.shards:
+            if shard.process is None:
+                continue
+            try:
+                shard.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                shard.process.kill()
+                shard.process.wait()
