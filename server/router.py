@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import secrets
 from collections.abc import Iterable
 from contextlib import asynccontextmanager
 from urllib.parse import parse_qs
@@ -101,6 +102,7 @@ def _sessions_active(metrics_text: str) -> int:
 def create_router_app(config: Config, pool: ShardPool) -> FastAPI:
     """The router over ``pool`` (started by the app's lifespan, stopped with it)."""
     names: dict[str, int] = {}  # session name -> the child that has it
+    starting: dict[int, int] = {}  # child -> offers it is answering now
     client_box: dict[str, httpx.AsyncClient] = {}
 
     async def watch() -> None:
@@ -181,7 +183,9 @@ def create_router_app(config: Config, pool: ShardPool) -> FastAPI:
             return _sessions_active(answer.text), shard
 
         found = await asyncio.gather(*(one(s) for s in alive()))
-        return sorted((x for x in found if x is not None), key=lambda pair: (pair[0], pair[1].index))
+        # Offers still being answered count too: a burst of offers spreads instead of all seeing the same load.
+        counted = [(n + starting.get(shard.index, 0), shard) for n, shard in (x for x in found if x is not None)]
+        return sorted(counted, key=lambda pair: (pair[0], pair[1].index))
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
@@ -219,12 +223,17 @@ def create_router_app(config: Config, pool: ShardPool) -> FastAPI:
             raise ShardUnavailableError("no session process is running; try again in a few seconds")
         running = sum(n for n, _ in ranked)
         limit = config.server.max_sessions
-        if running >= limit:
+        # Only a caller the children would let in learns that the server is full; others get their 401.
+        if running >= limit and _holds_server_token(request, config.server.token):
             raise OverloadedError(f"{running} sessions are running, the limit is {limit}: try again later",
                                   retry_after_s=10)
         answer = None
         for _, shard in ranked:
-            answer = await forward(shard, request, body)
+            starting[shard.index] = starting.get(shard.index, 0) + 1
+            try:
+                answer = await forward(shard, request, body)
+            finally:
+                starting[shard.index] -= 1
             if answer.status_code != 503:
                 if answer.status_code == 201 and name is not None:
                     names[name] = shard.index
@@ -281,6 +290,14 @@ def create_router_app(config: Config, pool: ShardPool) -> FastAPI:
         return await forward(first_alive(), request)
 
     return app
+
+
+def _holds_server_token(request: Request, token: str | None) -> bool:
+    if not token:
+        return True
+    header = request.headers.get("authorization", "")
+    given = request.query_params.get("token") or (header[7:].strip() if header.lower().startswith("bearer ") else "")
+    return bool(given) and secrets.compare_digest(given, token)
 
 
 def _session_name(request: Request, body: bytes) -> str | None:

@@ -123,8 +123,10 @@ class ShardPool:
             fd = listener.fileno()
             cmd = [*CHILD_COMMAND, "serve", *self._serve_args,
                    "--shard", f"{shard.index}/{self.count}", "--fd", str(fd)]
+            # Its own session: a terminal's Ctrl-C reaches the server only, which stops the children in
+            # order (closing their sessions) instead of watching them die and starting them again.
             shard.process = subprocess.Popen(cmd, env=self._env, pass_fds=(fd,), preexec_fn=_die_with_parent,
-                                             cwd=Path(__file__).resolve().parent.parent)
+                                             start_new_session=True, cwd=Path(__file__).resolve().parent.parent)
             shard.started_at = time.monotonic()
         finally:
             listener.close()  # the child holds its own copy
