@@ -45,6 +45,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
         role = ShardRole.parse(args.shard)
         from server.app import build_animator
+        from server.shards import single_threaded_kernels
+
+        single_threaded_kernels()
 
         configure(args.log_level, as_json=args.log_json)
         app = create_app(config, animator=build_animator(config), shard=role)

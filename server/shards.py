@@ -70,6 +70,16 @@ def _die_with_parent() -> None:
         pass
 
 
+def single_threaded_kernels() -> None:
+    """One thread for OpenCV's and torch's kernel pools in a session process: its siblings are the
+    parallelism, and pools sized for the whole machine in every process only add handoffs."""
+    import cv2
+    import torch
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
 @dataclass
 class Shard:
     """One child process and the loopback address it serves on."""

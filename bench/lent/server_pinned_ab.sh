@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Same call, same machine: the live server pinned to cpus 0,1 with animator.processes 1 (the baseline: one worker
-# thread animates every session in turn) and 2 (render processes). Files: $OUT/t1.json (baseline
+# Same call, same machine: the live server pinned to cpus 0,1 with server.processes 1 (the baseline: every session
+# in one process, one GIL) and 2 (session processes, the default on 2 cores). Files: $OUT/t1.json (baseline
 # JSON only) and, for processes 2, what gpu_server.sh keeps (bench_server.json, log, state.json, probe-N.npz).
 # Preparing what travels (on a machine with the project's venv, mediapipe and espeak-ng):
 #   .venv/bin/python bench/face_replay.py record .benchdata/server/face_replay.npz
@@ -13,8 +13,9 @@
 set -u
 K=.benchdata/server
 for t in 1 2; do
-  sed "s/^  processes: 1$/  processes: $t/" configs/default.yaml > /tmp/processes$t.yaml
-  grep -q "processes: $t" /tmp/processes$t.yaml || { echo "config edit failed"; exit 4; }
+  # the first "processes:" of default.yaml is server.processes (0 = one per core)
+  sed "0,/^  processes: 0$/s//  processes: $t/" configs/default.yaml > /tmp/processes$t.yaml
+  grep -q "^  processes: $t$" /tmp/processes$t.yaml || { echo "config edit failed"; exit 4; }
 done
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 3
 mkdir -p /tmp/nouvloop/uvloop
