@@ -33,7 +33,7 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from emo_stream.config import Config
-from emo_stream.errors import EmoStreamError, OverloadedError
+from emo_stream.errors import EmoStreamError, ImageTooLargeError, OverloadedError
 from server.errors import error_body, status_for
 from server.shards import Shard, ShardPool, shard_of_session
 
@@ -148,12 +148,29 @@ def create_router_app(config: Config, pool: ShardPool) -> FastAPI:
             raise ShardUnavailableError("no session process is running; try again in a few seconds")
         return shards[0]
 
+    max_body = config.limits.max_image_bytes + 1024 * 1024  # the largest request a child takes (an upload)
+
+    async def read_body(request: Request) -> bytes:
+        """The request's body, refused (413) before it is buffered past what any child would accept."""
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > max_body:
+            raise ImageTooLargeError(f"the request is {int(length) / 2**20:.1f} MB; uploads are limited to "
+                                     f"{config.limits.max_image_bytes / 2**20:.0f} MB")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_body:
+                raise ImageTooLargeError(f"the request is over the {config.limits.max_image_bytes / 2**20:.0f} MB "
+                                         "upload limit")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
     async def forward(shard: Shard, request: Request, body: bytes | None = None) -> Response:
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS]
         url = shard.base_url + request.url.path + (f"?{request.url.query}" if request.url.query else "")
         try:
             answer = await client_box["client"].request(
-                request.method, url, headers=headers, content=await request.body() if body is None else body)
+                request.method, url, headers=headers, content=await read_body(request) if body is None else body)
         except httpx.TransportError as exc:
             raise ShardUnavailableError(f"session process {shard.index} did not answer ({type(exc).__name__}); "
                                         "try again in a few seconds") from None
@@ -214,7 +231,7 @@ def create_router_app(config: Config, pool: ShardPool) -> FastAPI:
 
     @app.post("/v1/sessions")
     async def create_session(request: Request) -> Response:
-        body = await request.body()
+        body = await read_body(request)
         name = _session_name(request, body)
         if name is not None and name in names and pool.shards[names[name]].alive:
             return await forward(pool.shards[names[name]], request, body)  # a takeover adds no load
@@ -250,7 +267,7 @@ def create_router_app(config: Config, pool: ShardPool) -> FastAPI:
 
     @app.post("/v1/avatars")
     async def upload_avatar(request: Request) -> Response:
-        body = await request.body()
+        body = await read_body(request)
         shards = alive()
         if not shards:
             raise ShardUnavailableError("no session process is running; try again in a few seconds")
@@ -346,5 +363,7 @@ async def _pump(client: WebSocket, upstream) -> None:
                 await task
         with contextlib.suppress(Exception):
             await upstream.close()
+        # The child's close code and reason (4400: a microphone session refusing PCM, ...) reach the caller.
+        code = upstream.close_code if upstream.close_code not in (None, 1005, 1006) else 1000
         with contextlib.suppress(Exception):
-            await client.close()
+            await client.close(code=code, reason=upstream.close_reason or "")

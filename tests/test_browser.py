@@ -292,8 +292,10 @@ def test_a_token_in_the_page_url_is_passed_on(hello_mic, tmp_path):
             open_page(driver, base, "?token=s3cret")
             assert browser.page_errors(driver) == []
             assert selected_avatar(driver) == "default"
-            assert driver.execute_script(  # the thumbnail <img> carries the token too
-                "const i = document.querySelector('#gallery img'); return !i || (i.complete && i.naturalWidth > 0);")
+            # the thumbnail <img> carries the token too (the first thumbnail is made on request: wait for it)
+            browser.wait_for(lambda: driver.execute_script(
+                "const i = document.querySelector('#gallery img'); return !i || (i.complete && i.naturalWidth > 0);"),
+                10, "the gallery thumbnail to load")
             start_and_wait_for_video(driver)
             # the events WebSocket (server token + control token) delivers the server's stats
             browser.wait_for(lambda: "server" in driver.find_element("id", "stat-extra").text, 6,

@@ -14,6 +14,7 @@ import httpx
 import numpy as np
 import pytest
 import websockets
+from websockets.exceptions import InvalidStatus
 
 from emo_stream.audio import load_audio
 from emo_stream.config import load_config, session_processes
@@ -162,6 +163,34 @@ def test_a_named_session_is_taken_over_in_its_own_process(sharded, speech48):
     assert shard_of_session(first.session_id) == shard_of_session(second.session_id)
     assert by_name.status_code == 204
     assert old.status_code == 404  # the takeover closed it
+
+
+def test_websockets_pass_the_process_answers_through(sharded):
+    async def run():
+        peer = LivePeer(sharded.base, samples=np.zeros(RATE * 5, np.float32))
+        answer = await peer.connect()
+        base = sharded.base.replace("http", "ws", 1) + f"/v1/sessions/{answer['session_id']}"
+        async with websockets.connect(f"{base}/audio?control_token={answer['control_token']}") as ws:
+            error = json.loads(await ws.recv())
+            with pytest.raises(websockets.ConnectionClosed):
+                await ws.recv()
+            code = ws.close_code
+        with pytest.raises(InvalidStatus):
+            async with websockets.connect(f"{base}/events?control_token=nope"):
+                pass
+        await peer.close()
+        return error, code
+
+    error, code = asyncio.run(run())
+    assert error["type"] == "error" and "microphone" in error["message"]
+    assert code == 4400  # the session process's close code, not the router's
+
+
+def test_an_oversized_upload_is_refused_before_it_is_buffered(sharded):
+    answer = httpx.post(f"{sharded.base}/v1/avatars", content=b"\0" * (27 * 2**20),
+                        headers={"Content-Type": "multipart/form-data; boundary=x"}, timeout=30)
+    assert answer.status_code == 413 and answer.json()["error"]["code"] == "image_too_large"
+    assert httpx.get(f"{sharded.base}/healthz").status_code == 200
 
 
 def test_an_uploaded_avatar_serves_sessions_in_every_process(sharded, speech48):
