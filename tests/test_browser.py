@@ -351,3 +351,24 @@ def test_interrupt_button_silences_the_returned_voice(server, long_mic):
         assert "interrupted" in driver.find_element("id", "status").text.lower()
         no_errors(driver)
         driver.find_element("id", "stop").click()
+
+
+def test_the_demo_page_works_through_session_processes(hello_mic, tmp_path):
+    """``make serve``'s default on a machine of several cores: the page talks to the router, its session lives
+    in a child process (offer, media, the events WebSocket, stop)."""
+    with browser.run_server(extra_args=("--processes", "2", "--data-dir", str(tmp_path))) as base:
+        assert metric(base, "emo_stream_session_processes") == 2
+        with browser.chromium(hello_mic) as driver:
+            open_page(driver, base)
+            start_and_wait_for_video(driver)
+            session_id = driver.execute_script("return window.emoDemo.session.sessionId")
+            assert re.match(r"^s[01]-", session_id), session_id
+            t0 = driver.execute_script("return document.getElementById('video').currentTime")
+            time.sleep(1.5)
+            assert driver.execute_script("return document.getElementById('video').currentTime") > t0 + 1.0
+            browser.wait_for(lambda: "server" in driver.find_element("id", "stat-extra").text, 6,
+                             "server stats over the events WebSocket, through the router")
+            assert metric(base, "emo_stream_sessions_active") == 1
+            driver.find_element("id", "stop").click()
+            browser.wait_for(lambda: metric(base, "emo_stream_sessions_active") == 0, 5, "the session to be deleted")
+            no_errors(driver)
