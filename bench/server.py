@@ -82,8 +82,8 @@ def log(message: str) -> None:
 # ---------------------------------------------------------------------- /proc and /metrics
 
 def proc_cpu_s(pid: int) -> float:
-    """utime + stime of a process (all its threads) and of its running children (the lite render
-    processes), seconds; 0 when it is gone."""
+    """utime + stime of a process (all its threads) and of its running children (the session processes),
+    seconds; 0 when it is gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -667,7 +667,7 @@ METHOD = {
                           "Biased late by up to a frame: the mouth is detected at 25% of its swing, the voice at its "
                           "first loud frame"),
     "server_metrics": ("deltas of the server's /metrics between two snapshots taken 1 s after the last client "
-                       "connected and at --seconds; CPU from /proc/<pid>/stat (utime+stime, all threads, with its render processes) over the same "
+                       "connected and at --seconds; CPU from /proc/<pid>/stat (utime+stime, all threads, with its session processes) over the same "
                        "window; loop lag and stage p95 are histogram bucket upper bounds"),
     "fps_received": "tests/live_client.received_fps: received video frames per second after the first 1 s",
     "capacity": ("sessions_at_25fps: the largest N tested for which all N connected and every session received >= 24 "

@@ -68,13 +68,8 @@ class AnimatorConfig:
     motion: float = 1.0
     checkpoint: str | None = None
     device: str = "cpu"
-    # Lite render processes (sessions animate in parallel, outside the server's GIL); 1: in the server's own
-    # process; 0: one per core the server may run on, at most 4. On 2 cores the server is CPU-bound, not
-    # GIL-bound, and processes gained nothing (README "Live capacity"): for machines with more cores.
-    processes: int = 1
 
     def validate(self, prefix: str) -> None:
-        _check(0 <= self.processes <= 64, f"{prefix}.processes", f"must be 0..64, got {self.processes}")
         _check(self.backend in BACKENDS, f"{prefix}.backend", f"must be one of {BACKENDS}, got {self.backend!r}")
         _check(64 <= self.size <= 2048 and self.size % 2 == 0, f"{prefix}.size",
                f"must be an even number of pixels in 64..2048, got {self.size}")
@@ -220,7 +215,3 @@ def session_processes(config: Config) -> int:
     wanted = config.server.processes or min(4, usable_cores())
     return max(1, min(wanted, config.server.max_sessions))
 
-
-def render_processes(config: AnimatorConfig) -> int:
-    """``animator.processes``, with 0 resolved to one per usable core, at most 4."""
-    return config.processes or min(4, usable_cores())

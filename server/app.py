@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from emo_stream.animators import create_animator
 from emo_stream.avatar import AvatarLimits
 from emo_stream.compositing import parse_background
-from emo_stream.config import Config, render_processes, usable_cores
+from emo_stream.config import Config, usable_cores
 from emo_stream.errors import (
     EmoStreamError,
     ImageTooLargeError,
@@ -271,7 +271,7 @@ def build_animator(config: Config) -> Any:
     """The configured backend (loads an emo checkpoint: raises CheckpointError naming a bad part)."""
     a = config.animator
     return create_animator(a.backend, size=a.size, fps=a.fps, motion=a.motion, checkpoint=a.checkpoint,
-                           device=a.device, processes=render_processes(a))
+                           device=a.device)
 
 
 def create_app(config: Config | None = None, vad_factory: Any = None, animator: Any = None,

@@ -195,10 +195,7 @@ class InferenceWorker:
     def _process(self, batch: list[Job]) -> None:
         first = batch[0]
         if first.kind == "forget":
-            engine = self._sessions.pop(first.session_id, None)
-            release = getattr(self.animator, "release", None)  # animators whose states live elsewhere
-            if engine is not None and release is not None:
-                release(engine.state)
+            self._sessions.pop(first.session_id, None)
             return
         if first.kind == "prepare":
             state = self.animator.prepare(first.avatar, seed=first.seed)

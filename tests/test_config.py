@@ -31,7 +31,7 @@ def test_default_file_matches_builtin_defaults():
         ("sever:\n  port: 1\n", "sever"),
         ("animator: 3\n", "animator"),
         ("server:\n  port: true\n", "server.port"),
-        ("animator:\n  processes: -1\n", "animator.processes"),
+        ("server:\n  processes: -1\n", "server.processes"),
     ],
 )
 def test_bad_keys_and_values_name_the_key(text, key, tmp_path):
@@ -40,14 +40,6 @@ def test_bad_keys_and_values_name_the_key(text, key, tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert str(info.value).startswith(key)
-
-
-def test_render_processes_follow_the_usable_cores():
-    from emo_stream.config import AnimatorConfig, render_processes, usable_cores
-
-    assert render_processes(AnimatorConfig(processes=3)) == 3
-    assert render_processes(AnimatorConfig()) == 1
-    assert render_processes(AnimatorConfig(processes=0)) == min(4, usable_cores()) >= 1
 
 
 def test_overrides_and_errors(tmp_path):

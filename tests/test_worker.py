@@ -104,21 +104,3 @@ def test_idle_jobs_batch_when_the_backend_can():
     assert len(results) == 3 and all(f.pts == 7200 for f in results)
     assert animator.idle_batches == [3]
 
-
-def test_a_forgotten_session_is_released_by_animators_that_hold_states_elsewhere():
-    class ReleasingAnimator(RecordingAnimator):
-        def __init__(self) -> None:
-            super().__init__()
-            self.released: list = []
-
-        def release(self, state):
-            self.released.append(state["seed"])
-
-    animator = ReleasingAnimator()
-
-    def jobs(worker, results):
-        worker.drop_session("b")
-        worker.drop_session("never-prepared")
-
-    _run(animator, jobs)
-    assert animator.released == [0]  # b's state, once; a session that never prepared releases nothing

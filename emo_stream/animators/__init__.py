@@ -28,22 +28,15 @@ def check_checkpoint_folder(checkpoint: str | Path | None) -> Path:
 
 
 def create_animator(backend: str = "lite", *, size: int = 512, fps: int = 25, motion: float = 1.0,
-                    checkpoint: str | None = None, device: str = "cpu", processes: int = 1,
-                    **emo_options) -> Animator:
+                    checkpoint: str | None = None, device: str = "cpu", **emo_options) -> Animator:
     """Make the animator for ``backend``; the emo backend is imported only when asked for.
 
-    ``processes``: the lite backend's render processes (1: in this process; more: ``LiteProcessAnimator``,
-    sessions animate in parallel); the emo backend batches sessions on its device instead. ``emo_options`` go
-    to ``EmoAnimator.from_checkpoint`` (e.g. ``decoder="vae", realtime=False`` for offline renders); the lite
+    ``emo_options`` go to ``EmoAnimator.from_checkpoint`` (e.g. ``decoder="vae", realtime=False`` for offline renders); the lite
     backend takes none.
     """
     if backend == "lite":
         from emo_stream.animators.lite import LiteAnimator
 
-        if processes > 1:
-            from emo_stream.animators.lite_processes import LiteProcessAnimator
-
-            return LiteProcessAnimator(size=size, fps=fps, motion=motion, processes=processes)
         return LiteAnimator(size=size, fps=fps, motion=motion)
     if backend == "emo":
         check_checkpoint_folder(checkpoint)
