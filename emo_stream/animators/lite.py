@@ -70,11 +70,11 @@ class LiteAnimator:
             self._rigs.move_to_end(avatar.cache_key)
         return rig
 
-    def prepare(self, avatar: Avatar, seed: int = 0, rig: AvatarRig | None = None) -> LiteState:
-        """A session on ``avatar``; ``rig``: one built elsewhere for it (``rig``), else built and cached here."""
+    def prepare(self, avatar: Avatar, seed: int = 0) -> LiteState:
+        """A session on ``avatar`` (its rig built once per portrait and cached)."""
         if avatar.size != self.size:
             raise ValueError(f"avatar is {avatar.size}px but the animator renders {self.size}px")
-        return LiteState(avatar=avatar, renderer=LiteRenderer(rig if rig is not None else self.rig(avatar)),
+        return LiteState(avatar=avatar, renderer=LiteRenderer(self.rig(avatar)),
                          extractor=FeatureExtractor(sample_rate=16_000, fps=self.fps),
                          controller=MotionController(fps=self.fps, motion=self.motion, seed=seed))
 
