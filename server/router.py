@@ -109,14 +109,16 @@ def create_router_app(config: Config, pool: ShardPool) -> FastAPI:
         while True:
             await asyncio.sleep(WATCH_INTERVAL_S)
             if any(s.process is not None and not s.alive for s in pool.shards):
-                restarted = await asyncio.to_thread(pool.restart_dead)
+                restarted = pool.respawn_dead()  # on the loop's (main) thread: see ShardPool
                 for name, index in list(names.items()):
                     if index in restarted:
                         del names[name]
+                await asyncio.to_thread(pool.wait_restarted, restarted)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        await asyncio.to_thread(pool.start)
+        pool.spawn_all()  # on the loop's (main) thread: see ShardPool
+        await asyncio.to_thread(pool.wait_ready)
         client_box["client"] = httpx.AsyncClient(timeout=httpx.Timeout(60.0), trust_env=False)
         watcher = asyncio.create_task(watch(), name="session-process-watch")
         try:

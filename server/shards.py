@@ -157,19 +157,25 @@ class ShardPool:
                 raise RuntimeError(f"session process {shard.index} did not answer within {timeout_s:.0f} s")
             time.sleep(0.1)
 
-    def start(self, timeout_s: float = START_TIMEOUT_S) -> None:
-        """Start every child and wait until each answers /healthz (they start side by side)."""
+    # Spawning and waiting are apart: a child's parent-death signal follows the *thread* that spawned it
+    # (PR_SET_PDEATHSIG), so the server spawns from its main thread and waits for health on a worker thread.
+
+    def spawn_all(self) -> None:
+        """Start every child (they start side by side; ``wait_ready`` waits for them)."""
         for shard in self.shards:
             self._spawn(shard)
+
+    def wait_ready(self, indices: list[int] | None = None, timeout_s: float = START_TIMEOUT_S) -> None:
+        """Block until the children ``indices`` (all when None) answer /healthz; stop the pool if one cannot."""
         try:
-            for shard in self.shards:
-                self._wait_ready(shard, timeout_s)
+            for index in range(self.count) if indices is None else indices:
+                self._wait_ready(self.shards[index], timeout_s)
         except BaseException:
             self.stop()
             raise
 
-    def restart_dead(self) -> list[int]:
-        """Start again every child that exited (its sessions are gone); returns their indices."""
+    def respawn_dead(self) -> list[int]:
+        """Start again every child that exited (its sessions are gone); returns their indices (not yet ready)."""
         restarted = []
         with self._lock:
             if self._stopping:
@@ -181,12 +187,15 @@ class ShardPool:
                     shard.restarts += 1
                     self._spawn(shard)
                     restarted.append(shard.index)
-        for index in restarted:
+        return restarted
+
+    def wait_restarted(self, indices: list[int]) -> None:
+        """Wait for restarted children; one that cannot start is logged (the watch tries again)."""
+        for index in indices:
             try:
                 self._wait_ready(self.shards[index], START_TIMEOUT_S)
             except RuntimeError as exc:
                 logger.error("%s", exc)
-        return restarted
 
     def stop(self, timeout_s: float = 15.0) -> None:
         """Ctrl-C every child (each closes its sessions), then kill what is left after ``timeout_s``."""

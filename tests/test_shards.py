@@ -53,6 +53,22 @@ def wait_until(check, timeout_s: float, what: str) -> None:
         time.sleep(0.2)
 
 
+def two_sessions_one_per_process(base: str, speech: np.ndarray, avatar_id: str | None = None) -> None:
+    """Two sessions one after the other land in different processes and both receive video."""
+    async def run():
+        peers = [LivePeer(base, speech, avatar_id=avatar_id) for _ in range(2)]
+        for peer in peers:
+            await peer.connect()
+        await asyncio.sleep(1.5)
+        for peer in peers:
+            await peer.close()
+        return peers
+
+    peers = asyncio.run(run())
+    assert sorted(shard_of_session(p.session_id) for p in peers) == [0, 1]
+    assert all(len(p.received.video) > 10 for p in peers)
+
+
 @pytest.fixture(scope="module")
 def sharded(tmp_path_factory):
     data = tmp_path_factory.mktemp("shared-data")
@@ -202,18 +218,7 @@ def test_an_uploaded_avatar_serves_sessions_in_every_process(sharded, speech48):
     avatar_id = upload.json()["id"]
     assert avatar_id in [a["id"] for a in httpx.get(f"{sharded.base}/v1/avatars").json()["avatars"]]
 
-    async def run():
-        peers = [LivePeer(sharded.base, speech48, avatar_id=avatar_id) for _ in range(2)]
-        for peer in peers:
-            await peer.connect()
-        await asyncio.sleep(1.5)
-        for peer in peers:
-            await peer.close()
-        return peers
-
-    peers = asyncio.run(run())
-    assert sorted(shard_of_session(p.session_id) for p in peers) == [0, 1]
-    assert all(len(p.received.video) > 10 for p in peers)
+    two_sessions_one_per_process(sharded.base, speech48, avatar_id)
 
 
 def test_a_killed_process_is_started_again_and_stopping_the_server_stops_all(tmp_path, speech48):
@@ -226,19 +231,7 @@ def test_a_killed_process_is_started_again_and_stopping_the_server_stops_all(tmp
         wait_until(lambda: httpx.get(f"{srv.base}/healthz").status_code == 200, 60, "health")
         now = children_of(srv.proc.pid)
         assert len(now) == 2 and victim not in now
-
-        async def run():
-            peers = [LivePeer(srv.base, speech48) for _ in range(2)]
-            for peer in peers:
-                await peer.connect()
-            await asyncio.sleep(1.0)
-            for peer in peers:
-                await peer.close()
-            return peers
-
-        peers = asyncio.run(run())
-        assert sorted(shard_of_session(p.session_id) for p in peers) == [0, 1]
-        assert all(len(p.received.video) > 10 for p in peers)
+        two_sessions_one_per_process(srv.base, speech48)
         stop(srv)
         assert srv.proc.returncode is not None
         wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in now), 10, "the children to exit")
