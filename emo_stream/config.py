@@ -34,7 +34,7 @@ class ServerConfig:
     # compute and the network's jitter: 0 is the lowest latency, 1 rides out busy moments.
     delay_margin_ticks: int = 1
     # Session processes: each runs its own sessions' peers, worker and animator, so sessions on different
-    # processes do not share one interpreter's lock (README "Live capacity"). 1: all in the server's own
+    # processes do not share one interpreter's lock (README "The live server"). 1: all in the server's own
     # process; 0: one per core the server may use, at most 4 (the lite backend only: a GPU backend keeps one
     # worker per device).
     processes: int = 0

@@ -40,26 +40,21 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigError("TLS needs both --tls-cert and --tls-key")
     from server.logs import configure
 
+    configure(args.log_level, as_json=args.log_json)
     if args.shard is not None:  # one session process of a server (server.shards): the app on the given socket
-        from server.shards import ShardRole
+        from server.app import build_animator
+        from server.shards import ShardRole, single_threaded_kernels
 
         role = ShardRole.parse(args.shard)
-        from server.app import build_animator
-        from server.shards import single_threaded_kernels
-
         single_threaded_kernels()
-
-        configure(args.log_level, as_json=args.log_json)
         app = create_app(config, animator=build_animator(config), shard=role)
         uvicorn.run(app, fd=args.fd, log_level=args.log_level, log_config=None)
         return 0
     processes = session_processes(config)
-    scheme = "https" if args.tls_cert else "http"
     if processes > 1:
         from server.router import create_router_app
         from server.shards import ShardPool
 
-        configure(args.log_level, as_json=args.log_json)
         child_args = ["--log-level", args.log_level, *(["--log-json"] if args.log_json else [])]
         if config_path is not None:
             child_args += ["--config", str(config_path)]
@@ -70,16 +65,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         if config.server.token:
             env["EMO_STREAM_TOKEN"] = config.server.token  # not on a command line, where ps shows it
         app = create_router_app(config, ShardPool(processes, child_args, env))
-        print(f"emo-stream serving on {scheme}://{config.server.host}:{config.server.port} "
-              f"(backend {config.animator.backend}, {processes} session processes)", file=sys.stderr, flush=True)
     else:
         from server.app import build_animator
 
-        animator = build_animator(config)  # a bad checkpoint is a one-line error before the server starts
-        configure(args.log_level, as_json=args.log_json)
-        app = create_app(config, animator=animator)
-        print(f"emo-stream serving on {scheme}://{config.server.host}:{config.server.port} "
-              f"(backend {config.animator.backend})", file=sys.stderr, flush=True)
+        app = create_app(config, animator=build_animator(config))  # a bad checkpoint: a one-line error here
+    scheme = "https" if args.tls_cert else "http"
+    print(f"emo-stream serving on {scheme}://{config.server.host}:{config.server.port} "
+          f"(backend {config.animator.backend}{f', {processes} session processes' if processes > 1 else ''})",
+          file=sys.stderr, flush=True)
     uvicorn.run(app, host=config.server.host, port=config.server.port, log_level=args.log_level,
                 ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key, log_config=None)
     return 0

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -88,7 +88,6 @@ class Shard:
     port: int = 0
     process: subprocess.Popen | None = None
     restarts: int = 0
-    started_at: float = field(default_factory=time.monotonic)
 
     @property
     def base_url(self) -> str:
@@ -137,7 +136,6 @@ class ShardPool:
             # order (closing their sessions) instead of watching them die and starting them again.
             shard.process = subprocess.Popen(cmd, env=self._env, pass_fds=(fd,), preexec_fn=_die_with_parent,
                                              start_new_session=True, cwd=Path(__file__).resolve().parent.parent)
-            shard.started_at = time.monotonic()
         finally:
             listener.close()  # the child holds its own copy
 
