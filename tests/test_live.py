@@ -25,7 +25,8 @@ pytestmark = pytest.mark.timeout(240)
 
 @pytest.fixture(scope="module")
 def server():
-    with run_server() as running:
+    # The default architecture on a machine of 2 cores: two session processes behind the router.
+    with run_server({"server": {"processes": 2}}) as running:
         yield running.base
 
 
