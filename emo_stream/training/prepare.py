@@ -46,6 +46,7 @@ import numpy as np
 from emo_stream.audio.decode import load_audio
 from emo_stream.audio.features import FEATURE_NAMES, features_to_arrays, frame_features
 from emo_stream.avatar import FACE_CENTER, FACE_HEIGHT_FRACTION
+from emo_stream.config import usable_cores
 from emo_stream.errors import (
     ClipTooShortError,
     ConfigError,
@@ -100,7 +101,7 @@ class PrepareOptions:
         size: side of the square crops in pixels.
         fps: frame rate of the clips (16000 / fps audio samples per frame).
         min_seconds: shorter videos are skipped.
-        workers: processes (None: one per CPU core).
+        workers: processes (None: one per core this process may run on).
         retry_skipped: try again the videos an earlier run skipped.
     """
 
@@ -657,7 +658,7 @@ def prepare_videos(videos: str | Path, out: str | Path, options: PrepareOptions 
     skipped: list[SkipRecord] = []
     by_shard = {clip.shard: path for path, clip in manifest.clips.items()}
     saved_at = time.monotonic()
-    workers = min(options.workers or os.cpu_count() or 1, max(1, len(todo)))
+    workers = min(options.workers or usable_cores(), max(1, len(todo)))
     results: Iterator[ClipRecord | SkipRecord]
     if workers == 1 and _run is None:
         results = map(_run_task, todo)  # no process to start: the quick path for one core or one video
