@@ -245,6 +245,15 @@ def _bearer(request: Request | WebSocket) -> str | None:
     return header[7:].strip() if header.lower().startswith("bearer ") else None
 
 
+def holds_server_token(request: Request | WebSocket, token: str | None) -> bool:
+    """Whether the caller gives the server's ``token`` (``?token=`` or ``Authorization: Bearer``); any caller
+    does when the server has none."""
+    if not token:
+        return True
+    given = request.query_params.get("token") or _bearer(request)
+    return bool(given) and secrets.compare_digest(given, token)
+
+
 def _client_dir() -> Path:
     """The web pages: ``$EMO_STREAM_CLIENT_DIR``, else beside the package (a checkout or an
     editable install), else ``./client_web`` (a container's working directory)."""
@@ -312,13 +321,11 @@ def create_app(config: Config | None = None, vad_factory: Any = None, animator: 
 
     @app.middleware("http")
     async def require_token(request: Request, call_next):
-        token = config.server.token
-        if token and request.url.path.startswith("/v1"):
-            given = request.query_params.get("token") or _bearer(request)
-            # A session's own control token also opens its control routes.
-            if not (given and secrets.compare_digest(given, token)) and not _holds_control_token(request):
-                return JSONResponse(error_body("unauthorized", "this server needs a token: "
-                                               "Authorization: Bearer T or ?token=T"), status_code=401)
+        # A session's own control token also opens its control routes.
+        if (request.url.path.startswith("/v1") and not holds_server_token(request, config.server.token)
+                and not _holds_control_token(request)):
+            return JSONResponse(error_body("unauthorized", "this server needs a token: "
+                                           "Authorization: Bearer T or ?token=T"), status_code=401)
         return await call_next(request)
 
     def _holds_control_token(request: Request) -> bool:
@@ -422,9 +429,7 @@ def create_app(config: Config | None = None, vad_factory: Any = None, animator: 
         if session.options.name and session_id == session.options.name and session.id != session_id:
             # A named session (the overlay's) is driven by agents that never saw its control
             # token: the server's own token stands for it (and loopback without a token is open).
-            server_token = config.server.token
-            server_given = request.query_params.get("token") or _bearer(request)
-            if server_token is None or (server_given and secrets.compare_digest(server_given, server_token)):
+            if holds_server_token(request, config.server.token):
                 return session
         if not given or not secrets.compare_digest(given, session.control_token):
             raise UnauthorizedError("this session needs its control_token (X-Control-Token header or "
@@ -476,9 +481,7 @@ def create_app(config: Config | None = None, vad_factory: Any = None, animator: 
     async def _accept_controlled(websocket: WebSocket, session_id: str) -> Session | None:
         """Accept a session's WebSocket if the caller holds the server token (when there is one)
         and the session's control; else close it with 4401/4404 (middleware never sees WebSockets)."""
-        token = config.server.token
-        given = websocket.query_params.get("token") or _bearer(websocket)
-        if token and not (given and secrets.compare_digest(given, token)):
+        if not holds_server_token(websocket, config.server.token):
             await websocket.close(code=4401, reason="unauthorized")
             return None
         try:

@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import secrets
 from collections.abc import Iterable
 from contextlib import asynccontextmanager
 from urllib.parse import parse_qs
@@ -34,6 +33,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from emo_stream.config import Config
 from emo_stream.errors import EmoStreamError, ImageTooLargeError, OverloadedError
+from server.app import holds_server_token
 from server.errors import error_body, status_for
 from server.shards import Shard, ShardPool, shard_of_session
 
@@ -193,17 +193,21 @@ def create_router_app(config: Config, pool: ShardPool) -> FastAPI:
                                         "the session has ended")
         return shard
 
-    async def loads() -> list[tuple[int, Shard]]:
-        async def one(shard: Shard) -> tuple[int, Shard] | None:
+    async def child_metrics(shards: list[Shard]) -> list[str | None]:
+        """Each child's /metrics text (None: it did not answer)."""
+        async def one(shard: Shard) -> str | None:
             try:
-                answer = await client_box["client"].get(shard.base_url + "/metrics", timeout=5)
+                return (await client_box["client"].get(shard.base_url + "/metrics", timeout=5)).text
             except httpx.TransportError:
                 return None
-            return _sessions_active(answer.text), shard
 
-        found = await asyncio.gather(*(one(s) for s in alive()))
+        return list(await asyncio.gather(*(one(s) for s in shards)))
+
+    async def loads() -> list[tuple[int, Shard]]:
+        shards = alive()
         # Offers still being answered count too: a burst of offers spreads instead of all seeing the same load.
-        counted = [(n + starting.get(shard.index, 0), shard) for n, shard in (x for x in found if x is not None)]
+        counted = [(_sessions_active(text) + starting.get(shard.index, 0), shard)
+                   for shard, text in zip(shards, await child_metrics(shards), strict=True) if text is not None]
         return sorted(counted, key=lambda pair: (pair[0], pair[1].index))
 
     @app.get("/healthz")
@@ -216,13 +220,7 @@ def create_router_app(config: Config, pool: ShardPool) -> FastAPI:
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        async def text(shard: Shard) -> str:
-            try:
-                return (await client_box["client"].get(shard.base_url + "/metrics", timeout=5)).text
-            except httpx.TransportError:
-                return ""
-
-        texts = await asyncio.gather(*(text(s) for s in alive()))
+        texts = [text for text in await child_metrics(alive()) if text is not None]
         own = ("# HELP emo_stream_session_processes Session processes running\n"
                "# TYPE emo_stream_session_processes gauge\n"
                f"emo_stream_session_processes {float(len(alive()))!r}\n"
@@ -243,7 +241,7 @@ def create_router_app(config: Config, pool: ShardPool) -> FastAPI:
         running = sum(n for n, _ in ranked)
         limit = config.server.max_sessions
         # Only a caller the children would let in learns that the server is full; others get their 401.
-        if running >= limit and _holds_server_token(request, config.server.token):
+        if running >= limit and holds_server_token(request, config.server.token):
             raise OverloadedError(f"{running} sessions are running, the limit is {limit}: try again later",
                                   retry_after_s=10)
         answer = None
@@ -270,12 +268,10 @@ def create_router_app(config: Config, pool: ShardPool) -> FastAPI:
     @app.post("/v1/avatars")
     async def upload_avatar(request: Request) -> Response:
         body = await read_body(request)
-        shards = alive()
-        if not shards:
-            raise ShardUnavailableError("no session process is running; try again in a few seconds")
-        first = await forward(shards[0], request, body)
+        primary = first_alive()
+        first = await forward(primary, request, body)
         if first.status_code == 201:
-            for shard in shards[1:]:
+            for shard in (s for s in alive() if s is not primary):
                 copy = await forward(shard, request, body)
                 if copy.status_code != 201:
                     logger.error("session process %d refused an avatar its sibling accepted: %s", shard.index,
@@ -309,14 +305,6 @@ def create_router_app(config: Config, pool: ShardPool) -> FastAPI:
         return await forward(first_alive(), request)
 
     return app
-
-
-def _holds_server_token(request: Request, token: str | None) -> bool:
-    if not token:
-        return True
-    header = request.headers.get("authorization", "")
-    given = request.query_params.get("token") or (header[7:].strip() if header.lower().startswith("bearer ") else "")
-    return bool(given) and secrets.compare_digest(given, token)
 
 
 def _session_name(request: Request, body: bytes) -> str | None:

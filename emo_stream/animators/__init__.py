@@ -31,8 +31,8 @@ def create_animator(backend: str = "lite", *, size: int = 512, fps: int = 25, mo
                     checkpoint: str | None = None, device: str = "cpu", **emo_options) -> Animator:
     """Make the animator for ``backend``; the emo backend is imported only when asked for.
 
-    ``emo_options`` go to ``EmoAnimator.from_checkpoint`` (e.g. ``decoder="vae", realtime=False`` for offline renders); the lite
-    backend takes none.
+    ``emo_options`` go to ``EmoAnimator.from_checkpoint`` (e.g. ``decoder="vae", realtime=False`` for offline
+    renders); the lite backend takes none.
     """
     if backend == "lite":
         from emo_stream.animators.lite import LiteAnimator

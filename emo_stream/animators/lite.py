@@ -58,7 +58,7 @@ class LiteAnimator:
         self.latency_frames = max(0, lookahead_frames(fps) - 1) + CONTROLLER_LOOKAHEAD_FRAMES
         self._rigs: OrderedDict[str, AvatarRig] = OrderedDict()
 
-    def rig(self, avatar: Avatar) -> AvatarRig:
+    def _rig(self, avatar: Avatar) -> AvatarRig:
         """The avatar's rig (face mesh, matte: the per-portrait work), built once and cached by its key."""
         rig = self._rigs.get(avatar.cache_key)
         if rig is None:
@@ -74,7 +74,7 @@ class LiteAnimator:
         """A session on ``avatar`` (its rig built once per portrait and cached)."""
         if avatar.size != self.size:
             raise ValueError(f"avatar is {avatar.size}px but the animator renders {self.size}px")
-        return LiteState(avatar=avatar, renderer=LiteRenderer(self.rig(avatar)),
+        return LiteState(avatar=avatar, renderer=LiteRenderer(self._rig(avatar)),
                          extractor=FeatureExtractor(sample_rate=16_000, fps=self.fps),
                          controller=MotionController(fps=self.fps, motion=self.motion, seed=seed))
 
