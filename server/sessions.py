@@ -1,7 +1,7 @@
 """A live session: an aiortc peer connection, the mic in, the avatar and its voice out.
 
-Data flow (DESIGN.md): mic track (opus 48 kHz) -> decoded frames -> one-frame windows at 48 kHz mono
-(the output voice) and 16 kHz mono (the engine), completed together (``server.input_windows``) -> the
+Data flow (DESIGN.md): mic track (opus 48 kHz) -> decoded frames -> two PyAV resamplers
+(48 kHz mono for the output voice, 16 kHz mono for the engine) -> one-frame windows -> the
 InferenceWorker (VAD + animator) -> frames by tick -> the MediaClock -> the two tracks.
 
 Timing: input window ``i`` is shown at clock tick ``i + anchor``. The anchor is set when input
@@ -32,9 +32,9 @@ from aiortc.rtcrtpsender import RTCRtpSender
 
 from emo_stream.compositing import parse_background
 from emo_stream.errors import InvalidSdpError, RequestError, SessionNotFoundError
+from emo_stream.streaming import AudioWindowBuffer
 from emo_stream.types import AudioWindow, Avatar, Frame
 from server.clock import MediaClock
-from server.input_windows import InputWindows
 from server.telemetry import Telemetry
 from server.tracks import AvatarAudioTrack, AvatarVideoTrack
 from server.worker import FeedResult, InferenceWorker, Job, WorkerOverloaded
@@ -133,9 +133,12 @@ class Session:
         self.background = parse_background(options.background)
         self._hold = self._first_picture(avatar)
         self._silence = np.zeros(OUTPUT_RATE // options.fps, np.float32)
-        self._input = InputWindows((OUTPUT_RATE, ENGINE_RATE), options.fps)
+        self._win48 = AudioWindowBuffer(OUTPUT_RATE, options.fps)
+        self._win16 = AudioWindowBuffer(ENGINE_RATE, options.fps)
         self._index48 = 0
         self._index16 = 0
+        self._resample48 = av.AudioResampler(format="flt", layout="mono", rate=OUTPUT_RATE)
+        self._resample16 = av.AudioResampler(format="flt", layout="mono", rate=ENGINE_RATE)
         self._muted_until_quiet = False
         self._quiet_run = 0
         self._last_mapped_tick = -1
@@ -258,9 +261,13 @@ class Session:
 
     def push_audio_frame(self, frame: av.AudioFrame) -> None:
         """Decoded input audio (any rate/layout) into the 48 kHz and 16 kHz window streams."""
-        for voice, engine in self._input.push(frame):
-            self._on_window48(voice)  # first: it maps the window to its tick
-            self._on_window16(engine)
+        frame.pts = None  # timestamps from the peer are not ours: windows are counted by samples
+        for out in self._resample48.resample(frame):
+            for window in self._win48.push(out.to_ndarray().reshape(-1)):
+                self._on_window48(window.samples)
+        for out in self._resample16.resample(frame):
+            for window in self._win16.push(out.to_ndarray().reshape(-1)):
+                self._on_window16(window.samples)
 
     def _map(self, index: int, quiet: bool) -> int:
         """The tick for input window ``index``: re-anchored when input starts, when it fell behind
@@ -495,7 +502,8 @@ class Session:
         self._arrived.clear()
         self._idle_requested.clear()
         self._anchors.clear()
-        self._input.clear()
+        self._win16.clear()
+        self._win48.clear()
         self._last_mapped_tick = -1
         # A microphone keeps sending the cut utterance: ignore it until the speaker pauses.
         # An agent's PCM stops on its own: its queue is simply dropped.
