@@ -35,6 +35,7 @@ from emo_stream.errors import InvalidSdpError, RequestError, SessionNotFoundErro
 from emo_stream.streaming import AudioWindowBuffer
 from emo_stream.types import AudioWindow, Avatar, Frame
 from server.clock import MediaClock
+from server.inbound_audio import hand_on_audio_at_once
 from server.telemetry import Telemetry
 from server.tracks import AvatarAudioTrack, AvatarVideoTrack
 from server.worker import FeedResult, InferenceWorker, Job, WorkerOverloaded
@@ -48,19 +49,7 @@ SILENT_PEER_S = 5.0  # no media from the peer this long: it is gone
 SILENT_RTCP_S = 8.0  # no receiver report about our tracks this long (PCM sessions): it is gone
 RTCP_GRACE_S = 10.0  # time to connect before receiver reports are expected
 FIRST_MEDIA_GRACE_S = 15.0  # time to connect before the first media arrives
-# aiortc's audio receiver releases a packet only once 4 more are queued (80 ms); on loopback
-# and LANs reordering is rare, so one packet of prefetch keeps 60 ms out of the latency.
-INBOUND_AUDIO_PREFETCH = 1
 REANCHOR_SLACK_TICKS = 2  # input this far ahead of need, at a quiet moment: catch up
-
-
-def shorten_inbound_audio_buffer(receiver, prefetch: int = INBOUND_AUDIO_PREFETCH) -> bool:
-    """Lower an aiortc audio receiver's jitter-buffer prefetch (an aiortc internal: guarded)."""
-    buffer = getattr(receiver, "_RTCRtpReceiver__jitter_buffer", None)
-    if buffer is None or not hasattr(buffer, "_prefetch"):
-        return False
-    buffer._prefetch = prefetch
-    return True
 
 
 @dataclass
@@ -182,7 +171,7 @@ class Session:
             if track.kind == "audio" and self.options.audio_source == "mic":
                 for transceiver in self.pc.getTransceivers():
                     if transceiver.receiver.track is track:
-                        shorten_inbound_audio_buffer(transceiver.receiver)
+                        hand_on_audio_at_once(transceiver.receiver)
                 self._tasks.append(asyncio.create_task(self._consume_mic(track), name=f"mic-{self.id[:6]}"))
 
         @self.pc.on("datachannel")
