@@ -154,13 +154,14 @@ def voice_delay(sent_at: list[float], samples: np.ndarray, audio: list[tuple[flo
 
 def analyse_onsets(sent_at: list[float], samples: np.ndarray, arrivals: np.ndarray, mouth: np.ndarray,
                    audio: list[tuple[float, np.ndarray]], video_hold_s: float, audio_hold_s: float,
-                   declared_s: float = 0.0) -> list[dict]:
+                   earliest_s: float = 0.0) -> list[dict]:
     """Voice onset -> first visibly moving mouth (and -> first loud returned voice) for each utterance.
 
     ``arrivals`` and ``mouth``: arrival time and mouth opening (NaN without a face) of each received
     video frame; ``audio``: the received audio frames with their arrival times. A motion (or a loud
-    returned frame) seen sooner than the server's declared latency ``declared_s`` cannot answer this
-    onset (it is an earlier utterance's, late): the onset is then skipped, not counted as fast.
+    returned frame) seen sooner than ``earliest_s`` after the onset (the least the server can take: its
+    declared latency less two ticks, see ``analyse``) cannot answer this onset (it is an earlier utterance's, late): the
+    onset is then skipped, not counted as fast.
     """
     audio_t = np.array([t for t, _ in audio])
     audio_loud = np.array([_level_dbfs(a) > ONSET_DBFS for _, a in audio], dtype=bool)
@@ -188,8 +189,8 @@ def analyse_onsets(sent_at: list[float], samples: np.ndarray, arrivals: np.ndarr
         max_dep = float(departure.max())
         entry.update(rest=round(rest, 4), max_departure=round(max_dep, 4))
         # the returned voice: first returned 20 ms audio frame above the threshold, not sooner (corrected)
-        # than the declared latency after the onset
-        loud_after = np.flatnonzero((audio_t > t0 + declared_s + audio_hold_s) & audio_loud)
+        # than the server can return it
+        loud_after = np.flatnonzero((audio_t > t0 + earliest_s + audio_hold_s) & audio_loud)
         if len(loud_after):
             voice_raw = float(audio_t[loud_after[0]] - t0)
             entry.update(voice_raw_ms=round(voice_raw * 1000, 1),
@@ -200,8 +201,8 @@ def analyse_onsets(sent_at: list[float], samples: np.ndarray, arrivals: np.ndarr
             continue
         moving = search[np.flatnonzero(departure > DEPARTURE_FRACTION * max_dep)[0]]
         mouth_raw = float(arrivals[moving] - t0)
-        if mouth_raw - video_hold_s < declared_s:
-            entry["skipped"] = "mouth moved sooner than the declared latency (an earlier utterance's motion)"
+        if mouth_raw - video_hold_s < earliest_s:
+            entry["skipped"] = "mouth moved sooner than the server can show it (an earlier utterance's motion)"
             results.append(entry)
             continue
         entry.update(mouth_raw_ms=round(mouth_raw * 1000, 1),
@@ -258,8 +259,12 @@ def analyse(peer: RecordingPeer, samples: np.ndarray, fps: int, audio_hold_s: fl
             if faces:
                 mouth[i] = mouth_opening(faces[0].points)
     out["face_found"] = round(float(np.isfinite(mouth).mean()) if len(mouth) else 0.0, 3)
+    # The server shows a window's frame and voice on the tick ``declared_s`` after the tick the window completes
+    # in: from the window itself, between declared_s - 1 tick and declared_s. The lite animator's mouth opens one
+    # frame ahead of the sound (its lookahead): a motion may show one tick sooner still.
+    earliest_s = max(0.0, declared_s - 2.0 / fps)
     out["onsets"] = analyse_onsets(peer.mic.sent_at, samples, np.array(arrivals), mouth, peer.received.audio,
-                                   video_hold_s, audio_hold_s, declared_s)
+                                   video_hold_s, audio_hold_s, earliest_s)
     lag, r = voice_delay(peer.mic.sent_at, samples, peer.received.audio)
     out["voice_delay_xcorr"] = {"raw_ms": None if lag is None else round(lag * 1000, 1),
                                 "corrected_ms": None if lag is None else round((lag - audio_hold_s) * 1000, 1),

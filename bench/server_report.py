@@ -192,12 +192,14 @@ METHOD = {
     "onset_to_mouth_corrected": ("raw minus one frame period (40 ms at 25 fps): aiortc's video jitter buffer returns a "
                                  "frame from recv() only when the next frame's first packet arrives"),
     "onset_to_returned_voice": ("arrival of the first returned 20 ms audio frame above -40 dBFS later than onset + "
-                                "the declared latency (the server returns the caller's voice delayed by it); corrected "
+                                "the declared latency less two ticks (the server returns the caller's voice on the tick "
+                                "the declared latency after the tick its window completes in); corrected "
                                 "= raw minus 80 ms, aiortc's audio receive buffer. xcorr_*: per session, the lag "
                                 "(0-4 s) that best correlates the loudness of the sent and the returned 20 ms frames "
                                 "on the wall clock, minus the same 80 ms"),
-    "onset_association": ("a mouth motion (or loud returned frame) seen sooner than onset + the declared latency is "
-                          "not counted for that onset (it is an earlier utterance's, arriving late); when a round is "
+    "onset_association": ("a mouth motion (or loud returned frame) seen sooner than onset + the declared latency less "
+                          "two ticks (where in its tick the window completes, and the lite mouth's one frame of "
+                          "anticipation) is not counted for that onset (it is an earlier utterance's, arriving late); when a round is "
                           "'overloaded' (frames_late > 2% of frames_sent) the per-utterance figures cannot be trusted: "
                           "delays reach the 2 s between utterances. onset_to_mouth.reliable is false when under 75% "
                           "of the utterances inside the session got a measured mouth motion (ratios are then null)"),
