@@ -160,8 +160,8 @@ def analyse_onsets(sent_at: list[float], samples: np.ndarray, arrivals: np.ndarr
     ``arrivals`` and ``mouth``: arrival time and mouth opening (NaN without a face) of each received
     video frame; ``audio``: the received audio frames with their arrival times. A motion (or a loud
     returned frame) seen sooner than ``earliest_s`` after the onset (the least the server can take: its
-    declared latency less two ticks, see ``analyse``) cannot answer this onset (it is an earlier utterance's, late): the
-    onset is then skipped, not counted as fast.
+    declared latency less two ticks, see ``analyse``) cannot answer this onset (it is an earlier
+    utterance's, late): the onset is then skipped, not counted as fast.
     """
     audio_t = np.array([t for t, _ in audio])
     audio_loud = np.array([_level_dbfs(a) > ONSET_DBFS for _, a in audio], dtype=bool)

@@ -39,7 +39,7 @@ class InOrderAudioBuffer(JitterBuffer):
             if len(queued) <= self.patience:
                 return None
             self.skipped += uint16_add(queued[-1], -self._origin)
-            self.remove(uint16_add(queued[-1], -self._origin))  # the gap and the packets behind it go
+            self.remove(uint16_add(queued[-1], -self._origin))  # the gap and all but the newest packet go
         packet = self._packets[self._origin % self._capacity]
         self.remove(1)
         return JitterFrame(data=packet._data, timestamp=packet.timestamp)
