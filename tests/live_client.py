@@ -152,6 +152,18 @@ class LivePeer:
         await self.pc.close()
 
 
+async def run_peers(base_url: str, samples: np.ndarray, count: int, seconds: float,
+                    avatar_id: str | None = None) -> list[LivePeer]:
+    """``count`` peers connected one after the other, kept ``seconds``, then closed (what they received stays)."""
+    peers = [LivePeer(base_url, samples, avatar_id=avatar_id) for _ in range(count)]
+    for peer in peers:
+        await peer.connect()
+    await asyncio.sleep(seconds)
+    for peer in peers:
+        await peer.close()
+    return peers
+
+
 def received_fps(received: Received, skip_s: float = 1.0) -> float:
     times = [t for t, _ in received.video]
     if len(times) < 3:

@@ -17,7 +17,7 @@ from emo_stream.face import FaceMesh
 from emo_stream.metrics import compute_video_metrics
 from emo_stream.metrics.face_measures import mouth_opening
 from tests import media
-from tests.live_client import RATE, LivePeer, audio_timeline, received_fps, write_recording
+from tests.live_client import RATE, LivePeer, audio_timeline, received_fps, run_peers, write_recording
 from tests.servers import run_server
 
 pytestmark = pytest.mark.timeout(240)
@@ -154,16 +154,7 @@ def test_datachannel_interrupt(server):
 
 
 def test_four_sessions_hold_the_frame_rate(server, speech48):
-    async def run():
-        peers = [LivePeer(server, speech48) for _ in range(4)]
-        for p in peers:
-            await p.connect()
-        await asyncio.sleep(6.0)
-        for p in peers:
-            await p.close()
-        return peers
-
-    peers = asyncio.run(run())
+    peers = asyncio.run(run_peers(server, speech48, 4, 6.0))
     rates = [received_fps(p.received) for p in peers]
     assert min(rates) >= 24, rates
 

@@ -21,7 +21,7 @@ from emo_stream.config import load_config, session_processes
 from server.router import merge_metrics
 from server.shards import ShardRole, shard_of_session
 from tests import media
-from tests.live_client import RATE, LivePeer
+from tests.live_client import RATE, LivePeer, run_peers
 from tests.servers import run_server, stop
 
 pytestmark = pytest.mark.timeout(240)
@@ -55,16 +55,7 @@ def wait_until(check, timeout_s: float, what: str) -> None:
 
 def two_sessions_one_per_process(base: str, speech: np.ndarray, avatar_id: str | None = None) -> None:
     """Two sessions one after the other land in different processes and both receive video."""
-    async def run():
-        peers = [LivePeer(base, speech, avatar_id=avatar_id) for _ in range(2)]
-        for peer in peers:
-            await peer.connect()
-        await asyncio.sleep(1.5)
-        for peer in peers:
-            await peer.close()
-        return peers
-
-    peers = asyncio.run(run())
+    peers = asyncio.run(run_peers(base, speech, 2, 1.5, avatar_id=avatar_id))
     assert sorted(shard_of_session(p.session_id) for p in peers) == [0, 1]
     assert all(len(p.received.video) > 10 for p in peers)
 
