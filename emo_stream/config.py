@@ -30,9 +30,12 @@ class ServerConfig:
     max_sessions: int = 6
     # Loopback needs none; a public deployment lists its STUN/TURN servers here.
     ice_servers: list[str] = field(default_factory=list)
-    # Ticks of slack, beyond the animator's lookahead and the window's own tick, for the worker's
-    # compute and the network's jitter: 0 is the lowest latency, 1 rides out busy moments.
-    delay_margin_ticks: int = 1
+    # A live window is shown on the first tick at least this long after it completes: the animator's
+    # lookahead, then ``delay_margin_ticks`` whole ticks (a slow backend's compute), then
+    # ``render_margin_ms``, the least time its frame has to be rendered. Where in a tick windows
+    # complete varies, so a frame gets between render_margin_ms and one tick more.
+    delay_margin_ticks: int = 0
+    render_margin_ms: int = 20
     # Session processes: each runs its own sessions' peers, worker and animator, so sessions on different
     # processes do not share one interpreter's lock (README "The live server"). 1: all in the server's own
     # process; 0: one per core the server may use, at most 4 (the lite backend only: a GPU backend keeps one
@@ -45,6 +48,8 @@ class ServerConfig:
         _check(self.max_sessions >= 1, f"{prefix}.max_sessions", f"must be >= 1, got {self.max_sessions}")
         _check(0 <= self.delay_margin_ticks <= 10, f"{prefix}.delay_margin_ticks",
                f"must be 0..10, got {self.delay_margin_ticks}")
+        _check(0 <= self.render_margin_ms <= 1000, f"{prefix}.render_margin_ms",
+               f"must be 0..1000, got {self.render_margin_ms}")
 
 
 @dataclass

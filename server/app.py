@@ -218,6 +218,7 @@ class Engine:
                           latency_frames=self.animator.latency_frames, vad_factory=self.vad_factory,
                           delay_margin_ticks=max(self.config.server.delay_margin_ticks,
                                                  getattr(self.animator, "margin_ticks", 0)),
+                          render_margin_ms=self.config.server.render_margin_ms,
                           id_prefix=self.shard.session_prefix if self.shard else "")
         try:
             answer = await session.accept(offer_sdp, offer_type)
@@ -411,7 +412,7 @@ def create_app(config: Config | None = None, vad_factory: Any = None, animator: 
             session = await engine.create_session(sdp, "offer", query.get("avatar_id") or query.get("avatar"), options)
             return Response(session.answer.sdp, status_code=201, media_type="application/sdp",
                             headers={"Location": f"/v1/sessions/{session.id}", "X-Control-Token": session.control_token,
-                                     "X-Latency-Ms": str(session.delay_ticks * 1000 // session.options.fps)})
+                                     "X-Latency-Ms": str(session.latency_ms)})
         try:
             body = OfferBody.model_validate_json(await request.body())
         except ValueError as exc:
@@ -419,7 +420,7 @@ def create_app(config: Config | None = None, vad_factory: Any = None, animator: 
         session = await engine.create_session(body.sdp, body.type, body.avatar_id or body.avatar, body.options)
         return JSONResponse({"session_id": session.id, "sdp": session.answer.sdp, "type": session.answer.type,
                              "control_token": session.control_token,
-                             "latency_ms": session.delay_ticks * 1000 // session.options.fps}, status_code=201)
+                             "latency_ms": session.latency_ms}, status_code=201)
 
     def controlled(request: Request | WebSocket, session_id: str) -> Session:
         """The session, if the caller holds its control token (header, or query for WebSockets)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -83,6 +84,13 @@ class MediaClock:
         if self._start is None:
             return 0
         return max(0, int((asyncio.get_running_loop().time() - self._start) / self.period))
+
+    def first_tick_after(self, seconds: float) -> int:
+        """The first tick due at least ``seconds`` from now."""
+        if self._start is None:
+            return max(0, math.ceil(seconds / self.period - 1e-9))
+        ahead = asyncio.get_running_loop().time() + seconds - self._start
+        return max(0, math.ceil(ahead / self.period - 1e-9))
 
     def tick_time(self, index: int) -> float:
         """When tick ``index`` is due, on ``time.perf_counter``'s clock (the worker's)."""

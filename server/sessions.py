@@ -1,14 +1,17 @@
 """A live session: an aiortc peer connection, the mic in, the avatar and its voice out.
 
-Data flow (DESIGN.md): mic track (opus 48 kHz) -> decoded frames -> two PyAV resamplers
-(48 kHz mono for the output voice, 16 kHz mono for the engine) -> one-frame windows -> the
+Data flow (DESIGN.md): mic track (opus 48 kHz) -> decoded frames -> one-frame windows at 48 kHz mono
+(the output voice) and 16 kHz mono (the engine), completed together (``server.input_windows``) -> the
 InferenceWorker (VAD + animator) -> frames by tick -> the MediaClock -> the two tracks.
 
 Timing: input window ``i`` is shown at clock tick ``i + anchor``. The anchor is set when input
-starts (or resumes after a gap, or after an interrupt) to ``now + delay_ticks``, where
-``delay_ticks`` = the animator's lookahead + 1 (the tick the window arrives in) + a margin
-for the worker and network jitter (``server.delay_margin_ticks``). The voice is delayed by
-exactly that many ticks, so picture and sound leave together.
+starts (or resumes after a gap, or after an interrupt): the window goes to the first tick due at
+least ``min_lead_s`` after it completed. That lead is the animator's lookahead (its frame waits for
+that many more windows), any margin ticks (``server.delay_margin_ticks``) and the least time the
+frame then has to be rendered (``server.render_margin_ms``). Where in its tick a window completes
+varies, so a window is shown between ``min_lead_s`` and one tick more after it completes; that upper
+bound is the declared ``latency_ms``. The voice goes on the same tick, so picture and sound leave
+together.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import contextlib
 import datetime
 import json
 import logging
+import math
 import secrets
 import time
 from bisect import bisect_right
@@ -32,10 +36,10 @@ from aiortc.rtcrtpsender import RTCRtpSender
 
 from emo_stream.compositing import parse_background
 from emo_stream.errors import InvalidSdpError, RequestError, SessionNotFoundError
-from emo_stream.streaming import AudioWindowBuffer
 from emo_stream.types import AudioWindow, Avatar, Frame
 from server.clock import MediaClock
 from server.inbound_audio import hand_on_audio_at_once
+from server.input_windows import InputWindows
 from server.telemetry import Telemetry
 from server.tracks import AvatarAudioTrack, AvatarVideoTrack
 from server.worker import FeedResult, InferenceWorker, Job, WorkerOverloaded
@@ -102,15 +106,18 @@ class Session:
     """One peer: its connection, input buffers, frames by tick, clock and tracks."""
 
     def __init__(self, avatar: Avatar, options: SessionOptions, worker: InferenceWorker, telemetry: Telemetry,
-                 ice_servers: list[str], latency_frames: int, vad_factory=None, delay_margin_ticks: int = 1,
-                 id_prefix: str = "") -> None:
+                 ice_servers: list[str], latency_frames: int, vad_factory=None, delay_margin_ticks: int = 0,
+                 render_margin_ms: int = 20, id_prefix: str = "") -> None:
         self.id = id_prefix + secrets.token_urlsafe(18)  # 144 bits; the prefix names a session process
         self.control_token = secrets.token_urlsafe(24)
         self.avatar = avatar
         self.options = options
         self.worker = worker
         self.telemetry = telemetry
-        self.delay_ticks = latency_frames + 1 + delay_margin_ticks
+        period_ms = 1000 / options.fps
+        self.min_lead_s = ((latency_frames + delay_margin_ticks) * period_ms + render_margin_ms) / 1000
+        self.latency_ms = round(self.min_lead_s * 1000 + period_ms)
+        self.delay_ticks = math.ceil(self.latency_ms / period_ms - 1e-9)  # the most ticks a window waits
         self.stats = SessionStats()
         self.generation = 0
         self.closed = False
@@ -122,12 +129,9 @@ class Session:
         self.background = parse_background(options.background)
         self._hold = self._first_picture(avatar)
         self._silence = np.zeros(OUTPUT_RATE // options.fps, np.float32)
-        self._win48 = AudioWindowBuffer(OUTPUT_RATE, options.fps)
-        self._win16 = AudioWindowBuffer(ENGINE_RATE, options.fps)
+        self._input = InputWindows((OUTPUT_RATE, ENGINE_RATE), options.fps)
         self._index48 = 0
         self._index16 = 0
-        self._resample48 = av.AudioResampler(format="flt", layout="mono", rate=OUTPUT_RATE)
-        self._resample16 = av.AudioResampler(format="flt", layout="mono", rate=ENGINE_RATE)
         self._muted_until_quiet = False
         self._quiet_run = 0
         self._last_mapped_tick = -1
@@ -250,13 +254,9 @@ class Session:
 
     def push_audio_frame(self, frame: av.AudioFrame) -> None:
         """Decoded input audio (any rate/layout) into the 48 kHz and 16 kHz window streams."""
-        frame.pts = None  # timestamps from the peer are not ours: windows are counted by samples
-        for out in self._resample48.resample(frame):
-            for window in self._win48.push(out.to_ndarray().reshape(-1)):
-                self._on_window48(window.samples)
-        for out in self._resample16.resample(frame):
-            for window in self._win16.push(out.to_ndarray().reshape(-1)):
-                self._on_window16(window.samples)
+        for voice, engine in self._input.push(frame):
+            self._on_window48(voice)  # first: it maps the window to its tick
+            self._on_window16(engine)
 
     def _map(self, index: int, quiet: bool) -> int:
         """The tick for input window ``index``: re-anchored when input starts, when it fell behind
@@ -269,7 +269,7 @@ class Session:
         catch_up = ahead is not None and (ahead > self.delay_ticks + 12 or (
             quiet and ahead > self.delay_ticks + REANCHOR_SLACK_TICKS))
         if ahead is None or ahead <= 0 or catch_up:
-            tick = now + self.delay_ticks
+            tick = self.clock.first_tick_after(self.min_lead_s)
             if catch_up:
                 self._drop_from(tick)
             self._anchors.set(index, tick - index)
@@ -475,7 +475,7 @@ class Session:
             await asyncio.sleep(1.0)
             sent, late = self.stats.frames_sent, self.stats.frames_late
             self.publish({"type": "stats", "fps": sent - last_sent, "frames_sent": sent, "late_frames": late,
-                          "late_frames_per_s": late - last_late, "latency_ms": self.delay_ticks * 1000 // self.options.fps,
+                          "late_frames_per_s": late - last_late, "latency_ms": self.latency_ms,
                           "speaking": self.stats.speaking, "buffered_audio_s": round(self.pcm_buffered_s, 3)})
             last_sent, last_late = sent, late
 
@@ -491,8 +491,7 @@ class Session:
         self._arrived.clear()
         self._idle_requested.clear()
         self._anchors.clear()
-        self._win16.clear()
-        self._win48.clear()
+        self._input.clear()
         self._last_mapped_tick = -1
         # A microphone keeps sending the cut utterance: ignore it until the speaker pauses.
         # An agent's PCM stops on its own: its queue is simply dropped.
