@@ -39,6 +39,7 @@ from emo_stream.errors import InvalidSdpError, RequestError, SessionNotFoundErro
 from emo_stream.types import AudioWindow, Avatar, Frame
 from server.clock import MediaClock
 from server.inbound_audio import hand_on_audio_at_once
+from server.input_phase import InputPhase
 from server.input_windows import InputWindows
 from server.telemetry import Telemetry
 from server.tracks import AvatarAudioTrack, AvatarVideoTrack
@@ -54,6 +55,14 @@ SILENT_RTCP_S = 8.0  # no receiver report about our tracks this long (PCM sessio
 RTCP_GRACE_S = 10.0  # time to connect before receiver reports are expected
 FIRST_MEDIA_GRACE_S = 15.0  # time to connect before the first media arrives
 REANCHOR_SLACK_TICKS = 2  # input this far ahead of need, at a quiet moment: catch up
+
+
+def _level_dbfs(samples: np.ndarray) -> float:
+    """RMS level of float (±1) or int16 samples, in dB below full scale."""
+    x = samples.astype(np.float64)
+    if samples.dtype == np.int16:
+        x /= 32768.0
+    return 20 * np.log10(max(float(np.sqrt(np.mean(x ** 2))), 1e-9))
 
 
 @dataclass
@@ -118,6 +127,10 @@ class Session:
         self.min_lead_s = ((latency_frames + delay_margin_ticks) * period_ms + render_margin_ms) / 1000
         self.latency_ms = round(self.min_lead_s * 1000 + period_ms)
         self.delay_ticks = math.ceil(self.latency_ms / period_ms - 1e-9)  # the most ticks a window waits
+        # A microphone's windows are kept near the least lead (server.input_phase); an agent's PCM is pulled on
+        # the ticks themselves, so its lead is fixed by the tick.
+        self._phase = InputPhase(self.min_lead_s) if options.audio_source == "mic" else None
+        self._drop_next_quiet_packet = False
         self.stats = SessionStats()
         self.generation = 0
         self.closed = False
@@ -254,6 +267,10 @@ class Session:
 
     def push_audio_frame(self, frame: av.AudioFrame) -> None:
         """Decoded input audio (any rate/layout) into the 48 kHz and 16 kHz window streams."""
+        if self._drop_next_quiet_packet and frame.samples < frame.sample_rate // self.options.fps:
+            if _level_dbfs(frame.to_ndarray()) < QUIET_DBFS:
+                self._drop_next_quiet_packet = False
+                return  # InputPhase "drop": the windows after it complete one packet later
         for voice, engine in self._input.push(frame):
             self._on_window48(voice)  # first: it maps the window to its tick
             self._on_window16(engine)
@@ -273,6 +290,9 @@ class Session:
             if catch_up:
                 self._drop_from(tick)
             self._anchors.set(index, tick - index)
+            if self._phase is not None:
+                self._phase.reset()
+            self._drop_next_quiet_packet = False
         return tick
 
     def _drop_from(self, tick: int) -> None:
@@ -290,8 +310,7 @@ class Session:
     def _on_window48(self, samples: np.ndarray) -> None:
         index = self._index48
         self._index48 += 1
-        level = 20 * np.log10(max(float(np.sqrt(np.mean(samples.astype(np.float64) ** 2))), 1e-9))
-        quiet = level < QUIET_DBFS
+        quiet = _level_dbfs(samples) < QUIET_DBFS
         if self._muted_until_quiet:
             self._quiet_run = self._quiet_run + 1 if quiet else 0
             if self._quiet_run < 5:
@@ -300,6 +319,15 @@ class Session:
             self._anchors.clear()
         tick = self._map(index, quiet)
         self._audio_out[tick] = samples
+        if self._phase is not None:
+            action = self._phase.observe(self.clock.tick_time(tick) - time.perf_counter(),
+                                         pause=quiet and not self.stats.speaking)
+            if action is not None:
+                self.telemetry.input_phase.labels(kind=action).inc()
+            if action == "drop":
+                self._drop_next_quiet_packet = True
+            elif action == "delay":
+                self._anchors.set(index + 1, tick - index + 1)
         self._last_mapped_tick = max(self._last_mapped_tick, tick)
 
     def _on_window16(self, samples: np.ndarray) -> None:

@@ -25,6 +25,9 @@ class Telemetry:
         self.windows_skipped = Counter("emo_stream_windows_skipped_total",
                                        "Audio windows the worker skipped because their frame was already due",
                                        registry=r)
+        self.input_phase = Counter("emo_stream_input_phase_total",
+                                   "A microphone's windows moved back to their least lead in a pause: a quiet "
+                                   "packet dropped (drop) or a tick added (delay)", ["kind"], registry=r)
         self.interrupts = Counter("emo_stream_interrupts_total", "Barge-in interrupts", registry=r)
         self.worker_queue_depth = Gauge("emo_stream_worker_queue_depth", "Jobs waiting for the worker", registry=r)
         self.track_queue_depth = Gauge("emo_stream_track_queue_depth", "Frames waiting in video track queues",

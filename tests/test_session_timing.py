@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from emo_stream.types import Avatar, FaceLandmarks, Frame
+from server.input_phase import InputPhase
 from server.sessions import Session, SessionOptions
 from server.telemetry import Telemetry
 from server.worker import InferenceWorker
@@ -49,6 +50,16 @@ class LookaheadAnimator:
         state["last"] = None
 
 
+class EnergyVad:
+    """Speech where the window is loud: the session's pause needs a VAD that can say "not speaking"."""
+
+    def speech_probability(self, samples: np.ndarray) -> float:
+        return float(np.sqrt(np.mean(samples.astype(np.float64) ** 2)) > 0.01)
+
+    def reset(self) -> None:
+        pass
+
+
 def _avatar() -> Avatar:
     points = np.zeros((478, 3), np.float32)
     return Avatar(image=np.zeros((8, 8, 3), np.uint8), landmarks=FaceLandmarks(points=points, image_size=(8, 8)),
@@ -63,48 +74,94 @@ def _packet(level: float) -> av.AudioFrame:
     return frame
 
 
-@pytest.mark.parametrize("render_margin_ms", [20, 50])
-def test_each_window_goes_to_the_first_tick_its_frame_can_make(render_margin_ms):
-    """Whatever the phase of the microphone's packets against the clock, a window is shown between the
-    least lead (lookahead + render margin) and one tick more after it completes, and never sooner; the
-    declared latency is that upper bound; the 16 kHz window reaches the worker on the same packet."""
+def _run_session(render_margin_ms: int, utterances):
+    """Start a session, then for each ``(start_phase, packets)`` (packets: levels of 20 ms packets, paced
+    steadily from a time ``start_phase`` of a tick after a tick) push the packets; return the session, the
+    animator and per utterance the lead of each completed window (its tick's time less its completion)."""
 
     async def main():
         loop = asyncio.get_running_loop()
         animator = LookaheadAnimator()
         worker = InferenceWorker(animator, loop)
         session = Session(_avatar(), SessionOptions(size=8, fps=FPS), worker, Telemetry(), [],
-                          latency_frames=animator.latency_frames, render_margin_ms=render_margin_ms)
+                          latency_frames=animator.latency_frames, render_margin_ms=render_margin_ms, vad_factory=EnergyVad)
         try:
             await session.start()
             await asyncio.sleep(0.1)  # prepared on the worker
             leads = []
-            # Packets at 7 phases across a tick, one utterance each (a pause re-anchors the next).
-            for phase in range(7):
-                start = session.clock.tick_time(session.clock.current_tick() + 3) + phase * PERIOD_S / 7
-                for n in range(6):
+            for phase, packets in utterances:
+                start = session.clock.tick_time(session.clock.current_tick() + 3) + phase * PERIOD_S
+                mine = []
+                for n, level in enumerate(packets):
                     await asyncio.sleep(max(0.0, start + n * 0.02 - time.perf_counter()))  # a steady 20 ms
-                    fed_before = len(animator.fed)
-                    session.push_audio_frame(_packet(0.3))
+                    fed_before, windows_before = len(animator.fed), session._index48
+                    session.push_audio_frame(_packet(level))
                     done = time.perf_counter()
-                    if n % 2 == 1:  # a window completes
-                        index = session._index48 - 1
-                        tick = session._anchors.tick(index)
-                        leads.append(session.clock.tick_time(tick) - done)
-                        await asyncio.sleep(0.005)
-                        assert len(animator.fed) == fed_before + 1, "the engine window waited for another packet"
-                session._anchors.clear()  # as after a pause: the next utterance is anchored afresh
-            return session, np.array(leads)
+                    if session._index48 > windows_before:  # a window completed
+                        mine.append(session.clock.tick_time(session._anchors.tick(session._index48 - 1)) - done)
+                        if level > 0:
+                            await asyncio.sleep(0.005)
+                            assert len(animator.fed) == fed_before + 1, "the engine window waited for a packet"
+                leads.append(np.array(mine))
+                session._anchors.clear()  # as after an interrupt: the next utterance is anchored afresh
+            return session, leads
         finally:
             await session.close(reason="test")
             worker.stop()
 
-    session, leads = asyncio.run(main())
+    return asyncio.run(main())
+
+
+TOLERANCE_S = 0.004  # the loop's own timing between a packet and the measurement
+
+
+@pytest.mark.parametrize("render_margin_ms", [20, 50])
+def test_each_window_goes_to_the_first_tick_its_frame_can_make(render_margin_ms):
+    """Whatever the phase of the microphone's packets against the clock, a window is shown between the
+    least lead (lookahead + render margin) and one tick more after it completes, and never sooner; the
+    declared latency is that upper bound; the 16 kHz window reaches the worker on the same packet."""
+    session, leads = _run_session(render_margin_ms, [(k / 7, [0.3] * 6) for k in range(7)])
+    leads = np.concatenate(leads)
     least = session.min_lead_s
     assert least == pytest.approx((PERIOD_S * 1000 + render_margin_ms) / 1000)
     assert session.latency_ms == round((least + PERIOD_S) * 1000)
-    tolerance = 0.004  # the loop's own timing between a packet and the measurement
-    assert leads.min() >= least - tolerance, leads
-    assert leads.max() <= least + PERIOD_S + tolerance, leads
+    assert leads.min() >= least - TOLERANCE_S, leads
+    assert leads.max() <= least + PERIOD_S + TOLERANCE_S, leads
     # The phases spread across the tick, so the leads do too (one tick's worth, not a fixed value).
     assert leads.max() - leads.min() >= 0.5 * PERIOD_S, leads
+
+
+def test_a_pause_brings_the_lead_back_to_within_a_packet_of_the_least():
+    """A second of quiet before speech: where the phase left the lead a packet or more above the least, one
+    quiet packet is dropped, and the speech that follows is shown within a packet of the least lead."""
+    quiet_then_speech = [0.0] * 64 + [0.3] * 20
+    session, leads = _run_session(20, [(k / 4 + 0.05, quiet_then_speech) for k in range(4)])
+    least = session.min_lead_s
+    first = np.array([lead[0] for lead in leads])
+    assert first.max() - first.min() >= 0.5 * PERIOD_S, first  # anchored across a tick, as above
+    speech = np.concatenate([lead[-10:] for lead in leads])
+    assert speech.min() >= least - TOLERANCE_S, speech
+    assert speech.max() <= least + 0.020 + TOLERANCE_S, speech
+    drops = session.telemetry.input_phase.labels(kind="drop")._value.get()
+    assert drops == int(np.sum(first >= least + 0.020 + 0.002)), (drops, first)
+
+
+def test_input_phase_drops_only_in_a_pause_and_delays_a_slow_microphone():
+    phase = InputPhase(least_lead_s=0.060)
+    # Every lead a packet and more above the least, but someone is speaking: nothing is dropped.
+    assert [phase.observe(0.085, pause=False) for _ in range(40)] == [None] * 40
+    assert phase.observe(0.085, pause=True) == "drop"
+    # The next second must show the lead the drop left before anything more is done.
+    assert [phase.observe(0.065, pause=True) for _ in range(40)] == [None] * 40
+    # One lead in the last second within a packet of the least: no drop (jitter must not push it below).
+    phase.reset()
+    assert {phase.observe(0.085 if k % 10 else 0.075, pause=True) for k in range(40)} == {None}
+    # A microphone slower than our clock: the typical lead falls below the least -> a tick is added.
+    phase.reset()
+    actions, added = [], 0.0
+    for k in range(80):
+        actions.append(phase.observe(0.060 - 0.0003 * k + added, pause=True))
+        # a tick later (40 ms more lead), then a packet back (20 ms less): 20 ms net
+        added += {"delay": 0.040, "drop": -0.020}.get(actions[-1], 0.0)
+    assert [a for a in actions if a] == ["delay", "drop"], actions
+    assert actions.index("delay") >= 24  # not before a second of leads was seen
