@@ -10,7 +10,9 @@ drifts against ours, slowly moving the lead either way.
 is not heard), moves it back:
 
 - ``"drop"``: every lead of the last second is at least one packet above the least. The session drops
-  the next quiet packet, so the windows after it complete one packet (20 ms) later against the same ticks.
+  that many quiet packets (as many whole packets as the smallest lead has above the least), so the windows
+  after them complete that much later against the same ticks. A lead far above the least comes from a stall
+  while the session anchored (the window's completion was seen late); it goes in one pause.
 - ``"delay"``: the typical lead of the last second is below the least (the microphone runs slow against
   our clock). The next windows go one tick later (40 ms more lead; a tick of silence is played).
 """
@@ -18,11 +20,20 @@ is not heard), moves it back:
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
 
 import numpy as np
 
 WINDOWS = 25  # one second of windows at 25 fps between decisions
 TOLERANCE_S = 0.002  # network jitter on a packet's arrival
+
+
+@dataclass(frozen=True)
+class PhaseAction:
+    """``kind``: "drop" (``packets`` quiet packets) or "delay" (the next windows one tick later)."""
+
+    kind: str
+    packets: int = 0
 
 
 class InputPhase:
@@ -37,17 +48,17 @@ class InputPhase:
         """Re-anchored: the leads seen so far no longer apply."""
         self._excess.clear()
 
-    def observe(self, lead_s: float, pause: bool) -> str | None:
-        """One window's lead (its tick's time less the time it completed); ``pause``: nobody is speaking.
-        Returns ``"drop"``, ``"delay"`` or ``None``."""
+    def observe(self, lead_s: float, pause: bool) -> PhaseAction | None:
+        """One window's lead (its tick's time less the time it completed); ``pause``: nobody is speaking."""
         self._excess.append(lead_s - self.least_lead_s)
         if not pause or len(self._excess) < WINDOWS:
             return None
         excess = np.asarray(self._excess)
-        if excess.min() >= self.packet_s + TOLERANCE_S:
+        packets = int((excess.min() - TOLERANCE_S) // self.packet_s)
+        if packets >= 1:
             self._excess.clear()  # the next second shows the lead the drop left
-            return "drop"
+            return PhaseAction("drop", packets)
         if np.median(excess) < -TOLERANCE_S:
             self._excess.clear()
-            return "delay"
+            return PhaseAction("delay")
         return None

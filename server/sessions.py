@@ -130,7 +130,7 @@ class Session:
         # A microphone's windows are kept near the least lead (server.input_phase); an agent's PCM is pulled on
         # the ticks themselves, so its lead is fixed by the tick.
         self._phase = InputPhase(self.min_lead_s) if options.audio_source == "mic" else None
-        self._drop_next_quiet_packet = False
+        self._quiet_packets_to_drop = 0
         self.stats = SessionStats()
         self.generation = 0
         self.closed = False
@@ -267,9 +267,9 @@ class Session:
 
     def push_audio_frame(self, frame: av.AudioFrame) -> None:
         """Decoded input audio (any rate/layout) into the 48 kHz and 16 kHz window streams."""
-        if self._drop_next_quiet_packet and frame.samples < frame.sample_rate // self.options.fps:
+        if self._quiet_packets_to_drop and frame.samples < frame.sample_rate // self.options.fps:
             if _level_dbfs(frame.to_ndarray()) < QUIET_DBFS:
-                self._drop_next_quiet_packet = False
+                self._quiet_packets_to_drop -= 1
                 return  # InputPhase "drop": the windows after it complete one packet later
         for voice, engine in self._input.push(frame):
             self._on_window48(voice)  # first: it maps the window to its tick
@@ -292,7 +292,7 @@ class Session:
             self._anchors.set(index, tick - index)
             if self._phase is not None:
                 self._phase.reset()
-            self._drop_next_quiet_packet = False
+            self._quiet_packets_to_drop = 0
         return tick
 
     def _drop_from(self, tick: int) -> None:
@@ -323,11 +323,14 @@ class Session:
             action = self._phase.observe(self.clock.tick_time(tick) - time.perf_counter(),
                                          pause=quiet and not self.stats.speaking)
             if action is not None:
-                self.telemetry.input_phase.labels(kind=action).inc()
-            if action == "drop":
-                self._drop_next_quiet_packet = True
-            elif action == "delay":
-                self._anchors.set(index + 1, tick - index + 1)
+                self.telemetry.input_phase.labels(kind=action.kind).inc()
+                logger.info("session %s: input phase %s %d (lead %.1f ms, least %.1f ms)", self.id[:8], action.kind,
+                            action.packets, 1000 * (self.clock.tick_time(tick) - time.perf_counter()),
+                            1000 * self.min_lead_s)
+                if action.kind == "drop":
+                    self._quiet_packets_to_drop = action.packets
+                else:
+                    self._anchors.set(index + 1, tick - index + 1)
         self._last_mapped_tick = max(self._last_mapped_tick, tick)
 
     def _on_window16(self, samples: np.ndarray) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from emo_stream.types import Avatar, FaceLandmarks, Frame
-from server.input_phase import InputPhase
+from server.input_phase import InputPhase, PhaseAction
 from server.sessions import Session, SessionOptions
 from server.telemetry import Telemetry
 from server.worker import InferenceWorker
@@ -150,18 +150,21 @@ def test_input_phase_drops_only_in_a_pause_and_delays_a_slow_microphone():
     phase = InputPhase(least_lead_s=0.060)
     # Every lead a packet and more above the least, but someone is speaking: nothing is dropped.
     assert [phase.observe(0.085, pause=False) for _ in range(40)] == [None] * 40
-    assert phase.observe(0.085, pause=True) == "drop"
+    assert phase.observe(0.085, pause=True) == PhaseAction("drop", 1)
     # The next second must show the lead the drop left before anything more is done.
     assert [phase.observe(0.065, pause=True) for _ in range(40)] == [None] * 40
     # One lead in the last second within a packet of the least: no drop (jitter must not push it below).
     phase.reset()
     assert {phase.observe(0.085 if k % 10 else 0.075, pause=True) for k in range(40)} == {None}
+    # Anchored during a stall, 65 ms too far ahead: three packets go in one pause, the lead ends 5 ms above.
+    phase.reset()
+    assert [phase.observe(0.125, pause=True) for _ in range(25)][-1] == PhaseAction("drop", 3)
     # A microphone slower than our clock: the typical lead falls below the least -> a tick is added.
     phase.reset()
     actions, added = [], 0.0
     for k in range(80):
         actions.append(phase.observe(0.060 - 0.0003 * k + added, pause=True))
-        # a tick later (40 ms more lead), then a packet back (20 ms less): 20 ms net
-        added += {"delay": 0.040, "drop": -0.020}.get(actions[-1], 0.0)
-    assert [a for a in actions if a] == ["delay", "drop"], actions
-    assert actions.index("delay") >= 24  # not before a second of leads was seen
+        if actions[-1] is not None:  # a tick later (40 ms more lead), then packets back (20 ms each)
+            added += 0.040 if actions[-1].kind == "delay" else -0.020 * actions[-1].packets
+    assert [a for a in actions if a] == [PhaseAction("delay"), PhaseAction("drop", 1)], actions
+    assert actions.index(PhaseAction("delay")) >= 24  # not before a second of leads was seen
