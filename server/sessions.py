@@ -54,6 +54,7 @@ SILENT_PEER_S = 5.0  # no media from the peer this long: it is gone
 SILENT_RTCP_S = 8.0  # no receiver report about our tracks this long (PCM sessions): it is gone
 RTCP_GRACE_S = 10.0  # time to connect before receiver reports are expected
 FIRST_MEDIA_GRACE_S = 15.0  # time to connect before the first media arrives
+IDLE_AFTER_TICKS = 1.5  # no input window for this long: the session asks for idle frames
 REANCHOR_SLACK_TICKS = 2  # input this far ahead of need, at a quiet moment: catch up
 
 
@@ -148,6 +149,7 @@ class Session:
         self._muted_until_quiet = False
         self._quiet_run = 0
         self._last_mapped_tick = -1
+        self._last_window_at = -math.inf  # when the last input window was mapped (perf_counter)
         self._ready = False
         self._tasks: list[asyncio.Task] = []
         self._pcm: deque[np.ndarray] = deque()
@@ -319,6 +321,7 @@ class Session:
             self._anchors.clear()
         tick = self._map(index, quiet)
         self._audio_out[tick] = samples
+        self._last_window_at = time.perf_counter()
         if self._phase is not None:
             action = self._phase.observe(self.clock.tick_time(tick) - time.perf_counter(),
                                          pause=quiet and not self.stats.speaking)
@@ -393,10 +396,14 @@ class Session:
         for store in (self._audio_out, self._frames, self._arrived):
             for stale in [k for k in store if k <= index]:
                 del store[stale]
-        # No input mapped ahead: keep idle motion coming, two ticks ahead of the clock.
-        ahead = index + 2
-        if self._ready and self._last_mapped_tick < ahead and ahead not in self._idle_requested:
-            self._request_idle(ahead)
+        # No input coming: keep idle motion coming, up to two ticks ahead of the clock, for the ticks no
+        # window took. Flowing input is not asked about by its mapped ticks: a window may be mapped only
+        # shortly before its tick comes (its least lead can be under two ticks), and an idle frame rendered
+        # for that tick as well would double the worker's work.
+        if self._ready and time.perf_counter() - self._last_window_at > IDLE_AFTER_TICKS / self.options.fps:
+            for t in range(max(self._last_mapped_tick + 1, index + 1), index + 3):
+                if t not in self._idle_requested:
+                    self._request_idle(t, urgent=t == index + 1)
         if self._last_mapped_tick < index - 8 and self.stats.speaking:
             # No input for a while (an agent finished, a mic paused): the speaker is idle.
             self.stats.speaking = False

@@ -31,6 +31,7 @@ class LookaheadAnimator:
 
     def __init__(self) -> None:
         self.fed: list[int] = []
+        self.idle_pts: list[int] = []
 
     def prepare(self, avatar, seed=0):
         return {"last": None}
@@ -44,6 +45,7 @@ class LookaheadAnimator:
         return out
 
     def idle(self, state, pts):
+        self.idle_pts.append(pts)
         return Frame(rgb=np.zeros((8, 8, 3), np.uint8), pts=pts)
 
     def reset(self, state):
@@ -76,8 +78,9 @@ def _packet(level: float) -> av.AudioFrame:
 
 def _run_session(render_margin_ms: int, utterances):
     """Start a session, then for each ``(start_phase, packets)`` (packets: levels of 20 ms packets, paced
-    steadily from a time ``start_phase`` of a tick after a tick) push the packets; return the session, the
-    animator and per utterance the lead of each completed window (its tick's time less its completion)."""
+    steadily from a time ``start_phase`` of a tick after a tick) push the packets; return the session, per
+    utterance the lead of each completed window (its tick's time less its completion), and the ticks that got
+    an idle frame although a window of the flowing input (its sixth and later) had taken them."""
 
     async def main():
         loop = asyncio.get_running_loop()
@@ -88,7 +91,7 @@ def _run_session(render_margin_ms: int, utterances):
         try:
             await session.start()
             await asyncio.sleep(0.1)  # prepared on the worker
-            leads = []
+            leads, flowing = [], set()
             for phase, packets in utterances:
                 start = session.clock.tick_time(session.clock.current_tick() + 3) + phase * PERIOD_S
                 mine = []
@@ -98,13 +101,18 @@ def _run_session(render_margin_ms: int, utterances):
                     session.push_audio_frame(_packet(level))
                     done = time.perf_counter()
                     if session._index48 > windows_before:  # a window completed
-                        mine.append(session.clock.tick_time(session._anchors.tick(session._index48 - 1)) - done)
+                        tick = session._anchors.tick(session._index48 - 1)
+                        mine.append(session.clock.tick_time(tick) - done)
+                        if len(mine) > 5:
+                            flowing.add(tick)
                         if level > 0:
                             await asyncio.sleep(0.005)
                             assert len(animator.fed) == fed_before + 1, "the engine window waited for a packet"
                 leads.append(np.array(mine))
                 session._anchors.clear()  # as after an interrupt: the next utterance is anchored afresh
-            return session, leads
+            await asyncio.sleep(0.2)  # the last frames rendered
+            idle = {pts // (90_000 // FPS) for pts in animator.idle_pts}
+            return session, leads, flowing & idle
         finally:
             await session.close(reason="test")
             worker.stop()
@@ -120,7 +128,7 @@ def test_each_window_goes_to_the_first_tick_its_frame_can_make(render_margin_ms)
     """Whatever the phase of the microphone's packets against the clock, a window is shown between the
     least lead (lookahead + render margin) and one tick more after it completes, and never sooner; the
     declared latency is that upper bound; the 16 kHz window reaches the worker on the same packet."""
-    session, leads = _run_session(render_margin_ms, [(k / 7, [0.3] * 6) for k in range(7)])
+    session, leads, _ = _run_session(render_margin_ms, [(k / 7, [0.3] * 6) for k in range(7)])
     leads = np.concatenate(leads)
     least = session.min_lead_s
     assert least == pytest.approx((PERIOD_S * 1000 + render_margin_ms) / 1000)
@@ -135,13 +143,15 @@ def test_a_pause_brings_the_lead_back_to_within_a_packet_of_the_least():
     """A second of quiet before speech: where the phase left the lead a packet or more above the least, one
     quiet packet is dropped, and the speech that follows is shown within a packet of the least lead."""
     quiet_then_speech = [0.0] * 64 + [0.3] * 20
-    session, leads = _run_session(20, [(k / 4 + 0.05, quiet_then_speech) for k in range(4)])
+    session, leads, idle_on_flowing = _run_session(20, [(k / 4 + 0.05, quiet_then_speech) for k in range(4)])
     least = session.min_lead_s
     first = np.array([lead[0] for lead in leads])
     assert first.max() - first.min() >= 0.5 * PERIOD_S, first  # anchored across a tick, as above
     speech = np.concatenate([lead[-10:] for lead in leads])
     assert speech.min() >= least - TOLERANCE_S, speech
     assert speech.max() <= least + 0.020 + TOLERANCE_S, speech
+    # While the input flows the worker renders its windows only: no idle frame for a tick a window takes.
+    assert not idle_on_flowing, sorted(idle_on_flowing)
     drops = session.telemetry.input_phase.labels(kind="drop")._value.get()
     assert drops == int(np.sum(first >= least + 0.020 + 0.002)), (drops, first)
 
