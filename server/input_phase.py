@@ -15,10 +15,17 @@ is not heard), moves it back:
   while the session anchored (the window's completion was seen late); it goes in one pause.
 - ``"delay"``: the typical lead of the last second is below the least (the microphone runs slow against
   our clock). The next windows go one tick later (40 ms more lead; a tick of silence is played).
+
+The least lead itself adapts to the machine, like a jitter buffer's target: a second with a late frame raises
+it by one packet (``"raise"``, up to ``max_extra_s`` above the configured least); ten seconds without one, in
+which every frame was ready at least a packet before its tick, lower it by one packet (``"lower"``). Raising and
+lowering change nothing at once: the next pauses delay or drop to the new least. So one session on an idle
+machine runs at the configured least, and a loaded one buys the render time it needs with latency.
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 
@@ -26,30 +33,54 @@ import numpy as np
 
 WINDOWS = 25  # one second of windows at 25 fps between decisions
 TOLERANCE_S = 0.002  # network jitter on a packet's arrival
+CALM_SECONDS = 10  # seconds without a late frame before the least lead is lowered
 
 
 @dataclass(frozen=True)
 class PhaseAction:
-    """``kind``: "drop" (``packets`` quiet packets) or "delay" (the next windows one tick later)."""
+    """``kind``: "drop" (``packets`` quiet packets), "delay" (the next windows one tick later), or "raise" /
+    "lower" (the least lead moved by a packet)."""
 
     kind: str
     packets: int = 0
 
 
 class InputPhase:
-    """Args: least_lead_s: the least lead a window needs; packet_s: one input packet's duration."""
+    """Args: least_lead_s: the configured least lead a window needs; packet_s: one input packet's duration;
+    max_extra_s: how far lateness may raise the least lead."""
 
-    def __init__(self, least_lead_s: float, packet_s: float = 0.020) -> None:
-        self.least_lead_s = least_lead_s
+    def __init__(self, least_lead_s: float, packet_s: float = 0.020, max_extra_s: float = 0.080) -> None:
+        self.base_lead_s = least_lead_s
         self.packet_s = packet_s
+        self.max_extra_s = max_extra_s
+        self.extra_s = 0.0
         self._excess: deque[float] = deque(maxlen=WINDOWS)
+        self._windows = 0
+        self._late = 0  # late frames in the current second
+        self._calm = 0  # seconds since the last late frame or change of the least lead
+        self._least_slack = math.inf  # the least time a frame was ready before its tick, over those seconds
+
+    @property
+    def least_lead_s(self) -> float:
+        return self.base_lead_s + self.extra_s
 
     def reset(self) -> None:
         """Re-anchored: the leads seen so far no longer apply."""
         self._excess.clear()
 
+    def frame_late(self) -> None:
+        """A tick's frame was not ready."""
+        self._late += 1
+
+    def frame_ready(self, slack_s: float) -> None:
+        """A frame was ready ``slack_s`` before its tick."""
+        self._least_slack = min(self._least_slack, slack_s)
+
     def observe(self, lead_s: float, pause: bool) -> PhaseAction | None:
         """One window's lead (its tick's time less the time it completed); ``pause``: nobody is speaking."""
+        adapted = self._adapt()
+        if adapted is not None:
+            return adapted
         self._excess.append(lead_s - self.least_lead_s)
         if not pause or len(self._excess) < WINDOWS:
             return None
@@ -61,4 +92,27 @@ class InputPhase:
         if np.median(excess) < -TOLERANCE_S:
             self._excess.clear()
             return PhaseAction("delay")
+        return None
+
+    def _adapt(self) -> PhaseAction | None:
+        """Once a second: move the least lead by a packet if lateness (or a long calm) says so."""
+        self._windows += 1
+        if self._windows % WINDOWS:
+            return None
+        if self._late:
+            self._late, self._calm, self._least_slack = 0, 0, math.inf
+            if self.extra_s + self.packet_s <= self.max_extra_s + 1e-9:
+                self.extra_s += self.packet_s
+                self._excess.clear()
+                return PhaseAction("raise")
+            return None
+        self._calm += 1
+        if self._calm < CALM_SECONDS:
+            return None
+        lower = self.extra_s > 1e-9 and self._least_slack >= self.packet_s + TOLERANCE_S
+        self._calm, self._least_slack = 0, math.inf
+        if lower:
+            self.extra_s = max(0.0, self.extra_s - self.packet_s)
+            self._excess.clear()
+            return PhaseAction("lower")
         return None

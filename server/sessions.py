@@ -288,7 +288,7 @@ class Session:
         catch_up = ahead is not None and (ahead > self.delay_ticks + 12 or (
             quiet and ahead > self.delay_ticks + REANCHOR_SLACK_TICKS))
         if ahead is None or ahead <= 0 or catch_up:
-            tick = self.clock.first_tick_after(self.min_lead_s)
+            tick = self.clock.first_tick_after(self.least_lead_s)
             if catch_up:
                 self._drop_from(tick)
             self._anchors.set(index, tick - index)
@@ -296,6 +296,11 @@ class Session:
                 self._phase.reset()
             self._quiet_packets_to_drop = 0
         return tick
+
+    @property
+    def least_lead_s(self) -> float:
+        """The least time from a window's completion to its tick now (a microphone's adapts to lateness)."""
+        return self._phase.least_lead_s if self._phase is not None else self.min_lead_s
 
     def _drop_from(self, tick: int) -> None:
         """Catching up: the windows already mapped at or after ``tick`` (a quiet stretch) are
@@ -329,10 +334,10 @@ class Session:
                 self.telemetry.input_phase.labels(kind=action.kind).inc()
                 logger.info("session %s: input phase %s %d (lead %.1f ms, least %.1f ms)", self.id[:8], action.kind,
                             action.packets, 1000 * (self.clock.tick_time(tick) - time.perf_counter()),
-                            1000 * self.min_lead_s)
+                            1000 * self.least_lead_s)
                 if action.kind == "drop":
                     self._quiet_packets_to_drop = action.packets
-                else:
+                elif action.kind == "delay":
                     self._anchors.set(index + 1, tick - index + 1)
         self._last_mapped_tick = max(self._last_mapped_tick, tick)
 
@@ -367,8 +372,12 @@ class Session:
             self.telemetry.speaking.inc() if result.speaking else self.telemetry.speaking.dec()
             self.publish({"type": "state", "state": "speaking" if result.speaking else "idle"})
         ticks_per_pts = 90_000 // self.options.fps
+        now = time.perf_counter()
         for frame in result.frames:
-            self._frames[frame.pts // ticks_per_pts] = frame
+            tick = frame.pts // ticks_per_pts
+            self._frames[tick] = frame
+            if self._phase is not None:
+                self._phase.frame_ready(self.clock.tick_time(tick) - now)
 
     def _on_idle_frame(self, frame: Frame) -> None:
         if not self.closed:
@@ -391,6 +400,8 @@ class Session:
             # (before the avatar is prepared on the worker, the still portrait is expected)
             self.stats.frames_late += 1
             self.telemetry.frames_late.inc()
+            if self._phase is not None:
+                self._phase.frame_late()
         self._idle_requested.discard(index)
         # Drop anything for ticks that have passed.
         for store in (self._audio_out, self._frames, self._arrived):
@@ -513,7 +524,7 @@ class Session:
             await asyncio.sleep(1.0)
             sent, late = self.stats.frames_sent, self.stats.frames_late
             self.publish({"type": "stats", "fps": sent - last_sent, "frames_sent": sent, "late_frames": late,
-                          "late_frames_per_s": late - last_late, "latency_ms": self.latency_ms,
+                          "late_frames_per_s": late - last_late, "latency_ms": round((self.least_lead_s + 1 / self.options.fps) * 1000),
                           "speaking": self.stats.speaking, "buffered_audio_s": round(self.pcm_buffered_s, 3)})
             last_sent, last_late = sent, late
 

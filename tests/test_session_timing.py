@@ -88,6 +88,9 @@ def _run_session(render_margin_ms: int, utterances):
         worker = InferenceWorker(animator, loop)
         session = Session(_avatar(), SessionOptions(size=8, fps=FPS), worker, Telemetry(), [],
                           latency_frames=animator.latency_frames, render_margin_ms=render_margin_ms, vad_factory=EnergyVad)
+        # The least lead stays the configured one here (its adaptation is tested on InputPhase alone): each fake
+        # utterance ends without the frame its last window's lookahead holds, and that tick counts late.
+        session._phase.max_extra_s = 0.0
         try:
             await session.start()
             await asyncio.sleep(0.1)  # prepared on the worker
@@ -178,3 +181,36 @@ def test_input_phase_drops_only_in_a_pause_and_delays_a_slow_microphone():
             added += 0.040 if actions[-1].kind == "delay" else -0.020 * actions[-1].packets
     assert [a for a in actions if a] == [PhaseAction("delay"), PhaseAction("drop", 1)], actions
     assert actions.index(PhaseAction("delay")) >= 24  # not before a second of leads was seen
+
+
+def test_lateness_raises_the_least_lead_and_a_calm_lowers_it():
+    phase = InputPhase(least_lead_s=0.060, max_extra_s=0.040)
+    lead = 0.065
+    actions = []
+    for second in range(40):
+        for _ in range(25):
+            if second < 3:
+                phase.frame_late()  # three seconds of late frames
+            else:
+                phase.frame_ready(0.030)  # then every frame 30 ms early: 20 ms less lead would still do
+            action = phase.observe(lead, pause=True)
+            if action is not None:
+                actions.append((second, action.kind))
+                lead += {"delay": 0.040, "drop": -0.020 * action.packets}.get(action.kind, 0.0)
+    kinds = [k for _, k in actions]
+    # Late: raised by a packet a second, up to the cap (two packets), each followed by a delay in the pause.
+    assert kinds[:2] == ["raise", "raise"] or kinds[:3] == ["raise", "delay", "raise"], actions
+    assert kinds.count("raise") == 2 and phase.extra_s <= 0.040 + 1e-9
+    # Calm with room to spare: lowered a packet at a time, each followed by a drop, back to the configured least.
+    assert kinds.count("lower") == 2 and phase.extra_s == 0.0, actions
+    assert phase.least_lead_s == pytest.approx(0.060)
+    assert 0.060 <= lead <= 0.080 + 1e-9, (lead, actions)
+    # Ready frames with too little room (10 ms): no lowering.
+    tight = InputPhase(least_lead_s=0.060)
+    for _ in range(25):
+        tight.frame_late()
+        tight.observe(0.065, pause=False)
+    for _ in range(25 * 12):
+        tight.frame_ready(0.010)
+        tight.observe(0.085, pause=False)
+    assert tight.extra_s == pytest.approx(0.020)
