@@ -16,8 +16,9 @@ is not heard), moves it back:
 - ``"delay"``: the typical lead of the last second is below the least (the microphone runs slow against
   our clock). The next windows go one tick later (40 ms more lead; a tick of silence is played).
 
-The least lead itself adapts to the machine, like a jitter buffer's target: a second with a late frame raises
-it by one packet (``"raise"``, up to ``max_extra_s`` above the configured least); ten seconds without one, in
+The least lead itself adapts to the machine, like a jitter buffer's target: a second with late frames raises
+it by one packet (``"raise"``, up to ``max_extra_s`` above the configured least; one late frame alone, a
+hiccup, does not); ten seconds without one, in
 which every frame was ready at least a packet before its tick, lower it by one packet (``"lower"``). Raising and
 lowering change nothing at once: the next pauses delay or drop to the new least. So one session on an idle
 machine runs at the configured least, and a loaded one buys the render time it needs with latency.
@@ -34,6 +35,7 @@ import numpy as np
 WINDOWS = 25  # one second of windows at 25 fps between decisions
 TOLERANCE_S = 0.002  # network jitter on a packet's arrival
 CALM_SECONDS = 10  # seconds without a late frame before the least lead is lowered
+LATE_PER_SECOND = 2  # late frames within one second that raise the least lead (a lone hiccup does not)
 
 
 @dataclass(frozen=True)
@@ -99,14 +101,15 @@ class InputPhase:
         self._windows += 1
         if self._windows % WINDOWS:
             return None
-        if self._late:
-            self._late, self._calm, self._least_slack = 0, 0, math.inf
+        late, self._late = self._late, 0
+        if late >= LATE_PER_SECOND:
+            self._calm, self._least_slack = 0, math.inf
             if self.extra_s + self.packet_s <= self.max_extra_s + 1e-9:
                 self.extra_s += self.packet_s
                 self._excess.clear()
                 return PhaseAction("raise")
             return None
-        self._calm += 1
+        self._calm = 0 if late else self._calm + 1
         if self._calm < CALM_SECONDS:
             return None
         lower = self.extra_s > 1e-9 and self._least_slack >= self.packet_s + TOLERANCE_S

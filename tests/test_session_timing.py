@@ -207,10 +207,18 @@ def test_lateness_raises_the_least_lead_and_a_calm_lowers_it():
     assert 0.060 <= lead <= 0.080 + 1e-9, (lead, actions)
     # Ready frames with too little room (10 ms): no lowering.
     tight = InputPhase(least_lead_s=0.060)
-    for _ in range(25):
-        tight.frame_late()
+    for k in range(25):
+        if k < 2:
+            tight.frame_late()
         tight.observe(0.065, pause=False)
     for _ in range(25 * 12):
         tight.frame_ready(0.010)
         tight.observe(0.085, pause=False)
     assert tight.extra_s == pytest.approx(0.020)
+    # One late frame in a second (a hiccup) raises nothing.
+    hiccup = InputPhase(least_lead_s=0.060)
+    for k in range(25 * 5):
+        if k % 25 == 3:
+            hiccup.frame_late()
+        hiccup.observe(0.065, pause=False)
+    assert hiccup.extra_s == 0.0
