@@ -102,6 +102,8 @@ class InputPhase:
         if self._windows % WINDOWS:
             return None
         late, self._late = self._late, 0
+        if self._windows == WINDOWS:
+            return None  # the session's first second: its first frames wait on the avatar's preparation
         if late >= LATE_PER_SECOND:
             self._calm, self._least_slack = 0, math.inf
             if self.extra_s + self.packet_s <= self.max_extra_s + 1e-9:

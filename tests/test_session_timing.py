@@ -189,8 +189,8 @@ def test_lateness_raises_the_least_lead_and_a_calm_lowers_it():
     actions = []
     for second in range(40):
         for _ in range(25):
-            if second < 3:
-                phase.frame_late()  # three seconds of late frames
+            if second < 4:
+                phase.frame_late()  # four seconds of late frames (the first, start-up, not counted)
             else:
                 phase.frame_ready(0.030)  # then every frame 30 ms early: 20 ms less lead would still do
             action = phase.observe(lead, pause=True)
@@ -207,8 +207,8 @@ def test_lateness_raises_the_least_lead_and_a_calm_lowers_it():
     assert 0.060 <= lead <= 0.080 + 1e-9, (lead, actions)
     # Ready frames with too little room (10 ms): no lowering.
     tight = InputPhase(least_lead_s=0.060)
-    for k in range(25):
-        if k < 2:
+    for k in range(50):  # (late frames in a session's first second are its start-up's: not counted)
+        if k in (30, 31):
             tight.frame_late()
         tight.observe(0.065, pause=False)
     for _ in range(25 * 12):
