@@ -17,8 +17,8 @@ is not heard), moves it back:
   our clock). The next windows go one tick later (40 ms more lead; a tick of silence is played).
 
 The least lead itself adapts to the machine, like a jitter buffer's target: a second with late frames raises
-it by one packet (``"raise"``, up to ``max_extra_s`` above the configured least; one late frame alone, a
-hiccup, does not); ten seconds without one, in
+it by one packet (``"raise"``, up to ``max_extra_s`` above the configured least; a stall that makes one
+or two frames late does not); ten seconds without one, in
 which every frame was ready at least a packet before its tick, lower it by one packet (``"lower"``). Raising and
 lowering change nothing at once: the next pauses delay or drop to the new least. So one session on an idle
 machine runs at the configured least, and a loaded one buys the render time it needs with latency.
@@ -35,7 +35,7 @@ import numpy as np
 WINDOWS = 25  # one second of windows at 25 fps between decisions
 TOLERANCE_S = 0.002  # network jitter on a packet's arrival
 CALM_SECONDS = 10  # seconds without a late frame before the least lead is lowered
-LATE_PER_SECOND = 2  # late frames within one second that raise the least lead (a lone hiccup does not)
+LATE_PER_SECOND = 3  # late frames within one second that raise the least lead (a stall of a tick or two does not)
 
 
 @dataclass(frozen=True)
