@@ -11,7 +11,10 @@ that many more windows), any margin ticks (``server.delay_margin_ticks``) and th
 frame then has to be rendered (``server.render_margin_ms``). Where in its tick a window completes
 varies, so a window is shown between ``min_lead_s`` and one tick more after it completes; that upper
 bound is the declared ``latency_ms``. The voice goes on the same tick, so picture and sound leave
-together.
+together. For a microphone, ``server.input_phase.InputPhase`` then keeps the lead within a packet of the
+least (dropping quiet packets or adding a tick in pauses) and raises or lowers the least with the
+lateness the session sees; the answer's ``latency_ms`` is the configured one, the ``stats`` events the
+current one.
 """
 
 from __future__ import annotations
