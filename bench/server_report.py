@@ -108,7 +108,7 @@ def summarise(n: int, results: list[dict], failed: list[dict], a: Snapshot, b: S
         "clients_decoding_video": sum(not r.get("count_only") for r in ok),
         "frames_sent": int(sent),
         "frames_late": int(late),
-        # a microphone's lead moved back in a pause (server/input_phase.py), within the metrics window
+        # the microphones' lead control (server/input_phase.py) within the metrics window
         "input_phase_actions": {kind: int(metric(b.metrics, "emo_stream_input_phase_total", kind=kind)
                                           - metric(a.metrics, "emo_stream_input_phase_total", kind=kind))
                                 for kind in ("drop", "delay", "raise", "lower")},

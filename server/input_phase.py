@@ -16,12 +16,12 @@ is not heard), moves it back:
 - ``"delay"``: the typical lead of the last second is below the least (the microphone runs slow against
   our clock). The next windows go one tick later (40 ms more lead; a tick of silence is played).
 
-The least lead itself adapts to the machine, like a jitter buffer's target: a second with late frames raises
-it by one packet (``"raise"``, up to ``max_extra_s`` above the configured least; a stall that makes one
-or two frames late does not); ten seconds without one, in
-which every frame was ready at least a packet before its tick, lower it by one packet (``"lower"``). Raising and
-lowering change nothing at once: the next pauses delay or drop to the new least. So one session on an idle
-machine runs at the configured least, and a loaded one buys the render time it needs with latency.
+The least lead itself adapts to the machine, like a jitter buffer's target. A second with three or more late
+frames raises it by one packet (``"raise"``, up to ``max_extra_s`` above the configured least; a stall that
+makes one or two frames late does not). Ten seconds without a late frame, in which every frame was ready at
+least a packet before its tick, lower it by one packet (``"lower"``). Raising and lowering change nothing at
+once: the next pauses delay or drop to the new least. So one session on an idle machine runs at the
+configured least, and a loaded one buys the render time it needs with latency.
 """
 
 from __future__ import annotations

@@ -130,7 +130,6 @@ class Session:
         period_ms = 1000 / options.fps
         self.min_lead_s = ((latency_frames + delay_margin_ticks) * period_ms + render_margin_ms) / 1000
         self.latency_ms = round(self.min_lead_s * 1000 + period_ms)
-        self.delay_ticks = math.ceil(self.latency_ms / period_ms - 1e-9)  # the most ticks a window waits
         # A microphone's windows are kept near the least lead (server.input_phase); an agent's PCM is pulled on
         # the ticks themselves, so its lead is fixed by the tick.
         self._phase = InputPhase(self.min_lead_s) if options.audio_source == "mic" else None
@@ -273,9 +272,11 @@ class Session:
     def push_audio_frame(self, frame: av.AudioFrame) -> None:
         """Decoded input audio (any rate/layout) into the 48 kHz and 16 kHz window streams."""
         if self._quiet_packets_to_drop and frame.samples < frame.sample_rate // self.options.fps:
-            if _level_dbfs(frame.to_ndarray()) < QUIET_DBFS:
+            if _level_dbfs(frame.to_ndarray()) < QUIET_DBFS and not self.stats.speaking:
                 self._quiet_packets_to_drop -= 1
                 return  # InputPhase "drop": the windows after it complete one packet later
+            # The pause it was decided in is over: never cut into speech (the next pause decides again).
+            self._quiet_packets_to_drop = 0
         for voice, engine in self._input.push(frame):
             self._on_window48(voice)  # first: it maps the window to its tick
             self._on_window16(engine)
@@ -288,8 +289,8 @@ class Session:
         tick = self._anchors.tick(index)
         now = self.clock.current_tick()
         ahead = None if tick is None else tick - now
-        catch_up = ahead is not None and (ahead > self.delay_ticks + 12 or (
-            quiet and ahead > self.delay_ticks + REANCHOR_SLACK_TICKS))
+        most = math.ceil((self.least_lead_s + self.clock.period) / self.clock.period - 1e-9)  # ticks a window waits
+        catch_up = ahead is not None and (ahead > most + 12 or (quiet and ahead > most + REANCHOR_SLACK_TICKS))
         if ahead is None or ahead <= 0 or catch_up:
             tick = self.clock.first_tick_after(self.least_lead_s)
             if catch_up:
