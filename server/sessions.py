@@ -46,6 +46,7 @@ from server.input_phase import InputPhase
 from server.input_windows import InputWindows
 from server.telemetry import Telemetry
 from server.tracks import AvatarAudioTrack, AvatarVideoTrack
+from server.vad import level_dbfs
 from server.worker import FeedResult, InferenceWorker, Job, WorkerOverloaded
 
 logger = logging.getLogger(__name__)
@@ -59,14 +60,6 @@ RTCP_GRACE_S = 10.0  # time to connect before receiver reports are expected
 FIRST_MEDIA_GRACE_S = 15.0  # time to connect before the first media arrives
 IDLE_AFTER_TICKS = 1.5  # no input window for this long: the session asks for idle frames
 REANCHOR_SLACK_TICKS = 2  # input this far ahead of need, at a quiet moment: catch up
-
-
-def _level_dbfs(samples: np.ndarray) -> float:
-    """RMS level of float (±1) or int16 samples, in dB below full scale."""
-    x = samples.astype(np.float64)
-    if samples.dtype == np.int16:
-        x /= 32768.0
-    return 20 * np.log10(max(float(np.sqrt(np.mean(x ** 2))), 1e-9))
 
 
 @dataclass
@@ -129,7 +122,6 @@ class Session:
         self.telemetry = telemetry
         period_ms = 1000 / options.fps
         self.min_lead_s = ((latency_frames + delay_margin_ticks) * period_ms + render_margin_ms) / 1000
-        self.latency_ms = round(self.min_lead_s * 1000 + period_ms)
         # A microphone's windows are kept near the least lead (server.input_phase); an agent's PCM is pulled on
         # the ticks themselves, so its lead is fixed by the tick.
         self._phase = InputPhase(self.min_lead_s) if options.audio_source == "mic" else None
@@ -272,7 +264,7 @@ class Session:
     def push_audio_frame(self, frame: av.AudioFrame) -> None:
         """Decoded input audio (any rate/layout) into the 48 kHz and 16 kHz window streams."""
         if self._quiet_packets_to_drop and frame.samples < frame.sample_rate // self.options.fps:
-            if _level_dbfs(frame.to_ndarray()) < QUIET_DBFS and not self.stats.speaking:
+            if level_dbfs(frame.to_ndarray()) < QUIET_DBFS and not self.stats.speaking:
                 self._quiet_packets_to_drop -= 1
                 return  # InputPhase "drop": the windows after it complete one packet later
             # The pause it was decided in is over: never cut into speech (the next pause decides again).
@@ -289,7 +281,7 @@ class Session:
         tick = self._anchors.tick(index)
         now = self.clock.current_tick()
         ahead = None if tick is None else tick - now
-        most = math.ceil((self.least_lead_s + self.clock.period) / self.clock.period - 1e-9)  # ticks a window waits
+        most = math.ceil(self.latency_ms * self.options.fps / 1000 - 1e-9)  # the most ticks a window waits
         catch_up = ahead is not None and (ahead > most + 12 or (quiet and ahead > most + REANCHOR_SLACK_TICKS))
         if ahead is None or ahead <= 0 or catch_up:
             tick = self.clock.first_tick_after(self.least_lead_s)
@@ -306,6 +298,11 @@ class Session:
         """The least time from a window's completion to its tick now (a microphone's adapts to lateness)."""
         return self._phase.least_lead_s if self._phase is not None else self.min_lead_s
 
+    @property
+    def latency_ms(self) -> int:
+        """The most time from a window's completion to its tick now: the least lead and one tick more."""
+        return round((self.least_lead_s + 1 / self.options.fps) * 1000)
+
     def _drop_from(self, tick: int) -> None:
         """Catching up: the windows already mapped at or after ``tick`` (a quiet stretch) are
         skipped. Their audio, frames and the animator's lookahead go, so no later frame of theirs
@@ -321,7 +318,7 @@ class Session:
     def _on_window48(self, samples: np.ndarray) -> None:
         index = self._index48
         self._index48 += 1
-        quiet = _level_dbfs(samples) < QUIET_DBFS
+        quiet = level_dbfs(samples) < QUIET_DBFS
         if self._muted_until_quiet:
             self._quiet_run = self._quiet_run + 1 if quiet else 0
             if self._quiet_run < 5:
@@ -332,13 +329,12 @@ class Session:
         self._audio_out[tick] = samples
         self._last_window_at = time.perf_counter()
         if self._phase is not None:
-            action = self._phase.observe(self.clock.tick_time(tick) - time.perf_counter(),
-                                         pause=quiet and not self.stats.speaking)
+            lead = self.clock.tick_time(tick) - self._last_window_at
+            action = self._phase.observe(lead, pause=quiet and not self.stats.speaking)
             if action is not None:
                 self.telemetry.input_phase.labels(kind=action.kind).inc()
                 logger.info("session %s: input phase %s %d (lead %.1f ms, least %.1f ms)", self.id[:8], action.kind,
-                            action.packets, 1000 * (self.clock.tick_time(tick) - time.perf_counter()),
-                            1000 * self.least_lead_s)
+                            action.packets, 1000 * lead, 1000 * self.least_lead_s)
                 if action.kind == "drop":
                     self._quiet_packets_to_drop = action.packets
                 elif action.kind == "delay":
@@ -528,7 +524,7 @@ class Session:
             await asyncio.sleep(1.0)
             sent, late = self.stats.frames_sent, self.stats.frames_late
             self.publish({"type": "stats", "fps": sent - last_sent, "frames_sent": sent, "late_frames": late,
-                          "late_frames_per_s": late - last_late, "latency_ms": round((self.least_lead_s + 1 / self.options.fps) * 1000),
+                          "late_frames_per_s": late - last_late, "latency_ms": self.latency_ms,
                           "speaking": self.stats.speaking, "buffered_audio_s": round(self.pcm_buffered_s, 3)})
             last_sent, last_late = sent, late
 

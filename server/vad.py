@@ -61,6 +61,16 @@ class SileroVAD:
         self._last = 0.0
 
 
+def level_dbfs(samples: np.ndarray) -> float:
+    """RMS level of float (±1) or int16 samples, in dB below full scale (-180 for silence)."""
+    if not len(samples):
+        return -180.0
+    rms = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64))))
+    if samples.dtype == np.int16:
+        rms /= 32768.0
+    return 20 * np.log10(max(rms, 1e-9))
+
+
 class EnergyVAD:
     """Speech when the window's level is above ``threshold_db`` dBFS (no model)."""
 
@@ -68,9 +78,7 @@ class EnergyVAD:
         self.threshold_db = threshold_db
 
     def speech_probability(self, samples: np.ndarray) -> float:
-        rms = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64)))) if len(samples) else 0.0
-        level = 20 * np.log10(max(rms, 1e-9))
-        return float(np.clip((level - self.threshold_db) / 10.0 + 0.5, 0.0, 1.0))
+        return float(np.clip((level_dbfs(samples) - self.threshold_db) / 10.0 + 0.5, 0.0, 1.0))
 
     def reset(self) -> None:
         pass

@@ -17,6 +17,7 @@ from emo_stream.types import Avatar, FaceLandmarks, Frame
 from server.input_phase import InputPhase, PhaseAction
 from server.sessions import Session, SessionOptions
 from server.telemetry import Telemetry
+from server.vad import EnergyVAD
 from server.worker import InferenceWorker
 
 FPS = 25
@@ -52,16 +53,6 @@ class LookaheadAnimator:
         state["last"] = None
 
 
-class EnergyVad:
-    """Speech where the window is loud: the session's pause needs a VAD that can say "not speaking"."""
-
-    def speech_probability(self, samples: np.ndarray) -> float:
-        return float(np.sqrt(np.mean(samples.astype(np.float64) ** 2)) > 0.01)
-
-    def reset(self) -> None:
-        pass
-
-
 def _avatar() -> Avatar:
     points = np.zeros((478, 3), np.float32)
     return Avatar(image=np.zeros((8, 8, 3), np.uint8), landmarks=FaceLandmarks(points=points, image_size=(8, 8)),
@@ -87,7 +78,7 @@ def _run_session(render_margin_ms: int, utterances):
         animator = LookaheadAnimator()
         worker = InferenceWorker(animator, loop)
         session = Session(_avatar(), SessionOptions(size=8, fps=FPS), worker, Telemetry(), [],
-                          latency_frames=animator.latency_frames, render_margin_ms=render_margin_ms, vad_factory=EnergyVad)
+                          latency_frames=animator.latency_frames, render_margin_ms=render_margin_ms, vad_factory=EnergyVAD)
         # The least lead stays the configured one here (its adaptation is tested on InputPhase alone): each fake
         # utterance ends without the frame its last window's lookahead holds, and that tick counts late.
         session._phase.max_extra_s = 0.0
