@@ -103,8 +103,11 @@ class Engine:
             from server.vad import SileroVAD
 
             self.vad_factory = SileroVAD
-        # Warm up off the loop: the default avatar, the VAD model.
-        await asyncio.to_thread(self.avatars.get, DEFAULT_AVATAR_ID)
+        # Warm up off the loop: the default avatar (and the animator's per-portrait work for it), the VAD model.
+        default = await asyncio.to_thread(self.avatars.get, DEFAULT_AVATAR_ID)
+        warm = getattr(self.animator, "warm", None)
+        if warm is not None:
+            await asyncio.to_thread(warm, default)
         await asyncio.to_thread(self.vad_factory)
         self._lag_task = asyncio.create_task(self._watch_loop_lag(), name="loop-lag")
 

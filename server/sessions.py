@@ -234,18 +234,25 @@ class Session:
             self.pc.addTrack(self.audio_track)
 
     async def start(self) -> None:
-        """Prepare the avatar on the worker, then start the clock and the watchdog."""
-        loop = asyncio.get_running_loop()
-        prepared = loop.create_future()
-        self.worker.submit(Job(session_id=self.id, generation=self.generation, kind="prepare", avatar=self.avatar,
-                               seed=self.options.seed, vad_factory=self._vad_factory, background=self.background,
-                               done=lambda ok: prepared.done() or prepared.set_result(ok)), urgent=True)
+        """Start the clock and the watchdog; prepare the avatar on the worker (until then the portrait shows)."""
         self.clock.start()
-        self._tasks.append(asyncio.create_task(self._await_ready(prepared), name=f"ready-{self.id[:6]}"))
+        self._tasks.append(asyncio.create_task(self._prepare(), name=f"ready-{self.id[:6]}"))
         self._tasks.append(asyncio.create_task(self._watchdog(), name=f"watchdog-{self.id[:6]}"))
         self._tasks.append(asyncio.create_task(self._publish_stats(), name=f"stats-{self.id[:6]}"))
 
-    async def _await_ready(self, prepared: asyncio.Future) -> None:
+    async def _prepare(self) -> None:
+        # A new portrait's per-portrait work (the lite rig: ~0.2 s) runs on a thread of its own first: on the
+        # worker it would hold up every other session's frames for that long.
+        warm = getattr(self.worker.animator, "warm", None)
+        if warm is not None:
+            try:
+                await asyncio.to_thread(warm, self.avatar)
+            except Exception:  # prepare meets the same fault on the worker, which handles it
+                logger.exception("warming the avatar failed", extra={"session_id": self.id[:8]})
+        prepared = asyncio.get_running_loop().create_future()
+        self.worker.submit(Job(session_id=self.id, generation=self.generation, kind="prepare", avatar=self.avatar,
+                               seed=self.options.seed, vad_factory=self._vad_factory, background=self.background,
+                               done=lambda ok: prepared.done() or prepared.set_result(ok)), urgent=True)
         await prepared
         self._ready = True
 

@@ -186,3 +186,28 @@ def test_twenty_seconds_have_blinks_and_head_motion(tmp_path):
     assert len(blink_events(measures.ear)) >= 2
     assert m.head_yaw_std_deg > 0.3 and m.head_pitch_std_deg > 0.3 and m.head_roll_std_deg > 0.3, m
     assert m.lipsync_r >= 0.5, m
+
+
+def test_warm_builds_the_rig_off_the_feeding_thread_and_prepare_reuses_it(avatar, monkeypatch):
+    """A server warms a portrait on a thread of its own; the session's prepare on the worker then builds nothing."""
+    import threading
+
+    from emo_stream.animators import lite as lite_module
+    from emo_stream.animators.lite import LiteAnimator
+
+    fresh = LiteAnimator(size=avatar.size)
+    built = []
+    original = lite_module.build_rig
+
+    def counting_build_rig(a):
+        built.append(threading.current_thread().name)
+        return original(a)
+
+    monkeypatch.setattr(lite_module, "build_rig", counting_build_rig)
+    warmer = threading.Thread(target=fresh.warm, args=(avatar,), name="warmer")
+    warmer.start()
+    warmer.join()
+    state = fresh.prepare(avatar)
+    fresh.prepare(avatar)
+    assert built == ["warmer"]
+    assert state.renderer.rig is fresh._rigs[avatar.cache_key]

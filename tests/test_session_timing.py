@@ -7,6 +7,7 @@ InferenceWorker; the animator is a recording fake with one frame of lookahead, l
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import av
@@ -18,7 +19,7 @@ from server.input_phase import InputPhase, PhaseAction
 from server.sessions import Session, SessionOptions
 from server.telemetry import Telemetry
 from server.vad import EnergyVAD
-from server.worker import InferenceWorker
+from server.worker import InferenceWorker, Job
 
 FPS = 25
 PERIOD_S = 1 / FPS
@@ -213,3 +214,59 @@ def test_lateness_raises_the_least_lead_and_a_calm_lowers_it():
             hiccup.frame_late()
         hiccup.observe(0.065, pause=False)
     assert hiccup.extra_s == 0.0
+
+
+class SlowPortraitAnimator(LookaheadAnimator):
+    """A portrait whose per-portrait work takes 0.3 s, done in ``warm``; records the thread of each call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, str, float]] = []
+
+    def warm(self, avatar):
+        self.calls.append(("warm", threading.current_thread().name, time.perf_counter()))
+        time.sleep(0.3)
+
+    def prepare(self, avatar, seed=0):
+        self.calls.append(("prepare", threading.current_thread().name, time.perf_counter()))
+        return super().prepare(avatar, seed)
+
+
+def test_a_new_portrait_is_warmed_beside_the_worker_not_on_it():
+    """A session's per-portrait work runs on a thread of its own before its prepare job: meanwhile the worker
+    keeps serving (here: an idle frame of another session, due within a tick)."""
+
+    animator = SlowPortraitAnimator()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        worker = InferenceWorker(animator, loop)
+        other = Job(session_id="other", generation=0, kind="prepare", avatar=_avatar())
+        worker.submit(other)
+        session = Session(_avatar(), SessionOptions(size=8, fps=FPS), worker, Telemetry(), [],
+                          latency_frames=animator.latency_frames, vad_factory=EnergyVAD)
+        try:
+            await asyncio.sleep(0.05)
+            await session.start()
+            await asyncio.sleep(0.05)  # the warm-up is under way
+            served = loop.create_future()
+            asked = time.perf_counter()
+            worker.submit(Job(session_id="other", generation=0, kind="idle", pts=0,
+                              done=lambda frame: served.set_result(time.perf_counter())))
+            waited = await asyncio.wait_for(served, 1.0) - asked
+            assert not session._ready
+            await asyncio.sleep(0.4)
+            assert session._ready
+            return waited
+        finally:
+            await session.close(reason="test")
+            worker.stop()
+
+    waited = asyncio.run(main())
+    calls = animator.calls
+    assert waited < 0.04, f"the worker waited {waited * 1000:.0f} ms on another session's portrait"
+    warm = [c for c in calls if c[0] == "warm"]
+    prepares = [c for c in calls if c[0] == "prepare"]
+    assert len(warm) == 1 and warm[0][1] != "inference-worker"
+    assert len(prepares) == 2 and all(c[1] == "inference-worker" for c in prepares)
+    assert prepares[1][2] >= warm[0][2] + 0.3  # the session's prepare came after its warm-up

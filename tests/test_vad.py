@@ -34,3 +34,19 @@ def test_digital_silence_skips_the_model_and_energy_vad():
     assert energy.speech_probability(np.zeros(640, np.float32)) == 0.0
     loud = (0.3 * np.sin(np.arange(640) / 3)).astype(np.float32)
     assert energy.speech_probability(loud) == 1.0
+
+
+def test_each_silero_detector_keeps_its_own_state():
+    """Detectors share the loaded model's weights but not its recurrent state: a session's speech must not
+    change what another session's detector reads."""
+    speech = load_audio(media.silence_then_speech("hello", silence_s=0.2))
+    windows = _windows(speech)[:30]
+    alone = SileroVAD()
+    expected = [alone.speech_probability(w) for w in windows]
+    busy, quiet = SileroVAD(), SileroVAD()
+    for w in windows:  # the busy one hears the sentence twice before the quiet one starts
+        busy.speech_probability(w)
+        busy.speech_probability(w)
+    got = [quiet.speech_probability(w) for w in windows]
+    assert max(expected) > 0.9
+    np.testing.assert_allclose(got, expected, atol=1e-6)

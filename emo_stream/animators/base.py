@@ -29,6 +29,9 @@ class Animator(Protocol):
         """Once per session: per-portrait work is cached by ``avatar.cache_key``."""
         ...
 
+    # Optional: ``warm(avatar)`` does the per-portrait work ``prepare`` caches, safely on any thread, so
+    # a server runs it beside the thread that feeds and ``prepare`` there stays short.
+
     def feed(self, window: AudioWindow, state: AnimatorState) -> list[Frame]:
         """One window in; the frames that are now complete out (pts on the window's clock)."""
         ...

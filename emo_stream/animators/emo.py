@@ -60,7 +60,7 @@ import torch
 
 from emo_stream.animators.emo_audio import AudioReach, AudioTrack, audio_reach
 from emo_stream.animators.emo_cache import ByteLRU, CacheStats
-from emo_stream.animators.emo_fallback import LITE_MIN_SIZE, LiteShadow, resize_square
+from emo_stream.animators.emo_fallback import LITE_MIN_SIZE, LiteShadow, resize_square, scaled_avatar
 from emo_stream.animators.emo_sampler import ClipRequest, decode_batch, denoise_batch
 from emo_stream.animators.lite import LiteAnimator
 from emo_stream.errors import CheckpointError, ConfigError
@@ -334,6 +334,13 @@ class EmoAnimator:
     @property
     def cache(self) -> ByteLRU[PortraitState]:
         return self._portraits
+
+    def warm(self, avatar: Avatar) -> None:
+        """The lite shadow's rig, off the feeding thread (``LiteAnimator.warm``). The portrait's reference
+        features stay with ``prepare``: device work belongs to the thread that owns the device."""
+        if avatar.size != self.size:
+            raise ValueError(f"avatar is {avatar.size}px but the animator renders {self.size}px")
+        self._lite.warm(scaled_avatar(avatar, self._lite.size))
 
     def prepare(self, avatar: Avatar, seed: int = 0) -> EmoState:
         if avatar.size != self.size:

@@ -10,6 +10,7 @@ past that time), the controller one window more, so frame n comes out with windo
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
@@ -57,18 +58,29 @@ class LiteAnimator:
         # window for the first frame of it.
         self.latency_frames = max(0, lookahead_frames(fps) - 1) + CONTROLLER_LOOKAHEAD_FRAMES
         self._rigs: OrderedDict[str, AvatarRig] = OrderedDict()
+        self._rigs_lock = threading.Lock()  # warm() runs off the thread that feeds
 
     def _rig(self, avatar: Avatar) -> AvatarRig:
         """The avatar's rig (face mesh, matte: the per-portrait work), built once and cached by its key."""
-        rig = self._rigs.get(avatar.cache_key)
-        if rig is None:
-            rig = build_rig(avatar)
+        with self._rigs_lock:
+            rig = self._rigs.get(avatar.cache_key)
+            if rig is not None:
+                self._rigs.move_to_end(avatar.cache_key)
+                return rig
+        # Built outside the lock: a thread feeding other portraits must not wait on this one (~0.2 s).
+        rig = build_rig(avatar)
+        with self._rigs_lock:
             self._rigs[avatar.cache_key] = rig
             while len(self._rigs) > RIG_CACHE_SIZE:
                 self._rigs.popitem(last=False)
-        else:
-            self._rigs.move_to_end(avatar.cache_key)
         return rig
+
+    def warm(self, avatar: Avatar) -> None:
+        """The per-portrait work ``prepare`` needs, done now and cached: safe on any thread, so a server can
+        run it beside the thread that feeds (``prepare`` then takes ~1 ms)."""
+        if avatar.size != self.size:
+            raise ValueError(f"avatar is {avatar.size}px but the animator renders {self.size}px")
+        self._rig(avatar)
 
     def prepare(self, avatar: Avatar, seed: int = 0) -> LiteState:
         """A session on ``avatar`` (its rig built once per portrait and cached)."""
