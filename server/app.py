@@ -162,6 +162,9 @@ class Engine:
                     if q.dropped:
                         self.telemetry.frames_dropped.labels(track=name).inc(q.dropped)
                         q.dropped = 0
+                if s.mic_buffer is not None and s.mic_buffer.skipped:
+                    skipped, s.mic_buffer.skipped = s.mic_buffer.skipped, 0
+                    self.telemetry.mic_packets_skipped.inc(skipped)
             if self.worker is not None and self.worker.jobs_skipped:
                 skipped, self.worker.jobs_skipped = self.worker.jobs_skipped, 0
                 self.telemetry.windows_skipped.inc(skipped)

@@ -45,11 +45,12 @@ class InOrderAudioBuffer(JitterBuffer):
         return JitterFrame(data=packet._data, timestamp=packet.timestamp)
 
 
-def hand_on_audio_at_once(receiver) -> bool:
-    """Give an aiortc audio receiver an ``InOrderAudioBuffer`` (an aiortc internal: guarded; False when the
-    receiver's layout is not the one this was written for, and nothing changed)."""
+def hand_on_audio_at_once(receiver) -> InOrderAudioBuffer | None:
+    """Give an aiortc audio receiver an ``InOrderAudioBuffer`` and return it (an aiortc internal: guarded; None
+    when the receiver's layout is not the one this was written for, and nothing changed)."""
     name = "_RTCRtpReceiver__jitter_buffer"
     if not isinstance(getattr(receiver, name, None), JitterBuffer):
-        return False
-    setattr(receiver, name, InOrderAudioBuffer())
-    return True
+        return None
+    buffer = InOrderAudioBuffer()
+    setattr(receiver, name, buffer)
+    return buffer

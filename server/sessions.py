@@ -41,7 +41,7 @@ from emo_stream.compositing import parse_background
 from emo_stream.errors import InvalidSdpError, RequestError, SessionNotFoundError
 from emo_stream.types import AudioWindow, Avatar, Frame
 from server.clock import MediaClock
-from server.inbound_audio import hand_on_audio_at_once
+from server.inbound_audio import InOrderAudioBuffer, hand_on_audio_at_once
 from server.input_phase import InputPhase
 from server.input_windows import InputWindows
 from server.telemetry import Telemetry
@@ -145,6 +145,7 @@ class Session:
         self._last_mapped_tick = -1
         self._last_window_at = -math.inf  # when the last input window was mapped (perf_counter)
         self._ready = False
+        self.mic_buffer: InOrderAudioBuffer | None = None  # its ``skipped`` packets go to /metrics
         self._tasks: list[asyncio.Task] = []
         self._pcm: deque[np.ndarray] = deque()
         self._pcm_samples = 0
@@ -184,7 +185,7 @@ class Session:
             if track.kind == "audio" and self.options.audio_source == "mic":
                 for transceiver in self.pc.getTransceivers():
                     if transceiver.receiver.track is track:
-                        hand_on_audio_at_once(transceiver.receiver)
+                        self.mic_buffer = hand_on_audio_at_once(transceiver.receiver)
                 self._tasks.append(asyncio.create_task(self._consume_mic(track), name=f"mic-{self.id[:6]}"))
 
         @self.pc.on("datachannel")

@@ -22,6 +22,9 @@ class Telemetry:
                                    "Ticks whose frame was not ready (a hold or idle frame went out)", registry=r)
         self.frames_dropped = Counter("emo_stream_frames_dropped_total",
                                       "Ticks dropped from a track queue whose sender fell behind", ["track"], registry=r)
+        self.mic_packets_skipped = Counter("emo_stream_mic_packets_skipped_total",
+                                           "Microphone packets given up (never arrived in time) or dropped to catch up",
+                                           registry=r)
         self.windows_skipped = Counter("emo_stream_windows_skipped_total",
                                        "Audio windows the worker skipped because their frame was already due",
                                        registry=r)

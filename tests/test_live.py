@@ -258,5 +258,6 @@ def test_whip_offer_and_routes(server):
     assert "default" in [a["id"] for a in httpx.get(f"{server}/v1/avatars").json()["avatars"]]
     text = httpx.get(f"{server}/metrics").text
     for name in ("emo_stream_sessions_active", "emo_stream_frames_sent_total", "emo_stream_frames_late_total",
-                 "emo_stream_worker_queue_depth", "emo_stream_stage_latency_seconds", "emo_stream_loop_lag_seconds"):
+                 "emo_stream_worker_queue_depth", "emo_stream_stage_latency_seconds", "emo_stream_loop_lag_seconds",
+                 "emo_stream_mic_packets_skipped_total"):
         assert name in text
