@@ -96,7 +96,8 @@ def test_transparent_overlay_has_real_alpha(server):
         time.sleep(0.5)
         assert alpha_at(0.03, 0.03) == 0
         assert alpha_at(0.97, 0.05) == 0
-        assert alpha_at(0.5, 0.45) == 255  # the face
+        # The face is opaque, within the matte's VP8 noise (a clean-clone CI run read 253 here once).
+        assert alpha_at(0.5, 0.45) >= 245
         png = driver.execute_script("return document.getElementById('canvas').toDataURL('image/png').slice(22);")
         rgba = np.asarray(Image.open(io.BytesIO(base64.b64decode(png))))
         assert rgba.shape[2] == 4 and 0.05 < (rgba[..., 3] > 128).mean() < 0.8
