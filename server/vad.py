@@ -55,10 +55,10 @@ class SileroVAD:
         self._pending = np.zeros(0, np.float32)
         self._last = 0.0
 
-    SILENCE_RMS = 10 ** (-60 / 20)  # below -60 dBFS there is no speech to find: skip the model
+    SILENCE_DBFS = -60.0  # below it there is no speech to find: skip the model
 
     def speech_probability(self, samples: np.ndarray) -> float:
-        if len(samples) and float(np.sqrt(np.mean(np.square(samples, dtype=np.float64)))) < self.SILENCE_RMS:
+        if len(samples) and level_dbfs(samples) < self.SILENCE_DBFS:
             self._pending = np.zeros(0, np.float32)
             self._last = 0.0
             return 0.0

@@ -51,3 +51,9 @@ class Animator(Protocol):
     def reset(self, state: AnimatorState) -> None:
         """Barge-in: drop everything in flight; the next frames show idle motion."""
         ...
+
+
+def check_avatar_size(avatar: Avatar, size: int) -> None:
+    """An animator renders one size; an avatar prepared at another is a caller's mistake."""
+    if avatar.size != size:
+        raise ValueError(f"avatar is {avatar.size}px but the animator renders {size}px")

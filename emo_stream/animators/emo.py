@@ -58,6 +58,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from emo_stream.animators.base import check_avatar_size
 from emo_stream.animators.emo_audio import AudioReach, AudioTrack, audio_reach
 from emo_stream.animators.emo_cache import ByteLRU, CacheStats
 from emo_stream.animators.emo_fallback import LITE_MIN_SIZE, LiteShadow, resize_square, scaled_avatar
@@ -338,13 +339,11 @@ class EmoAnimator:
     def warm(self, avatar: Avatar) -> None:
         """The lite shadow's rig, off the feeding thread (``LiteAnimator.warm``). The portrait's reference
         features stay with ``prepare``: device work belongs to the thread that owns the device."""
-        if avatar.size != self.size:
-            raise ValueError(f"avatar is {avatar.size}px but the animator renders {self.size}px")
+        check_avatar_size(avatar, self.size)
         self._lite.warm(scaled_avatar(avatar, self._lite.size))
 
     def prepare(self, avatar: Avatar, seed: int = 0) -> EmoState:
-        if avatar.size != self.size:
-            raise ValueError(f"avatar is {avatar.size}px but the animator renders {self.size}px")
+        check_avatar_size(avatar, self.size)
         portrait: PortraitState | None
         try:
             portrait = self._portraits.get_or_create(avatar.cache_key, lambda: self.encode_portrait(avatar))

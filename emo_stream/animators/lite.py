@@ -14,6 +14,7 @@ import threading
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
+from emo_stream.animators.base import check_avatar_size
 from emo_stream.animators.lite_motion import MotionController
 from emo_stream.animators.lite_rig import AvatarRig, build_rig
 from emo_stream.animators.lite_warp import FaceParams, LiteRenderer
@@ -78,14 +79,12 @@ class LiteAnimator:
     def warm(self, avatar: Avatar) -> None:
         """The per-portrait work ``prepare`` needs, done now and cached: safe on any thread, so a server can
         run it beside the thread that feeds (``prepare`` then takes ~1 ms)."""
-        if avatar.size != self.size:
-            raise ValueError(f"avatar is {avatar.size}px but the animator renders {self.size}px")
+        check_avatar_size(avatar, self.size)
         self._rig(avatar)
 
     def prepare(self, avatar: Avatar, seed: int = 0) -> LiteState:
         """A session on ``avatar`` (its rig built once per portrait and cached)."""
-        if avatar.size != self.size:
-            raise ValueError(f"avatar is {avatar.size}px but the animator renders {self.size}px")
+        check_avatar_size(avatar, self.size)
         return LiteState(avatar=avatar, renderer=LiteRenderer(self._rig(avatar)),
                          extractor=FeatureExtractor(sample_rate=16_000, fps=self.fps),
                          controller=MotionController(fps=self.fps, motion=self.motion, seed=seed))
