@@ -39,13 +39,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ConfigError("TLS needs both --tls-cert and --tls-key")
     from server.logs import configure
+    from server.shards import ShardRole
 
-    configure(args.log_level, as_json=args.log_json)
-    if args.shard is not None:  # one session process of a server (server.shards): the app on the given socket
+    role = ShardRole.parse(args.shard) if args.shard is not None else None
+    configure(args.log_level, as_json=args.log_json, process=None if role is None else role.session_prefix[:-1])
+    if role is not None:  # one session process of a server (server.shards): the app on the given socket
         from server.app import build_animator
-        from server.shards import ShardRole, single_threaded_kernels
+        from server.shards import single_threaded_kernels
 
-        role = ShardRole.parse(args.shard)
         single_threaded_kernels()
         app = create_app(config, animator=build_animator(config), shard=role)
         uvicorn.run(app, fd=args.fd, log_level=args.log_level, log_config=None)

@@ -9,7 +9,7 @@ import json
 import logging
 import time
 
-EXTRA_FIELDS = ("request_id", "session_id", "status", "reason")
+EXTRA_FIELDS = ("session_process", "request_id", "session_id", "status", "reason")
 
 
 class JsonFormatter(logging.Formatter):
@@ -32,10 +32,24 @@ class TextFormatter(logging.Formatter):
         return f"{line} [{extras}]" if extras else line
 
 
-def configure(level: str = "info", as_json: bool = False) -> None:
-    """Route the app's and uvicorn's logs through one handler on stderr."""
+class _ProcessTag(logging.Filter):
+    """Names the session process (``s0``, ``s1``…) on every line it logs: the children share the server's stderr."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.tag = name
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.session_process = self.tag
+        return True
+
+
+def configure(level: str = "info", as_json: bool = False, process: str | None = None) -> None:
+    """Route the app's and uvicorn's logs through one handler on stderr (``process``: a session process's tag)."""
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if as_json else TextFormatter())
+    if process is not None:
+        handler.addFilter(_ProcessTag(process))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -98,6 +98,15 @@ class Shard:
         return self.process is not None and self.process.poll() is None
 
 
+def _log_stream() -> int | None:
+    """Where a child's stderr goes: the server's own log stream. ``emo-stream serve`` points fd 2 at /dev/null
+    (native libraries' chatter) and logs to a copy of it, which a child inheriting fd 2 would not see."""
+    try:
+        return sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # a stderr without a file (a test's capture): fd 2
+        return None
+
+
 class ShardPool:
     """Starts, watches, restarts and stops the session processes.
 
@@ -135,7 +144,8 @@ class ShardPool:
             # Its own session: a terminal's Ctrl-C reaches the server only, which stops the children in
             # order (closing their sessions) instead of watching them die and starting them again.
             shard.process = subprocess.Popen(cmd, env=self._env, pass_fds=(fd,), preexec_fn=_die_with_parent,
-                                             start_new_session=True, cwd=Path(__file__).resolve().parent.parent)
+                                             start_new_session=True, cwd=Path(__file__).resolve().parent.parent,
+                                             stderr=_log_stream())
         finally:
             listener.close()  # the child holds its own copy
 

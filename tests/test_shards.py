@@ -212,6 +212,16 @@ def test_an_uploaded_avatar_serves_sessions_in_every_process(sharded, speech48):
     two_sessions_one_per_process(sharded.base, speech48, avatar_id)
 
 
+def test_the_session_processes_log_to_the_servers_stderr_tagged_with_their_process(tmp_path, speech48):
+    # The server points fd 2 at /dev/null (native libraries' chatter) and logs to a copy of it: a child that
+    # inherited fd 2 logged into /dev/null, so nothing a session process said reached the operator.
+    with run_server({"server": {"processes": 2, "data_dir": str(tmp_path)}}, args=["--log-level", "info"]) as srv:
+        two_sessions_one_per_process(srv.base, speech48)
+        wait_until(lambda: all(f"session_process=s{k}" in srv.log_text() for k in (0, 1)), 20, "both processes' logs")
+    closed = [line for line in srv.log_text().splitlines() if "session closed" in line]
+    assert {re.search(r"session_process=(s\d)", line).group(1) for line in closed} == {"s0", "s1"}, closed
+
+
 def test_a_killed_process_is_started_again_and_stopping_the_server_stops_all(tmp_path, speech48):
     with run_server({"server": {"processes": 2, "data_dir": str(tmp_path)}}) as srv:
         children = children_of(srv.proc.pid)
