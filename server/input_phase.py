@@ -17,8 +17,10 @@ is not heard), moves it back:
   our clock). The next windows go one tick later (40 ms more lead; a tick of silence is played).
 
 The least lead itself adapts to the machine, like a jitter buffer's target. A second with three or more late
-frames raises it by one packet (``"raise"``, up to ``max_extra_s`` above the configured least; a stall that
-makes one or two frames late does not). Ten seconds without a late frame, in which every frame was ready at
+frames raises it (``"raise"``, up to ``max_extra_s`` above the configured least; a stall that makes one or two
+frames late does not) by as many packets as the latest of those frames came after its tick (at least one: a
+frame that never came says nothing of how late it was), so a session that starts on a busy machine gets the
+lead it needs in one step instead of one packet a second. Ten seconds without a late frame, in which every frame was ready at
 least a packet before its tick, lower it by one packet (``"lower"``). Raising and lowering change nothing at
 once: the next pauses delay or drop to the new least. So one session on an idle machine runs at the
 configured least, and a loaded one buys the render time it needs with latency.
@@ -40,8 +42,8 @@ LATE_PER_SECOND = 3  # late frames within one second that raise the least lead (
 
 @dataclass(frozen=True)
 class PhaseAction:
-    """``kind``: "drop" (``packets`` quiet packets), "delay" (the next windows one tick later), or "raise" /
-    "lower" (the least lead moved by a packet)."""
+    """``kind``: "drop" (``packets`` quiet packets), "delay" (the next windows one tick later), "raise" (the
+    least lead up by ``packets``) or "lower" (down by a packet)."""
 
     kind: str
     packets: int = 0
@@ -61,6 +63,7 @@ class InputPhase:
         self._late = 0  # late frames in the current second
         self._calm = 0  # seconds since the last late frame or change of the least lead
         self._least_slack = math.inf  # the least time a frame was ready before its tick, over those seconds
+        self._most_late_s = 0.0  # how long after its tick the latest frame of the current second came
 
     @property
     def least_lead_s(self) -> float:
@@ -75,8 +78,9 @@ class InputPhase:
         self._late += 1
 
     def frame_ready(self, slack_s: float) -> None:
-        """A frame was ready ``slack_s`` before its tick."""
+        """A frame was ready ``slack_s`` before its tick (negative: after it; its tick was counted late)."""
         self._least_slack = min(self._least_slack, slack_s)
+        self._most_late_s = max(self._most_late_s, -slack_s)
 
     def observe(self, lead_s: float, pause: bool) -> PhaseAction | None:
         """One window's lead (its tick's time less the time it completed); ``pause``: nobody is speaking."""
@@ -102,14 +106,18 @@ class InputPhase:
         if self._windows % WINDOWS:
             return None
         late, self._late = self._late, 0
+        most_late, self._most_late_s = self._most_late_s, 0.0
         if self._windows == WINDOWS:
             return None  # the session's first second: its first frames wait on the avatar's preparation
         if late >= LATE_PER_SECOND:
             self._calm, self._least_slack = 0, math.inf
-            if self.extra_s + self.packet_s <= self.max_extra_s + 1e-9:
-                self.extra_s += self.packet_s
+            wanted = max(1, math.ceil((most_late + TOLERANCE_S) / self.packet_s - 1e-9))
+            room = int((self.max_extra_s - self.extra_s + 1e-9) // self.packet_s)
+            packets = min(wanted, room)
+            if packets >= 1:
+                self.extra_s += packets * self.packet_s
                 self._excess.clear()
-                return PhaseAction("raise")
+                return PhaseAction("raise", packets)
             return None
         self._calm = 0 if late else self._calm + 1
         if self._calm < CALM_SECONDS:

@@ -2,8 +2,10 @@
 
 Sessions hand it jobs through a bounded queue (``submit``); urgent jobs (interrupt, the first
 idle frame after it) go to the front. Consecutive feed jobs of different sessions are run as
-one ``feed_batch`` call. Results go back to the asyncio loop with ``call_soon_threadsafe``:
-nothing here ever blocks the loop, and nothing on the loop waits for this thread.
+one ``feed_batch`` call or, for a backend that gains nothing from one (``batches_feeds = False``:
+the lite animator), one after the other, each session's frames handed on as soon as they are made.
+Results go back to the asyncio loop with ``call_soon_threadsafe``: nothing here ever blocks the
+loop, and nothing on the loop waits for this thread.
 """
 
 from __future__ import annotations
@@ -229,7 +231,14 @@ class InferenceWorker:
             for (job, engine), frame in zip(live, frames, strict=True):
                 self._deliver(job, engine.picture(frame))
             return
-        # feed: VAD per window, then one batched animator call
+        if getattr(self.animator, "batches_feeds", True):
+            self._feed(batch)
+        else:  # nothing gained by one call (the CPU): each session's frames go out as soon as they are made
+            for job in batch:
+                self._feed([job])
+
+    def _feed(self, batch: list[Job]) -> None:
+        """VAD per window, then one animator call for the windows still worth animating."""
         items, jobs, vad_info = [], [], []
         now = time.perf_counter()
         for job in batch:

@@ -216,6 +216,29 @@ def test_lateness_raises_the_least_lead_and_a_calm_lowers_it():
     assert hiccup.extra_s == 0.0
 
 
+def test_frames_that_come_well_after_their_tick_raise_the_least_lead_by_that_much_at_once():
+    phase = InputPhase(least_lead_s=0.060, max_extra_s=0.080)
+    actions = []
+    for k in range(25 * 3):
+        if 25 <= k < 50 and k % 5 == 0:  # the second second: five frames, the latest 45 ms after its tick
+            phase.frame_late()
+            phase.frame_ready(-0.015 if k < 45 else -0.045)
+        else:
+            phase.frame_ready(0.005)
+        action = phase.observe(0.065, pause=False)
+        if action is not None:
+            actions.append(action)
+    # 45 ms (+ the 2 ms tolerance) is three packets: one raise of three, not three raises a second apart.
+    assert actions == [PhaseAction("raise", 3)]
+    assert phase.least_lead_s == pytest.approx(0.120)
+    # Never beyond the cap: 200 ms late raises only the 20 ms left.
+    for _ in range(25):
+        phase.frame_late()
+        phase.frame_ready(-0.200)
+        phase.observe(0.065, pause=False)
+    assert phase.extra_s == pytest.approx(0.080)
+
+
 class SlowPortraitAnimator(LookaheadAnimator):
     """A portrait whose per-portrait work takes 0.3 s, done in ``warm``; records the thread of each call."""
 

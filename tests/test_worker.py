@@ -104,3 +104,39 @@ def test_idle_jobs_batch_when_the_backend_can():
     assert len(results) == 3 and all(f.pts == 7200 for f in results)
     assert animator.idle_batches == [3]
 
+
+
+class OneByOneAnimator(RecordingAnimator):
+    """A CPU backend: ``feed_batch`` gains nothing over ``feed``; records when each window's frames are made."""
+
+    batches_feeds = False
+
+    def __init__(self, delay_s: float) -> None:
+        super().__init__(delay_s)
+        self.made: dict[int, float] = {}
+
+    def feed_batch(self, items):
+        frames = super().feed_batch(items)
+        for window, _ in items:
+            self.made[window.start_pts] = time.perf_counter()
+        return frames
+
+
+def test_a_backend_without_batching_hands_each_sessions_frames_on_at_once():
+    animator = OneByOneAnimator(delay_s=0.05)
+    delivered: dict[int, float] = {}
+
+    def done(result):
+        delivered[result.frames[0].pts] = time.perf_counter()
+
+    def jobs(worker, results):
+        with worker._cv:  # three sessions' windows queued together, as one tick's would be
+            for k, sid in enumerate(("a", "b", "c")):
+                worker._jobs.append(Job(session_id=sid, generation=0, kind="feed", window=_window(k), done=done))
+            worker._cv.notify()
+
+    _run(animator, jobs)
+    assert animator.batches == [1, 1, 1]
+    assert sorted(delivered) == [0, 1, 2]
+    # The first session's frame reached the loop before the last session's was made, not after the whole round.
+    assert delivered[0] < animator.made[2]

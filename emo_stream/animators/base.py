@@ -29,6 +29,8 @@ class Animator(Protocol):
         """Once per session: per-portrait work is cached by ``avatar.cache_key``."""
         ...
 
+    # Optional: ``batches_feeds = False`` says ``feed_batch`` is no faster than ``feed`` one by one (a CPU
+    # backend), so a server feeds each session on its own and hands its frames on without waiting for the rest.
     # Optional: ``warm(avatar)`` does the per-portrait work ``prepare`` caches, safely on any thread, so
     # a server runs it beside the thread that feeds and ``prepare`` there stays short.
 

@@ -50,6 +50,7 @@ class LiteAnimator:
     """
 
     name = "lite"
+    batches_feeds = False  # feed_batch is feed one by one: a server need not hold one session's frames for another's
 
     def __init__(self, size: int = 512, fps: int = 25, motion: float = 1.0) -> None:
         self.size = size
