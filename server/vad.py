@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 
 SILERO_CHUNK = 512  # samples at 16 kHz: the model's fixed input
+WARM_CALLS = 3  # TorchScript: a profiling call, an optimising one, then the fast path
 
 
 class VoiceActivityDetector(Protocol):
@@ -34,7 +35,7 @@ class SileroVAD:
     inference worker's thread, where 45 ms held up every other session's frames.
     """
 
-    _template: Any = None
+    _template: Any = None  # loaded and warmed once per process; each detector copies it
     _template_lock = threading.Lock()
 
     @classmethod
@@ -43,7 +44,17 @@ class SileroVAD:
             if cls._template is None:
                 from silero_vad import load_silero_vad
 
-                cls._template = load_silero_vad(onnx=False)
+                model = load_silero_vad(onnx=False)
+                # TorchScript profiles a model's first calls and optimises on the next: 57 and 17 ms here, then
+                # 0.5 ms. Run them now (engine start), not in a session's first windows on the worker, where
+                # they made that session's frames, and every other session's, ~75 ms late.
+                import torch
+
+                with torch.inference_mode():
+                    for _ in range(WARM_CALLS):
+                        model(torch.zeros(SILERO_CHUNK), 16_000)
+                model.reset_states()
+                cls._template = model
             return cls._template
 
     def __init__(self) -> None:

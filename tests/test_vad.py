@@ -50,3 +50,32 @@ def test_each_silero_detector_keeps_its_own_state():
     got = [quiet.speech_probability(w) for w in windows]
     assert max(expected) > 0.9
     np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_the_model_is_warmed_once_when_loaded_and_detectors_start_clean(monkeypatch):
+    import silero_vad
+
+    class FakeSilero:
+        """Records calls; its "state" is the number of chunks seen since the last reset."""
+
+        def __init__(self) -> None:
+            self.calls, self.seen = 0, 0
+
+        def __call__(self, chunk, rate):
+            import torch
+
+            self.calls += 1
+            self.seen += 1
+            return torch.tensor([0.0])
+
+        def reset_states(self) -> None:
+            self.seen = 0
+
+    loaded: list[FakeSilero] = []
+    monkeypatch.setattr(silero_vad, "load_silero_vad", lambda onnx=False: loaded.append(FakeSilero()) or loaded[-1])
+    monkeypatch.setattr(SileroVAD, "_template", None)
+    first, second = SileroVAD(), SileroVAD()
+    # Loaded once, and its first calls (TorchScript's slow profiling ones) run at load, not in a session's windows.
+    assert len(loaded) == 1 and loaded[0].calls == 3
+    # Each detector is a copy that starts from a reset state, not from the warm-up's.
+    assert first._model.seen == 0 and second._model.seen == 0 and first._model is not second._model
