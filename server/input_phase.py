@@ -20,8 +20,9 @@ The least lead itself adapts to the machine, like a jitter buffer's target. A se
 frames raises it (``"raise"``, up to ``max_extra_s`` above the configured least; a stall that makes one or two
 frames late does not) by as many packets as the latest of those frames came after its tick (at least one: a
 frame that never came says nothing of how late it was), so a session that starts on a busy machine gets the
-lead it needs in one step instead of one packet a second. Ten seconds without a late frame, in which every frame was ready at
-least a packet before its tick, lower it by one packet (``"lower"``). Raising and lowering change nothing at
+lead it needs in one step instead of one packet a second. Ten seconds without a late frame, in which every
+frame was ready at least a packet before its tick, lower it (``"lower"``) by the whole packets every frame had
+to spare, less one kept as margin (at least one packet). Raising and lowering change nothing at
 once: the next pauses delay or drop to the new least. So one session on an idle machine runs at the
 configured least, and a loaded one buys the render time it needs with latency.
 """
@@ -42,8 +43,8 @@ LATE_PER_SECOND = 3  # late frames within one second that raise the least lead (
 
 @dataclass(frozen=True)
 class PhaseAction:
-    """``kind``: "drop" (``packets`` quiet packets), "delay" (the next windows one tick later), "raise" (the
-    least lead up by ``packets``) or "lower" (down by a packet)."""
+    """``kind``: "drop" (``packets`` quiet packets), "delay" (the next windows one tick later), "raise" /
+    "lower" (the least lead up / down by ``packets``)."""
 
     kind: str
     packets: int = 0
@@ -122,10 +123,13 @@ class InputPhase:
         self._calm = 0 if late else self._calm + 1
         if self._calm < CALM_SECONDS:
             return None
-        lower = self.extra_s > 1e-9 and self._least_slack >= self.packet_s + TOLERANCE_S
+        spare = int((self._least_slack - TOLERANCE_S) // self.packet_s) if math.isfinite(self._least_slack) else 0
         self._calm, self._least_slack = 0, math.inf
-        if lower:
-            self.extra_s = max(0.0, self.extra_s - self.packet_s)
+        if self.extra_s > 1e-9 and spare >= 1:
+            # A packet of the spare time stays as margin; a raise for a passing stall (a session's start-up)
+            # then comes back in one calm spell, not one packet per spell.
+            packets = min(max(1, spare - 1), round(self.extra_s / self.packet_s))
+            self.extra_s = max(0.0, self.extra_s - packets * self.packet_s)
             self._excess.clear()
-            return PhaseAction("lower")
+            return PhaseAction("lower", packets)
         return None

@@ -293,3 +293,28 @@ def test_a_new_portrait_is_warmed_beside_the_worker_not_on_it():
     assert len(warm) == 1 and warm[0][1] != "inference-worker"
     assert len(prepares) == 2 and all(c[1] == "inference-worker" for c in prepares)
     assert prepares[1][2] >= warm[0][2] + 0.3  # the session's prepare came after its warm-up
+
+
+def test_a_calm_with_plenty_of_spare_time_takes_back_a_start_up_raise_in_one_step():
+    phase = InputPhase(least_lead_s=0.060, max_extra_s=0.080)
+    actions = []
+    for k in range(25 * 14):
+        if 25 <= k < 30:  # a start-up stall: five frames, the latest 100 ms after its tick
+            phase.frame_late()
+            phase.frame_ready(-0.100)
+        elif k >= 50:
+            phase.frame_ready(0.130 if k < 25 * 13 else 0.030)  # then ready 130 ms early: the raise was not needed
+        action = phase.observe(0.065, pause=False)
+        if action is not None:
+            actions.append(action)
+    # Raised to the cap at once, then ten calm seconds later lowered all the way: 130 ms spare is six packets,
+    # one is kept as margin, the four of the raise go.
+    assert actions == [PhaseAction("raise", 4), PhaseAction("lower", 4)], actions
+    assert phase.extra_s == 0.0
+    # With little to spare (30 ms: one packet, none beyond the margin), a calm still lowers by one packet only.
+    tight = InputPhase(least_lead_s=0.060, max_extra_s=0.080)
+    tight.extra_s = 0.060
+    for _ in range(25 * 12):
+        tight.frame_ready(0.030)
+        tight.observe(0.065, pause=False)
+    assert tight.extra_s == pytest.approx(0.040)
