@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
 CONFIGS = REPO / "configs" / "train"
+TEACHER_MOTION = 1.0  # the lite animator's default
 VIDEO_SIZE = 256  # the teacher's render; data prepare crops the face to 128 px from it
 CROP_SIZE = 128
 CLIPS_PER_PORTRAIT = 5
@@ -43,9 +44,10 @@ def log(message: str, start: float) -> None:
     print(f"[train-tiny {time.perf_counter() - start:7.1f} s] {message}", file=sys.stderr, flush=True)
 
 
-def make_videos(out: Path, seed: int, portraits: int | None = None, clips: int = CLIPS_PER_PORTRAIT) -> list[Path]:
+def make_videos(out: Path, seed: int, portraits: int | None = None, clips: int = CLIPS_PER_PORTRAIT,
+                motion: float = TEACHER_MOTION) -> list[Path]:
     """The teacher's training videos: each training portrait (the first ``portraits``) speaks ``clips`` seeded
-    audio clips."""
+    audio clips, with the lite animator's head, brow and gaze motion at ``motion``."""
     import random
 
     from tiny_media import save_portrait, training_audio, training_portraits
@@ -62,7 +64,8 @@ def make_videos(out: Path, seed: int, portraits: int | None = None, clips: int =
             path = out / f"{p.name}-{label}.mp4"
             if not path.exists():
                 tmp = path.with_name(path.stem + ".tmp.mp4")
-                render_file(image, wav, tmp, RenderOptions(size=VIDEO_SIZE, fps=25, seed=seed * 1000 + n * 10 + k))
+                render_file(image, wav, tmp, RenderOptions(size=VIDEO_SIZE, fps=25, seed=seed * 1000 + n * 10 + k,
+                                                                motion=motion))
                 tmp.rename(path)
             paths.append(path)
     return paths
@@ -102,6 +105,8 @@ def main() -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every step budget (tests: tiny)")
     parser.add_argument("--portraits", type=int, help="use only the first N training portraits (tests)")
     parser.add_argument("--clips", type=int, default=CLIPS_PER_PORTRAIT, help="training videos per portrait")
+    parser.add_argument("--teacher-motion", type=float, default=TEACHER_MOTION,
+                        help="the teacher's head, brow and gaze motion in the training videos (lite --motion)")
     parser.add_argument("--budget-min", type=float, default=60.0, help="warn when the chain takes longer")
     parser.add_argument("--fresh", action="store_true", help="delete OUT first")
     parser.add_argument("--skip-eval", action="store_true")
@@ -129,7 +134,7 @@ def main() -> int:
 
     # 1. The teacher's videos.
     t0 = time.perf_counter()
-    videos = make_videos(out / "videos", args.seed, args.portraits, args.clips)
+    videos = make_videos(out / "videos", args.seed, args.portraits, args.clips, args.teacher_motion)
     done(f"videos ({len(videos)} lite renders)", t0)
 
     # 2. data prepare.
