@@ -42,7 +42,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from server.shards import ShardRole
 
     role = ShardRole.parse(args.shard) if args.shard is not None else None
-    configure(args.log_level, as_json=args.log_json, process=None if role is None else role.session_prefix[:-1])
+    configure(args.log_level, as_json=args.log_json, process=None if role is None else role.name)
     if role is not None:  # one session process of a server (server.shards): the app on the given socket
         from server.app import build_animator
         from server.shards import single_threaded_kernels

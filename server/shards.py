@@ -41,8 +41,13 @@ class ShardRole:
     count: int
 
     @property
+    def name(self) -> str:
+        """``s0``, ``s1``…: on its log lines and, with a dash, before its session ids."""
+        return f"s{self.index}"
+
+    @property
     def session_prefix(self) -> str:
-        return f"s{self.index}-"
+        return f"{self.name}-"
 
     @classmethod
     def parse(cls, text: str) -> ShardRole:

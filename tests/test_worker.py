@@ -105,7 +105,6 @@ def test_idle_jobs_batch_when_the_backend_can():
     assert animator.idle_batches == [3]
 
 
-
 class OneByOneAnimator(RecordingAnimator):
     """A CPU backend: ``feed_batch`` gains nothing over ``feed``; records when each window's frames are made."""
 
