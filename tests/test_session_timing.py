@@ -23,6 +23,8 @@ from server.worker import InferenceWorker, Job
 
 FPS = 25
 PERIOD_S = 1 / FPS
+TOLERANCE_S = 0.004  # the loop's own timing between a packet and the measurement
+ATTEMPTS = 4  # runs of an utterance the test's own pacing disturbed
 
 
 class LookaheadAnimator:
@@ -70,9 +72,14 @@ def _packet(level: float) -> av.AudioFrame:
 
 def _run_session(render_margin_ms: int, utterances):
     """Start a session, then for each ``(start_phase, packets)`` (packets: levels of 20 ms packets, paced
-    steadily from a time ``start_phase`` of a tick after a tick) push the packets; return the session, per
-    utterance the lead of each completed window (its tick's time less its completion), and the ticks that got
-    an idle frame although a window of the flowing input (its sixth and later) had taken them."""
+    steadily from a time ``start_phase`` of a tick after a tick) push the packets; return the session and, per
+    utterance, the lead of each completed window (its tick's time less its completion), the input-phase drops
+    it caused, and the ticks that got an idle frame although a window of the flowing input (its sixth and
+    later) had taken them.
+
+    The test's own pacing is asyncio sleeps on a shared machine: an utterance in which a packet went out more
+    than ``TOLERANCE_S`` late is not the steady microphone the assertions are about, so it is run again (up to
+    ``ATTEMPTS`` times; the last attempt is kept whatever its pacing)."""
 
     async def main():
         loop = asyncio.get_running_loop()
@@ -83,31 +90,44 @@ def _run_session(render_margin_ms: int, utterances):
         # The least lead stays the configured one here (its adaptation is tested on InputPhase alone): each fake
         # utterance ends without the frame its last window's lookahead holds, and that tick counts late.
         session._phase.max_extra_s = 0.0
+        fed_jobs = []  # the real worker's submit, recording each feed job it is handed
+        submit = worker.submit
+        worker.submit = lambda job, urgent=False: (fed_jobs.append(job) if job.kind == "feed" else None,
+                                                   submit(job, urgent))
+        drops = session.telemetry.input_phase.labels(kind="drop")
         try:
             await session.start()
             await asyncio.sleep(0.1)  # prepared on the worker
-            leads, flowing = [], set()
+            results = []
             for phase, packets in utterances:
-                start = session.clock.tick_time(session.clock.current_tick() + 3) + phase * PERIOD_S
-                mine = []
-                for n, level in enumerate(packets):
-                    await asyncio.sleep(max(0.0, start + n * 0.02 - time.perf_counter()))  # a steady 20 ms
-                    fed_before, windows_before = len(animator.fed), session._index48
-                    session.push_audio_frame(_packet(level))
-                    done = time.perf_counter()
-                    if session._index48 > windows_before:  # a window completed
-                        tick = session._anchors.tick(session._index48 - 1)
-                        mine.append(session.clock.tick_time(tick) - done)
-                        if len(mine) > 5:
-                            flowing.add(tick)
-                        if level > 0:
-                            await asyncio.sleep(0.005)
-                            assert len(animator.fed) == fed_before + 1, "the engine window waited for a packet"
-                leads.append(np.array(mine))
-                session._anchors.clear()  # as after an interrupt: the next utterance is anchored afresh
-            await asyncio.sleep(0.2)  # the last frames rendered
-            idle = {pts // (90_000 // FPS) for pts in animator.idle_pts}
-            return session, leads, flowing & idle
+                for attempt in range(ATTEMPTS):
+                    drops_before, idle_before = drops._value.get(), len(animator.idle_pts)
+                    start = session.clock.tick_time(session.clock.current_tick() + 3) + phase * PERIOD_S
+                    mine, flowing, most_late = [], set(), 0.0
+                    for n, level in enumerate(packets):
+                        await asyncio.sleep(max(0.0, start + n * 0.02 - time.perf_counter()))  # a steady 20 ms
+                        most_late = max(most_late, time.perf_counter() - (start + n * 0.02))
+                        windows_before, jobs_before = session._index48, len(fed_jobs)
+                        session.push_audio_frame(_packet(level))
+                        done = time.perf_counter()
+                        if session._index48 > windows_before:  # a window completed
+                            # ... and its 16 kHz window went to the worker on the same packet
+                            assert len(fed_jobs) == jobs_before + 1, "the engine window waited for a packet"
+                            tick = session._anchors.tick(session._index48 - 1)
+                            mine.append(session.clock.tick_time(tick) - done)
+                            if len(mine) > 5:
+                                flowing.add(tick)
+                    await asyncio.sleep(0.1)  # the idle frames asked for meanwhile are rendered
+                    # As after an interrupt: the next utterance starts on a whole window (a drop left half of
+                    # one), owes no drop and is anchored afresh.
+                    session._input.clear()
+                    session._quiet_packets_to_drop = 0
+                    session._anchors.clear()
+                    if most_late <= TOLERANCE_S or attempt == ATTEMPTS - 1:
+                        break
+                idle = {pts // (90_000 // FPS) for pts in animator.idle_pts[idle_before:]}
+                results.append((np.array(mine), int(drops._value.get() - drops_before), flowing & idle))
+            return session, results
         finally:
             await session.close(reason="test")
             worker.stop()
@@ -115,16 +135,13 @@ def _run_session(render_margin_ms: int, utterances):
     return asyncio.run(main())
 
 
-TOLERANCE_S = 0.004  # the loop's own timing between a packet and the measurement
-
-
 @pytest.mark.parametrize("render_margin_ms", [20, 50])
 def test_each_window_goes_to_the_first_tick_its_frame_can_make(render_margin_ms):
     """Whatever the phase of the microphone's packets against the clock, a window is shown between the
     least lead (lookahead + render margin) and one tick more after it completes, and never sooner; the
     declared latency is that upper bound; the 16 kHz window reaches the worker on the same packet."""
-    session, leads, _ = _run_session(render_margin_ms, [(k / 7, [0.3] * 6) for k in range(7)])
-    leads = np.concatenate(leads)
+    session, results = _run_session(render_margin_ms, [(k / 7, [0.3] * 6) for k in range(7)])
+    leads = np.concatenate([leads for leads, _, _ in results])
     least = session.min_lead_s
     assert least == pytest.approx((PERIOD_S * 1000 + render_margin_ms) / 1000)
     assert session.latency_ms == round((least + PERIOD_S) * 1000)
@@ -138,17 +155,21 @@ def test_a_pause_brings_the_lead_back_to_within_a_packet_of_the_least():
     """A second of quiet before speech: where the phase left the lead a packet or more above the least, one
     quiet packet is dropped, and the speech that follows is shown within a packet of the least lead."""
     quiet_then_speech = [0.0] * 64 + [0.3] * 20
-    session, leads, idle_on_flowing = _run_session(20, [(k / 4 + 0.05, quiet_then_speech) for k in range(4)])
+    # Packets landing these fractions of a tick after one leave the first window 38, 34, 16 and 8 ms above the
+    # least lead (less the few ms a push takes): each 6 ms or more from the 22 ms at which a packet is dropped.
+    phases = (0.05, 0.15, 0.6, 0.8)
+    session, results = _run_session(20, [(phase, quiet_then_speech) for phase in phases])
     least = session.min_lead_s
-    first = np.array([lead[0] for lead in leads])
+    first = np.array([leads[0] for leads, _, _ in results])
     assert first.max() - first.min() >= 0.5 * PERIOD_S, first  # anchored across a tick, as above
-    speech = np.concatenate([lead[-10:] for lead in leads])
+    speech = np.concatenate([leads[-10:] for leads, _, _ in results])
     assert speech.min() >= least - TOLERANCE_S, speech
     assert speech.max() <= least + 0.020 + TOLERANCE_S, speech
     # While the input flows the worker renders its windows only: no idle frame for a tick a window takes.
+    idle_on_flowing = set().union(*(idle for _, _, idle in results))
     assert not idle_on_flowing, sorted(idle_on_flowing)
-    drops = session.telemetry.input_phase.labels(kind="drop")._value.get()
-    assert drops == int(np.sum(first >= least + 0.020 + 0.002)), (drops, first)
+    drops = [dropped for _, dropped, _ in results]
+    assert drops == [int(lead >= least + 0.020 + 0.002) for lead in first], (drops, first)
 
 
 def test_input_phase_drops_only_in_a_pause_and_delays_a_slow_microphone():
