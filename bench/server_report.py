@@ -111,7 +111,7 @@ def summarise(n: int, results: list[dict], failed: list[dict], a: Snapshot, b: S
         # the microphones' lead control (server/input_phase.py) within the metrics window
         "input_phase_actions": {kind: int(metric(b.metrics, "emo_stream_input_phase_total", kind=kind)
                                           - metric(a.metrics, "emo_stream_input_phase_total", kind=kind))
-                                for kind in ("drop", "delay", "raise", "lower")},
+                                for kind in ("drop", "advance", "delay", "raise", "lower")},
         "mic_packets_skipped": int(metric(b.metrics, "emo_stream_mic_packets_skipped_total")
                                    - metric(a.metrics, "emo_stream_mic_packets_skipped_total")),
         "late_fraction": round(late / sent, 4) if sent else None,

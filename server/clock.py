@@ -5,6 +5,11 @@ It never stalls: ``TickSource.tick`` always returns a picture (the frame if it i
 hold or idle frame, counted as late by the source) and the audio keeps playing. Deadlines are
 computed from the start time, so ticks do not drift; if the loop falls behind, the missed ticks
 are released at once (audio must stay continuous) and the lag is reported.
+
+``advance`` moves every later tick earlier by less than a tick, once: a session whose microphone's
+packets land just after its ticks brings its ticks to them (in a pause), instead of keeping up to a
+packet of latency that buys nothing. The media times stay the tick indices, so a receiver sees one
+frame come that much sooner, as network jitter would.
 """
 
 from __future__ import annotations
@@ -73,7 +78,9 @@ class MediaClock:
         self.on_lag = on_lag
         self._start: float | None = None
         self._task: asyncio.Task | None = None
+        self._sleep: asyncio.Future | None = None  # the wait for the next tick, cut short by ``advance``
         self.ticks = 0
+        self.advanced_s = 0.0  # how far ``advance`` has moved the ticks, in all
 
     @property
     def started(self) -> bool:
@@ -104,6 +111,17 @@ class MediaClock:
             self._start = asyncio.get_running_loop().time()
             self._task = asyncio.create_task(self._run(), name="media-clock")
 
+    def advance(self, seconds: float) -> None:
+        """Every tick not yet released comes ``seconds`` (0 to one tick) sooner."""
+        if not 0.0 <= seconds < self.period:
+            raise ValueError(f"a clock advances by less than one tick ({self.period * 1000:.0f} ms), not {seconds * 1000:.1f} ms")
+        if self._start is None:
+            return
+        self._start -= seconds
+        self.advanced_s += seconds
+        if self._sleep is not None and not self._sleep.done():
+            self._sleep.set_result(None)  # the next tick's deadline moved: wait for the new one
+
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
@@ -119,12 +137,20 @@ class MediaClock:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         index = 0
+        advanced_at = -math.inf
         while True:
             deadline = self._start + index * self.period
-            delay = deadline - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            lag = loop.time() - deadline
+            if deadline > loop.time():
+                self._sleep = loop.create_future()
+                wake = loop.call_at(deadline, _resolve, self._sleep)
+                try:
+                    await self._sleep
+                finally:
+                    wake.cancel()
+                if self._start + index * self.period != deadline:
+                    advanced_at = loop.time()  # a tick the advance left in the past is due now, not late
+                    continue
+            lag = loop.time() - max(deadline, advanced_at)
             if self.on_lag is not None:
                 self.on_lag(lag)
             try:
@@ -137,3 +163,8 @@ class MediaClock:
             self.audio.offer((index, audio))
             index += 1
             self.ticks = index
+
+
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -13,6 +13,10 @@ is not heard), moves it back:
   that many quiet packets (as many whole packets as the smallest lead has above the least), so the windows
   after them complete that much later against the same ticks. A lead far above the least comes from a stall
   while the session anchored (the window's completion was seen late); it goes in one pause.
+- ``"advance"``: what is left, under a packet (a drop carries it too, as ``seconds``). The session's clock
+  brings its ticks that much sooner, once (``MediaClock.advance``). Without it a session keeps whatever part
+  of a packet the handshake's timing left between its microphone's packets and its ticks: one session ran
+  near the least lead and the next, alike, 10–20 ms above it.
 - ``"delay"``: the typical lead of the last second is below the least (the microphone runs slow against
   our clock). The next windows go one tick later (40 ms more lead; a tick of silence is played).
 
@@ -37,17 +41,20 @@ import numpy as np
 
 WINDOWS = 25  # one second of windows at 25 fps between decisions
 TOLERANCE_S = 0.002  # network jitter on a packet's arrival
+ADVANCE_MIN_S = 0.003  # less is not worth moving the clock for
 CALM_SECONDS = 10  # seconds without a late frame before the least lead is lowered
 LATE_PER_SECOND = 3  # late frames within one second that raise the least lead (a stall of a tick or two does not)
 
 
 @dataclass(frozen=True)
 class PhaseAction:
-    """``kind``: "drop" (``packets`` quiet packets), "delay" (the next windows one tick later), "raise" /
-    "lower" (the least lead up / down by ``packets``)."""
+    """``kind``: "drop" (``packets`` quiet packets, and the clock ``seconds`` sooner), "advance" (the clock
+    ``seconds`` sooner), "delay" (the next windows one tick later), "raise" / "lower" (the least lead up / down
+    by ``packets``)."""
 
     kind: str
     packets: int = 0
+    seconds: float = 0.0
 
 
 class InputPhase:
@@ -92,10 +99,13 @@ class InputPhase:
         if not pause or len(self._excess) < WINDOWS:
             return None
         excess = np.asarray(self._excess)
-        packets = int((excess.min() - TOLERANCE_S) // self.packet_s)
-        if packets >= 1:
-            self._excess.clear()  # the next second shows the lead the drop left
-            return PhaseAction("drop", packets)
+        spare = excess.min() - TOLERANCE_S
+        packets = int(spare // self.packet_s)
+        rest = spare - packets * self.packet_s if spare > 0 else 0.0
+        rest = rest if rest >= ADVANCE_MIN_S else 0.0
+        if packets >= 1 or rest:
+            self._excess.clear()  # the next second shows the lead the drop or advance left
+            return PhaseAction("drop", packets, rest) if packets >= 1 else PhaseAction("advance", 0, rest)
         if np.median(excess) < -TOLERANCE_S:
             self._excess.clear()
             return PhaseAction("delay")

@@ -11,10 +11,10 @@ that many more windows), any margin ticks (``server.delay_margin_ticks``) and th
 frame then has to be rendered (``server.render_margin_ms``). Where in its tick a window completes
 varies, so a window is shown between ``min_lead_s`` and one tick more after it completes; that upper
 bound is the declared ``latency_ms``. The voice goes on the same tick, so picture and sound leave
-together. For a microphone, ``server.input_phase.InputPhase`` then keeps the lead within a packet of the
-least (dropping quiet packets or adding a tick in pauses) and raises or lowers the least with the
-lateness the session sees; the answer's ``latency_ms`` is the configured one, the ``stats`` events the
-current one.
+together. For a microphone, ``server.input_phase.InputPhase`` then keeps the lead near the least
+(dropping quiet packets, advancing the clock by the rest of a packet or adding a tick, in pauses) and
+raises or lowers the least with the lateness the session sees; the answer's ``latency_ms`` is the
+configured one, the ``stats`` events the current one.
 """
 
 from __future__ import annotations
@@ -341,11 +341,13 @@ class Session:
             action = self._phase.observe(lead, pause=quiet and not self.stats.speaking)
             if action is not None:
                 self.telemetry.input_phase.labels(kind=action.kind).inc()
-                logger.info("session %s: input phase %s %d (lead %.1f ms, least %.1f ms)", self.id[:8], action.kind,
-                            action.packets, 1000 * lead, 1000 * self.least_lead_s)
+                logger.info("session %s: input phase %s %d, %.1f ms (lead %.1f ms, least %.1f ms)", self.id[:8],
+                            action.kind, action.packets, 1000 * action.seconds, 1000 * lead, 1000 * self.least_lead_s)
                 if action.kind == "drop":
                     self._quiet_packets_to_drop = action.packets
-                elif action.kind == "delay":
+                if action.seconds:
+                    self.clock.advance(action.seconds)
+                if action.kind == "delay":
                     self._anchors.set(index + 1, tick - index + 1)
         self._last_mapped_tick = max(self._last_mapped_tick, tick)
 
