@@ -41,8 +41,14 @@ class ServerConfig:
     # process; 0: one per core the server may use, at most 4 (the lite backend only: a GPU backend keeps one
     # worker per device).
     processes: int = 0
+    # Cores a session is counted at until the running ones have been measured (3 s in): a burst of offers to
+    # a fresh server gets in only as far as this fits. 0.35: four 512² lite sessions used 1.2–1.35 of this
+    # machine's 2 cores (README "The live server"). 0: no estimate, only measured load is refused.
+    session_cost_cores: float = 0.35
 
     def validate(self, prefix: str) -> None:
+        _check(0 <= self.session_cost_cores <= 64, f"{prefix}.session_cost_cores",
+               f"must be 0..64, got {self.session_cost_cores}")
         _check(0 <= self.processes <= 64, f"{prefix}.processes", f"must be 0..64, got {self.processes}")
         _check(0 <= self.port <= 65535, f"{prefix}.port", f"must be 0..65535, got {self.port}")
         _check(self.max_sessions >= 1, f"{prefix}.max_sessions", f"must be >= 1, got {self.max_sessions}")

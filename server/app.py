@@ -86,6 +86,7 @@ class Engine:
         self.cpu_cores = 0.0  # the process's CPU use in cores (worker, encoders, loop), smoothed
         self.late_ratio = 0.0  # late ticks / ticks over all sessions, smoothed
         self.session_cost = 0.0  # cores one running session costs, learned from the measurements
+        self.starting = 0  # sessions admitted and not yet running (their offers are being answered)
         self.sessions = SessionRegistry()
         self.animator = animator
         self.worker: InferenceWorker | None = None
@@ -170,8 +171,9 @@ class Engine:
                 self.telemetry.windows_skipped.inc(skipped)
 
     def admit(self) -> None:
-        """Refuse a session that would make the running ones late (503 + Retry-After)."""
-        running = len(self.sessions)
+        """Refuse a session that would make the running ones late (503 + Retry-After). Sessions still
+        starting count: a burst of offers is admitted one by one."""
+        running = len(self.sessions) + self.starting
         if running >= self.config.server.max_sessions:
             self.telemetry.admissions_refused.labels(reason="limit").inc()
             raise OverloadedError(f"{running} sessions are running, the limit is "
@@ -186,13 +188,15 @@ class Engine:
         # session's share of the process's CPU would not fit on the cores this process may run on.
         # A session process shares the cores with its siblings: it counts its share.
         cores = usable_cores() / (self.shard.count if self.shard else 1)
-        # Sessions still starting are counted at the learned cost, so a burst of offers cannot all slip in.
-        projected = max(self.cpu_cores * (running + 1) / running if running else 0.0, self.session_cost * (running + 1))
+        # Sessions are counted at the learned cost, or before there is one at the configured estimate, so a
+        # burst of offers cannot all slip in while the first of them are still starting.
+        cost = self.session_cost or self.config.server.session_cost_cores
+        projected = max(self.cpu_cores * (running + 1) / running if running else 0.0, cost * (running + 1))
         if running and (self.late_ratio > 0.05 or projected > 0.9 * cores):
             self.telemetry.admissions_refused.labels(reason="load").inc()
-            raise OverloadedError(f"{running} sessions use {self.cpu_cores:.1f} of {cores} cores"
-                                  f" ({self.late_ratio:.0%} of their frames late); one more would make them late: "
-                                  "try again later", retry_after_s=15)
+            raise OverloadedError(f"{running} sessions use {self.cpu_cores:.1f} of {cores:g} cores, about {cost:.2f}"
+                                  f" each ({self.late_ratio:.0%} of their frames late); one more would make them "
+                                  "late: try again later", retry_after_s=15)
 
     async def create_session(self, offer_sdp: str, offer_type: str, avatar_id: str | None,
                              body: SessionOptionsBody) -> Session:
@@ -209,8 +213,22 @@ class Engine:
                                               .isalnum()):
             raise RequestError("options.name must be 1-64 letters, digits, '-' or '_'")
         parse_background(body.background)  # a ConfigError (400) names a bad value
-        if not (body.name and self.sessions.by_name(body.name)):  # a takeover adds no load
+        adds_load = not (body.name and self.sessions.by_name(body.name))  # a takeover adds none
+        if adds_load:
             self.admit()
+            self.starting += 1
+        try:
+            session = await self._open_session(offer_sdp, offer_type, avatar_id, body)
+        finally:
+            if adds_load:
+                self.starting -= 1
+        await session.start()
+        return session
+
+    async def _open_session(self, offer_sdp: str, offer_type: str, avatar_id: str | None,
+                            body: SessionOptionsBody) -> Session:
+        """The admitted offer's session: its portrait loaded, its answer made, registered."""
+        a = self.config.animator
         avatar = await asyncio.to_thread(self.avatars.get, avatar_id or DEFAULT_AVATAR_ID)
         previous = self.sessions.by_name(body.name) if body.name else None
         if previous is not None:
@@ -243,7 +261,6 @@ class Engine:
                 self.telemetry.sessions_reaped.labels(reason=reason).inc()
 
         session.on_close.append(forget)
-        await session.start()
         return session
 
 
