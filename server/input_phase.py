@@ -16,7 +16,8 @@ is not heard), moves it back:
 - ``"advance"``: what is left, under a packet (a drop carries it too, as ``seconds``). The session's clock
   brings its ticks that much sooner, once (``MediaClock.advance``). Without it a session keeps whatever part
   of a packet the handshake's timing left between its microphone's packets and its ticks: one session ran
-  near the least lead and the next, alike, 10–20 ms above it.
+  near the least lead and the next, alike, 10–20 ms above it. Only while the least lead is the configured
+  one: a session that lateness has raised keeps that part of a packet as margin.
 - ``"delay"``: the typical lead of the last second is below the least (the microphone runs slow against
   our clock). The next windows go one tick later (40 ms more lead; a tick of silence is played).
 
@@ -102,7 +103,9 @@ class InputPhase:
         spare = excess.min() - TOLERANCE_S
         packets = int(spare // self.packet_s)
         rest = spare - packets * self.packet_s if spare > 0 else 0.0
-        rest = rest if rest >= ADVANCE_MIN_S else 0.0
+        # Where lateness has raised the least lead, the rest stays as margin: there the lead's spare part of a
+        # packet averts late frames, and the raise, not the rest, sets the latency.
+        rest = rest if rest >= ADVANCE_MIN_S and self.extra_s < 1e-9 else 0.0
         if packets >= 1 or rest:
             self._excess.clear()  # the next second shows the lead the drop or advance left
             return PhaseAction("drop", packets, rest) if packets >= 1 else PhaseAction("advance", 0, rest)

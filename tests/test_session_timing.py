@@ -224,6 +224,12 @@ def test_a_lead_under_a_packet_above_the_least_is_taken_back_by_advancing_the_cl
     phase.reset()
     assert {phase.observe(0.064, pause=True) for _ in range(50)} == {None}
     assert {phase.observe(0.073, pause=False) for _ in range(50)} == {None}
+    # Where lateness has raised the least lead (here by a packet, to 80 ms), the rest stays as margin: whole
+    # packets are dropped, the clock is not moved.
+    raised = InputPhase(least_lead_s=0.060)
+    raised.extra_s = 0.020
+    assert {raised.observe(0.093, pause=True) for _ in range(50)} == {None}
+    assert [raised.observe(0.113, pause=True) for _ in range(25)][-1] == PhaseAction("drop", 1)
 
 
 def test_lateness_raises_the_least_lead_and_a_calm_lowers_it():
