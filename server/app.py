@@ -176,7 +176,7 @@ class Engine:
         running = len(self.sessions) + self.starting
         if running >= self.config.server.max_sessions:
             self.telemetry.admissions_refused.labels(reason="limit").inc()
-            raise OverloadedError(f"{running} sessions are running, the limit is "
+            raise OverloadedError(f"{running} sessions are running or starting, the limit is "
                                   f"{self.config.server.max_sessions}: try again later", retry_after_s=10)
         # Each session costs about utilization / running of the worker: one more must fit.
         if running and self.utilization * (running + 1) / running > 0.85:
