@@ -50,10 +50,11 @@ def test_an_advance_brings_the_next_tick_sooner_and_keeps_the_new_phase():
     start = clock._start
     assert clock.advanced_s == pytest.approx(0.030)
     # The sleep for tick 3 was cut short: it came at its new time, not 30 ms later at its old one.
-    assert at + 0.005 - 0.001 <= source.released[3] < at + 0.025, source.released[3] - at
-    # The ticks after it keep the new schedule (40 ms apart, 30 ms sooner than before the advance).
-    later = [source.released[k] - (start + k * clock.period) for k in range(4, 8)]
-    assert all(0 <= lag < 0.015 for lag in later), later
+    assert at + 0.005 - 0.001 <= source.released[3] < at + 0.030, source.released[3] - at
+    # The ticks after it keep the new schedule (40 ms apart, 30 ms sooner than before the advance; on the old
+    # one each would come 30 ms after its new time). The median: one stall of the machine's is not the clock's.
+    later = [source.released[k] - (start + k * clock.period) for k in range(4, 9)]
+    assert min(later) >= 0 and np.median(later) < 0.015, later
     assert len(lags) == len(source.released)
 
 
@@ -69,9 +70,9 @@ def test_a_tick_an_advance_leaves_in_the_past_is_released_at_once_and_not_counte
             await clock.stop()
 
     source, lags, at = asyncio.run(main())
-    assert source.released[3] - at < 0.015
+    assert source.released[3] - at < 0.025
     # The loop released it as soon as it could: no 30 ms of loop lag is reported for it.
-    assert lags[3] < 0.015, lags[3]
+    assert lags[3] < 0.025, lags[3]
 
 
 def test_an_advance_is_less_than_a_tick():
