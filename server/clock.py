@@ -114,7 +114,8 @@ class MediaClock:
     def advance(self, seconds: float) -> None:
         """Every tick not yet released comes ``seconds`` (0 to one tick) sooner."""
         if not 0.0 <= seconds < self.period:
-            raise ValueError(f"a clock advances by less than one tick ({self.period * 1000:.0f} ms), not {seconds * 1000:.1f} ms")
+            raise ValueError(f"a clock advances by less than one tick ({self.period * 1000:.0f} ms), "
+                             f"not {seconds * 1000:.1f} ms")
         if self._start is None:
             return
         self._start -= seconds

@@ -30,8 +30,9 @@ class Telemetry:
                                        registry=r)
         self.input_phase = Counter("emo_stream_input_phase_total",
                                    "A microphone's lead control: quiet packets dropped (drop), the clock moved "
-                                   "under a packet sooner (advance) or a tick added (delay) in a pause; its least lead raised after a late frame (raise) or "
-                                   "lowered after a calm (lower)", ["kind"], registry=r)
+                                   "under a packet sooner (advance) or a tick added (delay) in a pause; its least "
+                                   "lead raised after a late frame (raise) or lowered after a calm (lower)",
+                                   ["kind"], registry=r)
         self.interrupts = Counter("emo_stream_interrupts_total", "Barge-in interrupts", registry=r)
         self.worker_queue_depth = Gauge("emo_stream_worker_queue_depth", "Jobs waiting for the worker", registry=r)
         self.track_queue_depth = Gauge("emo_stream_track_queue_depth", "Frames waiting in video track queues",

@@ -90,10 +90,15 @@ def _run_session(render_margin_ms: int, utterances):
         # The least lead stays the configured one here (its adaptation is tested on InputPhase alone): each fake
         # utterance ends without the frame its last window's lookahead holds, and that tick counts late.
         session._phase.max_extra_s = 0.0
-        fed_jobs = []  # the real worker's submit, recording each feed job it is handed
+        fed_jobs = []  # each feed job the real worker is handed
         submit = worker.submit
-        worker.submit = lambda job, urgent=False: (fed_jobs.append(job) if job.kind == "feed" else None,
-                                                   submit(job, urgent))
+
+        def recording_submit(job: Job, urgent: bool = False) -> None:
+            if job.kind == "feed":
+                fed_jobs.append(job)
+            submit(job, urgent)
+
+        worker.submit = recording_submit
         drops = session.telemetry.input_phase.labels(kind="drop")
         try:
             await session.start()
