@@ -209,7 +209,8 @@ def test_admission_control_refuses_with_503_and_running_sessions_keep_their_rate
 def test_a_burst_of_offers_is_admitted_only_as_far_as_the_cost_estimate_fits():
     """Three offers at once to a fresh server that counts a session at 0.4 of its cores until it has measured
     one: two get in and the third gets a 503, since the first two count while they are still starting."""
-    with run_server({"server": {"processes": 1, "session_cost_cores": 0.4 * usable_cores()}}) as srv:
+    estimate = 0.4 * usable_cores()
+    with run_server({"server": {"processes": 1, "session_cost_cores": estimate}}) as srv:
         async def run():
             peers = [LivePeer(srv.base, np.zeros(RATE * 2, np.float32)) for _ in range(3)]
             outcomes = await asyncio.gather(*(peer.connect() for peer in peers), return_exceptions=True)
@@ -221,7 +222,7 @@ def test_a_burst_of_offers_is_admitted_only_as_far_as_the_cost_estimate_fits():
     refused = [o for o in outcomes if isinstance(o, httpx.HTTPStatusError)]
     assert sum(isinstance(o, dict) for o in outcomes) == 2 and len(refused) == 1, outcomes
     assert refused[0].response.status_code == 503
-    assert "about 0." in refused[0].response.json()["error"]["message"]
+    assert f"about {estimate:.2f} each" in refused[0].response.json()["error"]["message"]
 
 
 def test_token_auth_and_tls(tmp_path):
