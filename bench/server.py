@@ -19,13 +19,15 @@ bench/server_stats.py reads CPU time and /metrics, bench/server_report.py turns 
 
 On a larger machine ``--server-cpus 0,1 --client-cpus 2-15`` pins the server (and its torch/OpenMP threads) to
 those cores and the clients and this process to the others, so the server is measured on 2 cores without its
-clients beside it. Where mediapipe is missing (a lent Python 3.12 machine), ``--face-replay`` serves the default
+clients beside it. Where there are no spare cores, ``--client-nice 10`` runs the clients at a lower CPU priority:
+the server has the cores whenever it needs them and the clients take what is left (their own timing suffers
+instead; it is recorded in the JSON's config). Where mediapipe is missing (a lent Python 3.12 machine), ``--face-replay`` serves the default
 portrait from bench/face_replay.py's recording and ``--save-dir DIR`` stores the probe client's streams instead of
 running the face mesh; ``--finish DIR`` then completes onset -> mouth, lip-sync and the offline render where
 mediapipe is installed, and prints the full JSON.
 
 Usage: .venv/bin/python bench/server.py [--config configs/default.yaml] [--sessions 1,2,4,6] [--seconds 10]
-           [--server-cpus 0,1 --client-cpus 2-15] [--face-replay FILE.npz] [--save-dir DIR]
+           [--server-cpus 0,1 --client-cpus 2-15] [--client-nice N] [--face-replay FILE.npz] [--save-dir DIR]
        .venv/bin/python bench/server.py --finish DIR
 """
 
@@ -139,7 +141,7 @@ class Client:
     """One client process and its line protocol (see bench/live_load.py)."""
 
     def __init__(self, index: int, base: str, signal_path: Path, out: Path, fps: int, log_path: Path,
-                 lipsync: bool, count_only: bool = False, save_raw: Path | None = None) -> None:
+                 lipsync: bool, count_only: bool = False, save_raw: Path | None = None, nice: int = 0) -> None:
         self.index = index
         self.out = out
         self.log_path = log_path
@@ -152,8 +154,9 @@ class Client:
             cmd.append("--count-only")
         elif save_raw is not None:
             cmd += ["--save-raw", str(save_raw)]
+        lower = (lambda: os.nice(nice)) if nice else None
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=child_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self._log, text=True)
+                                     stderr=self._log, text=True, preexec_fn=lower)
         self.lines: queue.Queue = queue.Queue()
         self.answer: dict | None = None
         threading.Thread(target=self._read, daemon=True).start()
@@ -224,7 +227,7 @@ def make_signal(clips: list[np.ndarray], index: int, seconds: float) -> np.ndarr
 
 def run_round(n: int, base: str, server_pid: int, clips: list[np.ndarray], seconds: float, fps: int,
               tmp: Path, lipsync: bool, analyse: bool = True, decode_all: bool = False,
-              save_dir: Path | None = None) -> dict | None:
+              save_dir: Path | None = None, client_nice: int = 0) -> dict | None:
     """N clients together for ``seconds``; None when ``analyse`` is False (a warm-up), else the round's raw
     record (``summarise`` makes its figures). Client 0 decodes and measures everything (with ``save_dir``: stores
     its streams there for ``--finish``); the others only count frames unless ``decode_all``."""
@@ -239,7 +242,7 @@ def run_round(n: int, base: str, server_pid: int, clips: list[np.ndarray], secon
             raw = save_dir / f"probe-{n}.npz" if save_dir is not None and analyse and k == 0 else None
             clients.append(Client(k, base, sig, tmp / f"result-{tag}-{k}.json", fps,
                                   tmp / f"client-{tag}-{k}.log", lipsync, count_only=k > 0 and not decode_all,
-                                  save_raw=raw))
+                                  save_raw=raw, nice=client_nice))
         for c in clients:
             c.expect("ready", 120)
         for c in clients:
@@ -341,7 +344,7 @@ def measure(args: argparse.Namespace, config, clips: list[np.ndarray], counts: l
             "load_clients": "decode video" if args.decode_all else "count video frames, no decode (client 0 decodes)",
             "server_cpus": args.server_cpus, "server_cpus_observed": None,
             "server_threads": len(args.server_cpus) if args.server_cpus else None,
-            "client_cpus": args.client_cpus,
+            "client_cpus": args.client_cpus, "client_nice": args.client_nice,
             "face_replay": None if args.face_replay is None else args.face_replay.name,
             "python": platform.python_version(), "numpy": np.__version__,
         },
@@ -367,7 +370,8 @@ def measure(args: argparse.Namespace, config, clips: list[np.ndarray], counts: l
                 state["config"]["server_cpus_observed"] = pinned
                 log(f"server up on {base} ({time.monotonic() - started:.1f} s), pid {server.pid}"
                     + (f", on cpus {cpu_list(pinned)}" if pinned else ""))
-                run_round(1, base, server.pid, clips, WARMUP_S, fps, tmp, lipsync=False, analyse=False)
+                run_round(1, base, server.pid, clips, WARMUP_S, fps, tmp, lipsync=False, analyse=False,
+                          client_nice=args.client_nice)
                 log("warm-up session done")
                 for n in counts:
                     if n > config.server.max_sessions:
@@ -377,7 +381,7 @@ def measure(args: argparse.Namespace, config, clips: list[np.ndarray], counts: l
                     try:
                         rounds[str(n)] = run_round(n, base, server.pid, clips, args.seconds, fps, tmp,
                                                    lipsync=not args.no_lipsync, decode_all=args.decode_all,
-                                                   save_dir=args.save_dir)
+                                                   save_dir=args.save_dir, client_nice=args.client_nice)
                     except (RuntimeError, OSError, httpx.HTTPError, ValueError) as exc:
                         if n == 1:
                             raise  # no baseline, nothing to compare against
@@ -455,6 +459,9 @@ def main() -> int:
                         help="pin the server to these CPUs (e.g. 0,1), with as many torch/OpenMP threads")
     parser.add_argument("--client-cpus", type=parse_cpus, default=None, metavar="LIST",
                         help="pin the clients and this process to these CPUs (e.g. 2-15)")
+    parser.add_argument("--client-nice", type=int, default=0, choices=range(20), metavar="N",
+                        help="run the clients at CPU priority nice N (0-19; default 0): with no spare cores, the "
+                             "server gets them first, as if its clients ran elsewhere")
     parser.add_argument("--face-replay", type=Path, default=None, metavar="NPZ",
                         help="serve without mediapipe: the default portrait's face mesh and matte from "
                              "bench/face_replay.py record")
