@@ -133,7 +133,10 @@ class InputPhase:
                 self._excess.clear()
                 return PhaseAction("raise", packets)
             return None
-        self._calm = 0 if late else self._calm + 1
+        if late:  # a hiccup: the calm starts again, and so does the spare time it is judged on
+            self._calm, self._least_slack = 0, math.inf
+            return None
+        self._calm += 1
         if self._calm < CALM_SECONDS:
             return None
         spare = int((self._least_slack - TOLERANCE_S) // self.packet_s) if math.isfinite(self._least_slack) else 0

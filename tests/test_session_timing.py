@@ -380,3 +380,24 @@ def test_a_calm_with_plenty_of_spare_time_takes_back_a_start_up_raise_in_one_ste
         tight.frame_ready(0.030)
         tight.observe(0.065, pause=False)
     assert tight.extra_s == pytest.approx(0.040)
+
+
+def test_a_hiccup_restarts_the_calm_and_the_spare_time_it_is_judged_on():
+    # One or two late frames in a second raise nothing but restart the ten calm seconds; the frames' spare time
+    # that decides the lowering is then that of the calm seconds alone, not the hiccup's late frame.
+    phase = InputPhase(least_lead_s=0.060, max_extra_s=0.080)
+    actions = []
+    for k in range(25 * 15):
+        if 25 <= k < 30:  # a start-up stall: raised to the cap at once
+            phase.frame_late()
+            phase.frame_ready(-0.100)
+        elif k == 75:  # a hiccup in second 3: one frame 15 ms after its tick
+            phase.frame_late()
+            phase.frame_ready(-0.015)
+        elif k >= 50:
+            phase.frame_ready(0.130)
+        action = phase.observe(0.065, pause=False)
+        if action is not None:
+            actions.append((k, action))
+    # Ten calm seconds after the hiccup's (seconds 4-13), lowered all the way at the end of second 13.
+    assert actions == [(49, PhaseAction("raise", 4)), (349, PhaseAction("lower", 4))], actions
