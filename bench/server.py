@@ -21,10 +21,10 @@ On a larger machine ``--server-cpus 0,1 --client-cpus 2-15`` pins the server (an
 those cores and the clients and this process to the others, so the server is measured on 2 cores without its
 clients beside it. Where there are no spare cores, ``--client-nice 10`` runs the clients at a lower CPU priority:
 the server has the cores whenever it needs them and the clients take what is left (their own timing suffers
-instead; it is recorded in the JSON's config). Where mediapipe is missing (a lent Python 3.12 machine), ``--face-replay`` serves the default
-portrait from bench/face_replay.py's recording and ``--save-dir DIR`` stores the probe client's streams instead of
-running the face mesh; ``--finish DIR`` then completes onset -> mouth, lip-sync and the offline render where
-mediapipe is installed, and prints the full JSON.
+instead; it is recorded in the JSON's config). Where mediapipe is missing (a lent Python 3.12 machine),
+``--face-replay`` serves the default portrait from bench/face_replay.py's recording and ``--save-dir DIR`` stores
+the probe client's streams instead of running the face mesh; ``--finish DIR`` then completes onset -> mouth,
+lip-sync and the offline render where mediapipe is installed, and prints the full JSON.
 
 Usage: .venv/bin/python bench/server.py [--config configs/default.yaml] [--sessions 1,2,4,6] [--seconds 10]
            [--server-cpus 0,1 --client-cpus 2-15] [--client-nice N] [--face-replay FILE.npz] [--save-dir DIR]
