@@ -141,13 +141,15 @@ class Client:
     """One client process and its line protocol (see bench/live_load.py)."""
 
     def __init__(self, index: int, base: str, signal_path: Path, out: Path, fps: int, log_path: Path,
-                 lipsync: bool, count_only: bool = False, save_raw: Path | None = None, nice: int = 0) -> None:
+                 lipsync: bool, seconds: float, count_only: bool = False, save_raw: Path | None = None,
+                 nice: int = 0) -> None:
         self.index = index
         self.out = out
         self.log_path = log_path
         self._log = open(log_path, "w")
         cmd = [sys.executable, str(CLIENT), "--base", base, "--signal", str(signal_path), "--out", str(out),
-               "--fps", str(fps), "--audio-hold-ms", str(AUDIO_HOLD_MS)]
+               "--fps", str(fps), "--audio-hold-ms", str(AUDIO_HOLD_MS),
+               "--timeout", str(seconds + 60)]  # its session ends at "stop", after the round and any stagger
         if not lipsync:
             cmd.append("--no-lipsync")
         if count_only:
@@ -241,7 +243,7 @@ def run_round(n: int, base: str, server_pid: int, clips: list[np.ndarray], secon
             np.save(sig, make_signal(clips, k, seconds + 30))
             raw = save_dir / f"probe-{n}.npz" if save_dir is not None and analyse and k == 0 else None
             clients.append(Client(k, base, sig, tmp / f"result-{tag}-{k}.json", fps,
-                                  tmp / f"client-{tag}-{k}.log", lipsync, count_only=k > 0 and not decode_all,
+                                  tmp / f"client-{tag}-{k}.log", lipsync, seconds, count_only=k > 0 and not decode_all,
                                   save_raw=raw, nice=client_nice))
         for c in clients:
             c.expect("ready", 120)
