@@ -103,6 +103,7 @@ def create_router_app(config: Config, pool: ShardPool) -> FastAPI:
     """The router over ``pool`` (started by the app's lifespan, stopped with it)."""
     names: dict[str, int] = {}  # session name -> the child that has it
     starting: dict[int, int] = {}  # child -> offers it is answering now
+    opened: dict[int, int] = {}  # child -> sessions it has opened through this router, ever
     client_box: dict[str, httpx.AsyncClient] = {}
 
     async def watch() -> None:
@@ -205,9 +206,13 @@ def create_router_app(config: Config, pool: ShardPool) -> FastAPI:
 
     async def loads() -> list[tuple[int, Shard]]:
         shards = alive()
-        # Offers still being answered count too: a burst of offers spreads instead of all seeing the same load.
-        counted = [(_sessions_active(text) + starting.get(shard.index, 0), shard)
-                   for shard, text in zip(shards, await child_metrics(shards), strict=True) if text is not None]
+        before = dict(opened)
+        texts = await child_metrics(shards)
+        # Offers still being answered count too, and so do sessions opened while the children were asked (their
+        # answers may predate them): a burst of offers spreads instead of all seeing the same load.
+        counted = [(_sessions_active(text) + starting.get(shard.index, 0)
+                    + opened.get(shard.index, 0) - before.get(shard.index, 0), shard)
+                   for shard, text in zip(shards, texts, strict=True) if text is not None]
         return sorted(counted, key=lambda pair: (pair[0], pair[1].index))
 
     @app.get("/healthz")
@@ -252,8 +257,10 @@ def create_router_app(config: Config, pool: ShardPool) -> FastAPI:
             finally:
                 starting[shard.index] -= 1
             if answer.status_code != 503:
-                if answer.status_code == 201 and name is not None:
-                    names[name] = shard.index
+                if answer.status_code == 201:
+                    opened[shard.index] = opened.get(shard.index, 0) + 1
+                    if name is not None:
+                        names[name] = shard.index
                 return answer
         return answer
 

@@ -7,19 +7,24 @@ import json
 import os
 import re
 import signal
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import numpy as np
 import pytest
 import websockets
+from fastapi.testclient import TestClient
 from websockets.exceptions import InvalidStatus
 
 from emo_stream.audio import load_audio
 from emo_stream.config import load_config, session_processes
-from server.router import merge_metrics
-from server.shards import ShardRole, shard_of_session
+from server.router import create_router_app, merge_metrics
+from server.shards import Shard, ShardRole, shard_of_session
 from tests import media
 from tests.live_client import RATE, LivePeer, run_peers
 from tests.servers import run_server, stop
@@ -103,6 +108,78 @@ def test_session_ids_name_their_process_and_the_count_resolves():
     assert session_processes(auto) == min(4, len(os.sched_getaffinity(0)))
     assert session_processes(load_config(None, {"server.processes": 3, "server.max_sessions": 2})) == 2
     assert session_processes(load_config(None, {"server.processes": 3, "animator.backend": "emo"})) == 1
+
+
+class _FakeChild(ThreadingHTTPServer):
+    """A session process as the router sees it: ``/metrics`` answers with the sessions it had when asked, a
+    little later (a child busy with its sessions), and an offer opens a session at once."""
+
+    def __init__(self, metrics_delay_s: float) -> None:
+        self.sessions = 0
+        self.metrics_delay_s = metrics_delay_s
+        child = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # /metrics
+                text = f"emo_stream_sessions_active {child.sessions}\n".encode()
+                time.sleep(child.metrics_delay_s)
+                self._send(200, text)
+
+            def do_POST(self) -> None:  # /v1/sessions
+                self.rfile.read(int(self.headers.get("content-length", 0)))
+                child.sessions += 1
+                self._send(201, b"{}")
+
+            def _send(self, status: int, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+
+class _FakePool:
+    """``ShardPool``'s face to the router, over running fake children."""
+
+    def __init__(self, children: list[_FakeChild]) -> None:
+        running = SimpleNamespace(poll=lambda: None)
+        self.shards = [Shard(k, port=c.server_address[1], process=running) for k, c in enumerate(children)]
+        self.count = len(children)
+
+    def spawn_all(self) -> None:
+        pass
+
+    def wait_ready(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+def test_offers_spread_though_the_children_s_load_is_asked_before_the_last_offer_opened():
+    # Each offer asks both children for their load (200 ms), then opens a session at once; the next offer came
+    # 50 ms later, so its answers predate the sessions opened meanwhile. Counting only the answers (and the
+    # offers in flight), every offer saw two empty children and went to the first.
+    children = [_FakeChild(metrics_delay_s=0.2), _FakeChild(metrics_delay_s=0.2)]
+    app = create_router_app(load_config(None, {"server.max_sessions": 8}), _FakePool(children))
+    try:
+        with TestClient(app) as client:
+            def offer(k: int) -> int:
+                time.sleep(0.05 * k)
+                return client.post("/v1/sessions", json={"sdp": "v=0", "type": "offer"}).status_code
+
+            with ThreadPoolExecutor(4) as pool:
+                statuses = list(pool.map(offer, range(4)))
+    finally:
+        for child in children:
+            child.shutdown()
+    assert statuses == [201] * 4
+    assert [child.sessions for child in children] == [2, 2]
 
 
 # ------------------------------------------------------------------ a real server of 2 processes
