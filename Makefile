@@ -31,7 +31,7 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # torch is pinned to the CPU wheel on these machines (a range would pull a CUDA build);
-# mediapipe goes in with --no-deps, its few needs are in pyproject (see ../shared/PLATFORM.md).
+# mediapipe goes in with --no-deps, its few needs are in pyproject (see docs/platform.md).
 $(STAMP_BASE): pyproject.toml | $(PY)
 	$(PIP) install "torch==2.13.0"
 	$(PIP) install -e .

@@ -1,4 +1,4 @@
-// The emo-stream HTTP contract (../shared/API.md) for browser pages: one small client that
+// The emo-stream HTTP contract (docs/api.md) for browser pages: one small client that
 // every page (demo, overlay) shares. No dependencies, no build step.
 //
 // - The API lives next to the page: `/` and `/overlay` both resolve `v1/...` to `/v1/...`,
@@ -28,7 +28,7 @@ export class ApiError extends Error {
   }
 }
 
-// What people see for the error codes the server can send (API.md / emo_stream/errors.py).
+// What people see for the error codes the server can send (docs/api.md / emo_stream/errors.py).
 // The server's own message follows when it adds something.
 const FRIENDLY = {
   network: 'Cannot reach the server. Check your connection.',
@@ -149,7 +149,7 @@ export class Api {
     return data;
   }
 
-  // -------------------------------------------------------------------- the routes of API.md
+  // -------------------------------------------------------------------- the routes of docs/api.md
 
   /** `[{urls, username?, credential?}]` for RTCPeerConnection. */
   async iceServers() {

@@ -4,7 +4,7 @@ import { Api, ApiError, describeError } from './api.js';
 import { ErrorList, formatNumber, initials, reportUncaught } from './ui.js';
 import { LiveSession } from './webrtc.js';
 
-const MAX_UPLOAD_BYTES = 25 * 1024 * 1024; // API.md: photos up to 25 MB / 40 MP
+const MAX_UPLOAD_BYTES = 25 * 1024 * 1024; // docs/api.md: photos up to 25 MB / 40 MP
 const DEFAULT_AVATAR = 'default';
 
 const $ = (id) => {

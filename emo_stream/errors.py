@@ -1,4 +1,4 @@
-"""Errors a user can cause, each with a stable ``code`` (API.md's ``error.code``).
+"""Errors a user can cause, each with a stable ``code`` (docs/api.md's ``error.code``).
 
 Exception tree::
 

@@ -93,7 +93,7 @@ def check_output_path(output: Path, alpha: bool = False) -> None:
 
 class _AudioTrack:
     """Feeds the 48 kHz audio to the AAC encoder in one-frame slices, pts from 0 (the muxer
-    then trims the encoder's priming samples, PLATFORM.md)."""
+    then trims the encoder's priming samples, docs/platform.md)."""
 
     def __init__(self, container: av.container.OutputContainer, audio: Path, fps: int, codec: str = "aac") -> None:
         self.stream = container.add_stream(codec, rate=OUTPUT_SAMPLE_RATE, layout="mono")

@@ -1,4 +1,4 @@
-"""The FastAPI application: the HTTP contract of ../shared/API.md over the live sessions.
+"""The FastAPI application: the HTTP contract of docs/api.md over the live sessions.
 
 Start-up makes one animator and one InferenceWorker (its own thread) for the app; sessions
 are aiortc peer connections on the loop. Every error is JSON ``{"error": {code, message}}``.

@@ -1,4 +1,4 @@
-"""One table from engine error classes to HTTP statuses, and the JSON error body of API.md."""
+"""One table from engine error classes to HTTP statuses, and the JSON error body of docs/api.md."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """A live session: an aiortc peer connection, the mic in, the avatar and its voice out.
 
-Data flow (DESIGN.md): mic track (opus 48 kHz) -> decoded frames -> one-frame windows at 48 kHz mono
+Data flow (docs/design.md): mic track (opus 48 kHz) -> decoded frames -> one-frame windows at 48 kHz mono
 (the output voice) and 16 kHz mono (the engine), completed together (``server.input_windows``) -> the
 InferenceWorker (VAD + animator) -> frames by tick -> the MediaClock -> the two tracks.
 

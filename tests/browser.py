@@ -19,7 +19,7 @@ from tests import media, servers
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 
-# ../shared/PLATFORM.md: the flags that work on these machines.
+# docs/platform.md: the flags that work on these machines.
 BASE_FLAGS = (
     "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",

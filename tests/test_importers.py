@@ -1,6 +1,6 @@
 """EchoMimic v1 / Hallo v1 importers: key tables against the published manifests, and tiny end-to-end imports.
 
-Key/shape level: the manifests in ../shared/weights list every tensor of the public files. Each manifest key is
+Key/shape level: the manifests in emo_stream/importers/manifests list every tensor of the public files. Each manifest key is
 turned into a meta tensor and run through the importer's own routing + filling code (``Source``/``fill_part``)
 into our full-size models built on the meta device: every source key lands on a model key of equal shape, and
 no model key is left over except the declared EMO-only speed layers.

@@ -35,7 +35,7 @@ def write_clip(path: Path, frames, audio: np.ndarray | None = None, audio_start_
     """Encode RGB frames as H.264 yuv420p at 25 fps, with optional mono 16 kHz audio as AAC.
 
     Audio frames get pts from ``audio_start_s`` (0 by default), so the muxer trims the AAC
-    encoder's priming (PLATFORM.md).
+    encoder's priming (docs/platform.md).
     """
     with av.open(str(path), "w") as container:
         video = None

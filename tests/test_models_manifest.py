@@ -1,6 +1,6 @@
 """Full-size models built on the meta device have exactly the key names and shapes of the public checkpoints.
 
-The manifests in ../shared/weights/ list every tensor of EchoMimic v1's four .pth files and of Hallo v1's
+The manifests in emo_stream/importers/manifests/ list every tensor of EchoMimic v1's four .pth files and of Hallo v1's
 ``net.pth`` (keys prefixed by part). Importing those checkpoints is then a prefix strip: these tests prove it
 for reference_unet, denoising_unet + motion modules, face_locator (both families) and Hallo's audioproj and
 imageproj. No key is expected to differ; ``EXPECTED_EXTRA`` lists our EMO-only additions (absent upstream).
@@ -8,29 +8,21 @@ imageproj. No key is expected to differ; ``EXPECTED_EXTRA`` lists our EMO-only a
 
 from __future__ import annotations
 
-import json
 import re
-from pathlib import Path
 
 import pytest
 import torch
 
+from emo_stream.importers.manifests import load_manifest
 from emo_stream.models import AudioProjection, EmoDenoiser, FaceLocator, ImageProjection, ReferenceNet
 from emo_stream.models import configs as named
-
-WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights"
-if not WEIGHTS.is_dir():  # the checkout may sit elsewhere; the manifests live beside it in ../shared
-    WEIGHTS = Path("/work/shared/weights")
 
 # Our keys that no upstream file has: EMO's speed conditioning (zero-initialised, only when configured).
 EXPECTED_EXTRA = re.compile(r"^(speed_embedding\.linear_[12]\.(weight|bias)|.*\.motion_modules\.\d+\.speed_proj\.(weight|bias))$")
 
 
 def manifest(name: str) -> dict:
-    path = WEIGHTS / name
-    if not path.is_file():
-        pytest.skip(f"manifest {path} not available")
-    return json.loads(path.read_text())["files"]
+    return load_manifest(name)
 
 
 def shapes(model: torch.nn.Module) -> dict[str, list[int]]:

@@ -1,5 +1,5 @@
 """The sources' sampler semantics: EchoMimic acc's x0 / pseudo-velocity step, the ±1.5 noise clamp and the
-offline 12-frame context windows with overlap 3 (EMO_FAMILY.md §2)."""
+offline 12-frame context windows with overlap 3 (docs/importing.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The Animator protocol every backend implements (DESIGN.md, "Two backends, one interface")."""
+"""The Animator protocol every backend implements (docs/design.md, "Two backends, one interface")."""
 
 from __future__ import annotations
 

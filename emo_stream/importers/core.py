@@ -33,7 +33,7 @@ from emo_stream.models.checkpoint import FORMAT_VERSION, INDEX_FILE, PART_CLASSE
 
 REPORT_FILE = "import_report.json"
 
-# Sampler settings of the sources (EMO_FAMILY.md §2); the scheduler itself is make_scheduler's DDIM
+# Sampler settings of the sources (docs/importing.md); the scheduler itself is make_scheduler's DDIM
 # (v-prediction, zero-terminal-SNR rescale, trailing spacing, linear betas 0.00085–0.012) for all three.
 ECHOMIMIC_SETTINGS = {"num_inference_steps": 30, "guidance_scale": 2.5, "fps": 24, "clip_frames": 12,
                       "motion_frames": 0, "initial_noise_clamp": 1.5, "context_overlap": 3}

@@ -1,7 +1,7 @@
-"""Key tables: which source key goes to which part and key of our checkpoint (EMO_FAMILY.md §1, §3).
+"""Key tables: which source key goes to which part and key of our checkpoint (docs/importing.md).
 
 Our UNets, face locator and projections are named like upstream, so those routes are a prefix strip with an
-identity rename (the manifests in ``shared/weights`` show no key that differs). The speech encoders are the
+identity rename (the manifests in ``importers/manifests`` show no key that differs). The speech encoders are the
 only real renames: OpenAI Whisper's own ``.pt`` naming → ``transformers.WhisperEncoder``, and old wav2vec2
 weight-norm names → ``torch.nn.utils.parametrizations``.
 

@@ -37,7 +37,7 @@ def mouth_opening(points: np.ndarray) -> float:
 
     The outer-lip midpoints (0 top, 17 bottom) and the jaw (nose tip 1 to chin 152) are used, not
     the inner lips (13, 14): on paintings, cartoons and synthesized mouth interiors mediapipe often
-    keeps the inner lips shut while the mouth visibly opens (PLATFORM.md). Both distances contain a
+    keeps the inner lips shut while the mouth visibly opens (docs/platform.md). Both distances contain a
     constant rest length, so only changes of this value are meaningful (the metrics use ranges).
     """
     span = eye_span(points)

@@ -4,7 +4,7 @@ Reference attention and scaled audio cross-attention change *what* an ``Attentio
 weights, so they are processors (diffusers' swappable attention math) on the stock ``Attention`` modules of
 ``BasicTransformerBlock``. The reference processors are stateful: the model that owns them fills their slot
 for the duration of one forward call (see ``EmoDenoiser.forward`` and ``ReferenceNet.forward``), so a model
-instance must not run two forwards at once (one InferenceWorker per model, as in DESIGN.md).
+instance must not run two forwards at once (one InferenceWorker per model, as in docs/design.md).
 """
 
 from __future__ import annotations

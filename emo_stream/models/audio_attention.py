@@ -67,7 +67,7 @@ class AudioModule(nn.Module):
 
     Args:
         channels: block width where the module sits (its input/output width).
-        inner_channels: attention width (Hallo uses the block's *input* width here, see EMO_FAMILY.md §3).
+        inner_channels: attention width (Hallo uses the block's *input* width here, see docs/importing.md).
         audio_dim: width of the audio tokens.
         num_heads: attention heads.
         norm_num_groups: GroupNorm groups.

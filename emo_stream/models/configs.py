@@ -1,7 +1,7 @@
 """Named model configs: full-size layouts of the EMO family and tiny ones for tests and benchmarks.
 
 Each function returns plain ``dict`` configs (the ``config.json`` of each part), keyed by part name as in a
-checkpoint's ``model_index.json``. Full sizes reproduce the upstream key layouts (EMO_FAMILY.md §2–3):
+checkpoint's ``model_index.json``. Full sizes reproduce the upstream key layouts (docs/importing.md):
 
 - ``echomimic_v1``: inline audio (whisper-tiny, 50 × 384 tokens, ×3), ReferenceNet without ``attn2``,
   1-channel face locator (16, 32, 96, 256);
