@@ -56,7 +56,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from emo_stream.audio import load_audio  # noqa: E402
-from emo_stream.config import load_config  # noqa: E402
+from server.config import load_config  # noqa: E402
 from tests import media  # noqa: E402
 
 sys.path.insert(1, str(REPO / "bench"))

@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from emo_stream.animators import create_animator
 from emo_stream.avatar import AvatarLimits
 from emo_stream.compositing import parse_background
-from emo_stream.config import Config, usable_cores
+from emo_stream.config import usable_cores
 from emo_stream.errors import (
     EmoStreamError,
     ImageTooLargeError,
@@ -40,6 +40,7 @@ from emo_stream.errors import (
 )
 from server.avatars import DEFAULT_AVATAR_ID, AvatarStore, default_portrait_bytes
 from server.codecs import install_portrait_encoders
+from server.config import Config
 from server.errors import error_body, status_for
 from server.sessions import Session, SessionOptions, SessionRegistry
 from server.shards import ShardRole

@@ -31,9 +31,9 @@ from fastapi.responses import JSONResponse, Response
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from emo_stream.config import Config
 from emo_stream.errors import EmoStreamError, ImageTooLargeError, OverloadedError
 from server.app import holds_server_token
+from server.config import Config
 from server.errors import error_body, status_for
 from server.shards import Shard, ShardPool, shard_of_session
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from emo_stream.config import Config, load_config
 from emo_stream.errors import ConfigError, InputNotFoundError
+from server.config import Config, load_config
 from tests.media import REPO
 
 

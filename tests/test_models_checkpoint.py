@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from emo_stream.config import load_config
 from emo_stream.errors import CheckpointError
 from emo_stream.models import EmoComponents, load_checkpoint, tiny_components
+from server.config import load_config
 from tests.media import REPO
 
 

@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 from websockets.exceptions import InvalidStatus
 
 from emo_stream.audio import load_audio
-from emo_stream.config import load_config, session_processes
+from server.config import load_config, session_processes
 from server.router import create_router_app, merge_metrics
 from server.shards import Shard, ShardRole, shard_of_session
 from tests import media

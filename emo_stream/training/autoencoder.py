@@ -28,13 +28,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from emo_stream.config import _build, _check
+from emo_stream.config_reader import check, load
 from emo_stream.models.checkpoint import EmoComponents, save_checkpoint
 from emo_stream.models.patch_autoencoder import PatchAutoencoder
 from emo_stream.training.run_log import RunLog
 from emo_stream.training.sample import TrainingBatch
 from emo_stream.training.samples import _to_uint8, save_png
-from emo_stream.training.train_config import DataConfig, ModelConfig, _apply, read_yaml
+from emo_stream.training.train_config import DataConfig, ModelConfig
 
 logger = logging.getLogger(__name__)
 
@@ -78,24 +78,21 @@ class AutoencoderConfig:
     def validate(self, prefix: str = "") -> None:
         self.model.validate("model")
         self.data.validate("data")
-        _check(self.data.clip_frames == 1 and self.data.motion_frames == 0, "data.clip_frames",
-               "the autoencoder trains on single frames: clip_frames 1, motion_frames 0")
-        _check(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
-        _check(self.lr > 0 and self.batch_size >= 1, "lr", "lr must be > 0 and batch_size >= 1")
-        _check(self.mouth_loss_weight >= 0, "mouth_loss_weight", f"must be >= 0, got {self.mouth_loss_weight}")
-        _check(min(self.l1_weight, self.mse_weight, self.kl_weight) >= 0 and self.l1_weight + self.mse_weight > 0,
-               "l1_weight", "loss weights must be >= 0, and L1 and MSE not both 0")
-        _check(self.scale_batches >= 0 and self.log_every >= 1, "scale_batches",
-               "scale_batches must be >= 0 and log_every >= 1")
+        check(self.data.clip_frames == 1 and self.data.motion_frames == 0, "data.clip_frames",
+              "the autoencoder trains on single frames: clip_frames 1, motion_frames 0")
+        check(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
+        check(self.lr > 0 and self.batch_size >= 1, "lr", "lr must be > 0 and batch_size >= 1")
+        check(self.mouth_loss_weight >= 0, "mouth_loss_weight", f"must be >= 0, got {self.mouth_loss_weight}")
+        check(min(self.l1_weight, self.mse_weight, self.kl_weight) >= 0 and self.l1_weight + self.mse_weight > 0,
+              "l1_weight", "loss weights must be >= 0, and L1 and MSE not both 0")
+        check(self.scale_batches >= 0 and self.log_every >= 1, "scale_batches",
+              "scale_batches must be >= 0 and log_every >= 1")
 
 
 def load_autoencoder_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None
                             ) -> AutoencoderConfig:
     """A validated ``AutoencoderConfig`` from a YAML file (None: defaults) plus dotted overrides."""
-    data = _apply(read_yaml(path) if path is not None else {}, overrides)
-    config = _build(AutoencoderConfig, data, "")
-    config.validate()
-    return config
+    return load(AutoencoderConfig, path, overrides)
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Typed configs of ``emo-stream train`` and ``emo-stream distill`` (YAML files in ``configs/train/``).
 
 Every section is a dataclass; an unknown key or a bad value is a ``ConfigError`` that names the dotted key
-(``optim.lr: expected float, got 'fast'``), the same rules as ``emo_stream.config``.
+(``optim.lr: expected float, got 'fast'``): read by ``emo_stream.config_reader``, like every config.
 """
 
 from __future__ import annotations
@@ -11,9 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# The engine config's builder: same coercion rules and error wording for every YAML file we read.
-from emo_stream.config import _build, _check, read_yaml
-from emo_stream.errors import ConfigError
+from emo_stream.config_reader import check, load, validate_sections
 from emo_stream.models.checkpoint import GENERATE_REGIONS
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -53,14 +51,14 @@ class DataConfig:
     augment: bool = False
 
     def validate(self, prefix: str) -> None:
-        _check(self.synthetic or bool(self.root), f"{prefix}.root", "set a shard folder (or synthetic: true)")
-        _check(not self.synthetic or (self.size or 0) >= 8, f"{prefix}.size", "synthetic data needs a size >= 8")
-        _check(self.size is None or self.size % 8 == 0, f"{prefix}.size", f"must be a multiple of 8, got {self.size}")
-        _check(self.clip_frames >= 1, f"{prefix}.clip_frames", f"must be >= 1, got {self.clip_frames}")
-        _check(self.motion_frames >= 0, f"{prefix}.motion_frames", f"must be >= 0, got {self.motion_frames}")
-        _check(self.fps > 0, f"{prefix}.fps", f"must be > 0, got {self.fps}")
-        _check(self.synthetic_clips >= 1, f"{prefix}.synthetic_clips", "must be >= 1")
-        _check(self.num_workers >= 0, f"{prefix}.num_workers", "must be >= 0")
+        check(self.synthetic or bool(self.root), f"{prefix}.root", "set a shard folder (or synthetic: true)")
+        check(not self.synthetic or (self.size or 0) >= 8, f"{prefix}.size", "synthetic data needs a size >= 8")
+        check(self.size is None or self.size % 8 == 0, f"{prefix}.size", f"must be a multiple of 8, got {self.size}")
+        check(self.clip_frames >= 1, f"{prefix}.clip_frames", f"must be >= 1, got {self.clip_frames}")
+        check(self.motion_frames >= 0, f"{prefix}.motion_frames", f"must be >= 0, got {self.motion_frames}")
+        check(self.fps > 0, f"{prefix}.fps", f"must be > 0, got {self.fps}")
+        check(self.synthetic_clips >= 1, f"{prefix}.synthetic_clips", "must be >= 1")
+        check(self.num_workers >= 0, f"{prefix}.num_workers", "must be >= 0")
 
 
 @dataclass
@@ -81,8 +79,8 @@ class ModelConfig:
     speed_max: float = 0.1
 
     def validate(self, prefix: str) -> None:
-        _check(self.init in MODEL_INITS, f"{prefix}.init", f"one of {', '.join(MODEL_INITS)}, got {self.init!r}")
-        _check(self.speed_max > 0, f"{prefix}.speed_max", f"must be > 0, got {self.speed_max}")
+        check(self.init in MODEL_INITS, f"{prefix}.init", f"one of {', '.join(MODEL_INITS)}, got {self.init!r}")
+        check(self.speed_max > 0, f"{prefix}.speed_max", f"must be > 0, got {self.speed_max}")
 
 
 @dataclass
@@ -108,13 +106,13 @@ class OptimConfig:
     warmup_steps: int = 0
 
     def validate(self, prefix: str) -> None:
-        _check(self.lr > 0, f"{prefix}.lr", f"must be > 0, got {self.lr}")
-        _check(self.batch_size >= 1, f"{prefix}.batch_size", f"must be >= 1, got {self.batch_size}")
-        _check(self.steps >= 1, f"{prefix}.steps", f"must be >= 1, got {self.steps}")
-        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"{prefix}.betas",
-               f"two values in [0, 1), got {self.betas}")
-        _check(self.max_grad_norm >= 0, f"{prefix}.max_grad_norm", "must be >= 0")
-        _check(self.warmup_steps >= 0, f"{prefix}.warmup_steps", "must be >= 0")
+        check(self.lr > 0, f"{prefix}.lr", f"must be > 0, got {self.lr}")
+        check(self.batch_size >= 1, f"{prefix}.batch_size", f"must be >= 1, got {self.batch_size}")
+        check(self.steps >= 1, f"{prefix}.steps", f"must be >= 1, got {self.steps}")
+        check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"{prefix}.betas",
+              f"two values in [0, 1), got {self.betas}")
+        check(self.max_grad_norm >= 0, f"{prefix}.max_grad_norm", "must be >= 0")
+        check(self.warmup_steps >= 0, f"{prefix}.warmup_steps", "must be >= 0")
 
 
 @dataclass
@@ -148,14 +146,14 @@ class RunConfig:
     sample_frames: int = 4
 
     def validate(self, prefix: str) -> None:
-        _check(self.precision in PRECISIONS, f"{prefix}.precision",
-               f"one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        _check(0.0 <= self.ema_decay < 1.0, f"{prefix}.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
+        check(self.precision in PRECISIONS, f"{prefix}.precision",
+              f"one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        check(0.0 <= self.ema_decay < 1.0, f"{prefix}.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
         for key in ("log_every", "checkpoint_every", "keep_checkpoints", "sample_every"):
-            _check(getattr(self, key) >= 0, f"{prefix}.{key}", "must be >= 0")
-        _check(self.log_every >= 1, f"{prefix}.log_every", "must be >= 1")
-        _check(self.sample_steps >= 1 and self.sample_frames >= 1, f"{prefix}.sample_steps",
-               "sample_steps and sample_frames must be >= 1")
+            check(getattr(self, key) >= 0, f"{prefix}.{key}", "must be >= 0")
+        check(self.log_every >= 1, f"{prefix}.log_every", "must be >= 1")
+        check(self.sample_steps >= 1 and self.sample_frames >= 1, f"{prefix}.sample_steps",
+              "sample_steps and sample_frames must be >= 1")
 
 
 @dataclass
@@ -185,14 +183,14 @@ class StageConfig:
     max_noise: float = 1.0
 
     def validate(self, prefix: str) -> None:
-        _check(0.0 < self.max_noise <= 1.0, f"{prefix}.max_noise", f"must be in (0, 1], got {self.max_noise}")
-        _check(self.stage in (1, 2), f"{prefix}.stage", f"1 (image) or 2 (video), got {self.stage}")
+        check(0.0 < self.max_noise <= 1.0, f"{prefix}.max_noise", f"must be in (0, 1], got {self.max_noise}")
+        check(self.stage in (1, 2), f"{prefix}.stage", f"1 (image) or 2 (video), got {self.stage}")
         for i, group in enumerate(self.trainable or []):
-            _check(group in GROUPS, f"{prefix}.trainable[{i}]", f"one of {', '.join(GROUPS)}, got {group!r}")
-        _check(self.trainable is None or len(self.trainable) > 0, f"{prefix}.trainable", "nothing to train")
+            check(group in GROUPS, f"{prefix}.trainable[{i}]", f"one of {', '.join(GROUPS)}, got {group!r}")
+        check(self.trainable is None or len(self.trainable) > 0, f"{prefix}.trainable", "nothing to train")
         for key in ("condition_drop", "motion_drop"):
-            _check(0.0 <= getattr(self, key) <= 1.0, f"{prefix}.{key}", "must be in [0, 1]")
-        _check(self.face_loss_weight >= 0.0, f"{prefix}.face_loss_weight", "must be >= 0")
+            check(0.0 <= getattr(self, key) <= 1.0, f"{prefix}.{key}", "must be in [0, 1]")
+        check(self.face_loss_weight >= 0.0, f"{prefix}.face_loss_weight", "must be >= 0")
 
     @property
     def groups(self) -> list[str]:
@@ -211,13 +209,10 @@ class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
     def validate(self, prefix: str = "") -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if hasattr(value, "validate"):
-                value.validate(f.name)
+        validate_sections(self, prefix)
         if self.stage.stage == 1:
-            _check(self.data.clip_frames == 1, "data.clip_frames", "stage 1 trains on single frames: set 1")
-            _check(self.data.motion_frames == 0, "data.motion_frames", "stage 1 has no motion frames: set 0")
+            check(self.data.clip_frames == 1, "data.clip_frames", "stage 1 trains on single frames: set 1")
+            check(self.data.motion_frames == 0, "data.motion_frames", "stage 1 has no motion frames: set 0")
 
 
 @dataclass
@@ -249,16 +244,16 @@ class LcdConfig:
     save: str = "target"
 
     def validate(self, prefix: str) -> None:
-        _check(1 <= self.steps <= 4, f"{prefix}.steps", f"a few-step model takes 1-4 steps, got {self.steps}")
-        _check(self.num_ddim_timesteps >= self.steps and 1000 % self.num_ddim_timesteps == 0,
-               f"{prefix}.num_ddim_timesteps", f"must divide 1000 and be >= steps, got {self.num_ddim_timesteps}")
-        _check(self.solver_substeps >= 1, f"{prefix}.solver_substeps", "must be >= 1")
-        _check(self.guidance_scale is None or self.guidance_scale >= 1.0, f"{prefix}.guidance_scale", "must be >= 1")
-        _check(self.train_steps >= 0, f"{prefix}.train_steps", "must be >= 0")
-        _check(self.lr > 0 and self.batch_size >= 1, f"{prefix}.lr", "lr must be > 0 and batch_size >= 1")
-        _check(0.0 <= self.target_ema < 1.0, f"{prefix}.target_ema", "must be in [0, 1)")
-        _check(self.loss in ("huber", "l2"), f"{prefix}.loss", f"huber or l2, got {self.loss!r}")
-        _check(self.save in ("target", "student"), f"{prefix}.save", f"target or student, got {self.save!r}")
+        check(1 <= self.steps <= 4, f"{prefix}.steps", f"a few-step model takes 1-4 steps, got {self.steps}")
+        check(self.num_ddim_timesteps >= self.steps and 1000 % self.num_ddim_timesteps == 0,
+              f"{prefix}.num_ddim_timesteps", f"must divide 1000 and be >= steps, got {self.num_ddim_timesteps}")
+        check(self.solver_substeps >= 1, f"{prefix}.solver_substeps", "must be >= 1")
+        check(self.guidance_scale is None or self.guidance_scale >= 1.0, f"{prefix}.guidance_scale", "must be >= 1")
+        check(self.train_steps >= 0, f"{prefix}.train_steps", "must be >= 0")
+        check(self.lr > 0 and self.batch_size >= 1, f"{prefix}.lr", "lr must be > 0 and batch_size >= 1")
+        check(0.0 <= self.target_ema < 1.0, f"{prefix}.target_ema", "must be in [0, 1)")
+        check(self.loss in ("huber", "l2"), f"{prefix}.loss", f"huber or l2, got {self.loss!r}")
+        check(self.save in ("target", "student"), f"{prefix}.save", f"target or student, got {self.save!r}")
 
 
 @dataclass
@@ -279,10 +274,10 @@ class DecoderConfig:
     reinit: bool = False
 
     def validate(self, prefix: str) -> None:
-        _check(self.train_steps >= 0, f"{prefix}.train_steps", "must be >= 0")
-        _check(self.lr > 0 and self.batch_size >= 1, f"{prefix}.lr", "lr must be > 0 and batch_size >= 1")
-        _check(self.mse_weight >= 0 and self.l1_weight >= 0 and self.mse_weight + self.l1_weight > 0,
-               f"{prefix}.mse_weight", "loss weights must be >= 0 and not both 0")
+        check(self.train_steps >= 0, f"{prefix}.train_steps", "must be >= 0")
+        check(self.lr > 0 and self.batch_size >= 1, f"{prefix}.lr", "lr must be > 0 and batch_size >= 1")
+        check(self.mse_weight >= 0 and self.l1_weight >= 0 and self.mse_weight + self.l1_weight > 0,
+              f"{prefix}.mse_weight", "loss weights must be >= 0 and not both 0")
 
 
 @dataclass
@@ -304,12 +299,12 @@ class SamplingConfig:
     generate_region: str | None = None
 
     def validate(self, prefix: str) -> None:
-        _check(self.reference_strength is None or 0.0 < self.reference_strength <= 1.0,
-               f"{prefix}.reference_strength", f"must be in (0, 1], got {self.reference_strength}")
-        _check(self.noise_correlation is None or 0.0 <= self.noise_correlation < 1.0,
-               f"{prefix}.noise_correlation", f"must be in [0, 1), got {self.noise_correlation}")
-        _check(self.generate_region is None or self.generate_region in GENERATE_REGIONS, f"{prefix}.generate_region",
-               f"one of {', '.join(GENERATE_REGIONS)}, got {self.generate_region!r}")
+        check(self.reference_strength is None or 0.0 < self.reference_strength <= 1.0,
+              f"{prefix}.reference_strength", f"must be in (0, 1], got {self.reference_strength}")
+        check(self.noise_correlation is None or 0.0 <= self.noise_correlation < 1.0,
+              f"{prefix}.noise_correlation", f"must be in [0, 1), got {self.noise_correlation}")
+        check(self.generate_region is None or self.generate_region in GENERATE_REGIONS, f"{prefix}.generate_region",
+              f"one of {', '.join(GENERATE_REGIONS)}, got {self.generate_region!r}")
 
     def updates(self) -> dict[str, float | bool | str]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
@@ -328,40 +323,16 @@ class DistillConfig:
     run: RunConfig = field(default_factory=lambda: RunConfig(ema_decay=0.0))
 
     def validate(self, prefix: str = "") -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if hasattr(value, "validate"):
-                value.validate(f.name)
-        _check(bool(self.teacher), "teacher", "set the teacher checkpoint folder (--teacher DIR)")
-        _check(bool(self.output_dir), "output_dir", "set the output folder (--out DIR)")
-
-
-def _apply(data: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
-    """``{"optim.steps": 10}``-style overrides (None values skipped) onto nested data."""
-    for dotted, value in (overrides or {}).items():
-        if value is None:
-            continue
-        *sections, key = dotted.split(".")
-        node = data
-        for section in sections:
-            node = node.setdefault(section, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"{section}: expected a mapping")
-        node[key] = value
-    return data
+        validate_sections(self, prefix)
+        check(bool(self.teacher), "teacher", "set the teacher checkpoint folder (--teacher DIR)")
+        check(bool(self.output_dir), "output_dir", "set the output folder (--out DIR)")
 
 
 def load_train_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """A validated ``TrainConfig`` from a YAML file (None: defaults) plus dotted overrides."""
-    data = _apply(read_yaml(path) if path is not None else {}, overrides)
-    config = _build(TrainConfig, data, "")
-    config.validate()
-    return config
+    return load(TrainConfig, path, overrides)
 
 
 def load_distill_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> DistillConfig:
     """A validated ``DistillConfig`` from a YAML file (None: defaults) plus dotted overrides."""
-    data = _apply(read_yaml(path) if path is not None else {}, overrides)
-    config = _build(DistillConfig, data, "")
-    config.validate()
-    return config
+    return load(DistillConfig, path, overrides)
