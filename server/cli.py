@@ -1,33 +1,30 @@
-"""The ``emo-stream`` command: serve | render | metrics | import | data prepare | train | distill.
+"""The ``emo-stream`` command: ``serve`` (the HTTP/WebRTC server) plus the engine's commands (``emo_stream.cli``).
 
-Heavy imports stay inside each subcommand so ``--help`` and the lite path start fast.
-A user error prints ``error: <message>`` on one stderr line and exits 2.
+``emo-stream serve`` is the server's; render | metrics | import | data prepare | train | distill are the
+engine's (also ``python -m emo_stream COMMAND``). Heavy imports stay inside each subcommand so ``--help`` and
+the lite path start fast. A user error prints ``error: <message>`` on one stderr line and exits 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("GLOG_minloglevel", "2")
+from emo_stream.cli import add_engine_commands, new_parser, run
 
-EXIT_USER_ERROR = 2
-EXIT_BUG = 1
 REPO_DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+PROG = "emo-stream"
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from emo_stream.config import load_config, session_processes
     from emo_stream.errors import ConfigError
     from server.app import create_app
+    from server.config import load_config, session_processes
 
     config_path = args.config or (REPO_DEFAULT_CONFIG if REPO_DEFAULT_CONFIG.is_file() else None)
     config = load_config(config_path, {"server.host": args.host, "server.port": args.port,
@@ -79,20 +76,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_metrics(args: argparse.Namespace) -> int:
-    from emo_stream.metrics import compute_video_metrics
-
-    result = compute_video_metrics(args.video, audio_path=args.audio, progress=sys.stderr.isatty())
-    print(json.dumps(result.to_dict(), indent=None if args.compact else 2))
-    return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="emo-stream", description=(
-        "One portrait photo + a voice -> a live, expressive talking portrait."))
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     serve = sub.add_parser("serve", help="run the HTTP/WebRTC server")
     serve.add_argument("--config", type=Path, help="YAML config (default: configs/default.yaml)")
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
@@ -111,60 +95,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--fd", type=int, help=argparse.SUPPRESS)
     serve.set_defaults(func=_cmd_serve)
 
-    metrics = sub.add_parser("metrics", help="score a video: lip-sync, mouth range, blinks, head motion (JSON)")
-    metrics.add_argument("video", type=Path, help="video file to score")
-    metrics.add_argument("--audio", type=Path, help="audio to sync against (default: the video's own track)")
-    metrics.add_argument("--compact", action="store_true", help="one-line JSON")
-    metrics.set_defaults(func=_cmd_metrics)
 
-    from server.cli_data import add_data_parser
-    from server.cli_import import add_import_parser
-    from server.cli_render import add_render_parser
-    from server.cli_train import add_train_parser
-
-    add_render_parser(sub)
-    add_import_parser(sub)
-    add_train_parser(sub)
-    add_data_parser(sub)
+def build_parser() -> argparse.ArgumentParser:
+    """``emo-stream``: ``serve`` first, then the engine's commands."""
+    parser, sub = new_parser(PROG)
+    add_serve_parser(sub)
+    add_engine_commands(sub)
     return parser
 
 
-def _quiet_native_stderr() -> None:
-    """Keep Python's stderr and send fd 2 to /dev/null: mediapipe's and FFmpeg's C++ code log
-    there on their own, which would break the promise of one-line errors."""
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 2)
-        os.close(devnull)
-        sys.stderr = os.fdopen(saved, "w", buffering=1, encoding="utf-8", errors="backslashreplace")
-    except OSError:  # no usable fd 2: nothing to quiet
-        pass
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not args.debug:
-        _quiet_native_stderr()
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from emo_stream.errors import EmoStreamError
-
-    try:
-        return int(args.func(args) or 0)
-    except EmoStreamError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # a bug: one line unless asked for the traceback
-        if args.debug:
-            raise
-        print(f"error: internal error ({type(exc).__name__}: {exc}); rerun with --debug for details",
-              file=sys.stderr)
-        return EXIT_BUG
+    """Run one ``emo-stream`` command; returns the exit code (0, 1 for a bug, 2 for a user error)."""
+    return run(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -403,7 +403,7 @@ def _wav(path: Path, seconds: float) -> Path:
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "server.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "emo_stream", *args], capture_output=True, text=True,
                           cwd=media.REPO, env=ENV, timeout=180)
 
 

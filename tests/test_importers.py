@@ -301,7 +301,7 @@ def test_echomimic_tiny_import_end_to_end(echomimic_src, tmp_path):
 
 
 def cli_args(argv: list[str]) -> argparse.Namespace:
-    from server.cli_import import add_import_parser
+    from emo_stream.cli.import_weights import add_import_parser
 
     parser = argparse.ArgumentParser(prog="emo-stream")
     add_import_parser(parser.add_subparsers(dest="command", required=True))
@@ -453,21 +453,11 @@ def test_hallo_unknown_prefix_and_existing_out_are_refused(hallo_src, tmp_path):
 
 
 def test_cli_main_prints_one_error_line(echomimic_src, tmp_path, monkeypatch, capsys):
-    """Through ``server.cli.main`` with the import subcommand added as the lead wires it."""
-    import server.cli as cli
-    from server.cli_import import add_import_parser
+    """Through the engine's command line (``python -m emo_stream import ...``)."""
+    from emo_stream import cli
+    from emo_stream.cli import runner
 
-    build = cli.build_parser
-
-    def with_import():
-        parser = build()
-        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        if "import" not in sub.choices:
-            add_import_parser(sub)
-        return parser
-
-    monkeypatch.setattr(cli, "build_parser", with_import)
-    monkeypatch.setattr(cli, "_quiet_native_stderr", lambda: None)
+    monkeypatch.setattr(runner, "quiet_native_stderr", lambda: None)
     src, _ = echomimic_src
     rc = cli.main(["import", "echomimic", "--src", str(tmp_path / "nowhere"), "--vae", str(src / "vae"),
                    "--whisper", str(src / "whisper_tiny.pt"), "--out", str(tmp_path / "out"), "--quiet"])

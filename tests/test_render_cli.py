@@ -20,7 +20,7 @@ ENV = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
 
 
 def cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "server.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "emo_stream", *args], capture_output=True, text=True,
                           cwd=media.REPO, env=ENV, timeout=timeout)
 
 
@@ -165,7 +165,7 @@ def test_interrupted_render_leaves_no_output(tmp_path, portrait):
     long_wav = media.sox("long-speech.wav", "-q", str(media.espeak_wav("story")), str(media.espeak_wav("weather")),
                          str(media.espeak_wav("story")), str(media.espeak_wav("weather")), "-r", "16000", "{out}")
     out = tmp_path / "cut.mp4"
-    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "render", "--image", str(portrait), "--audio",
+    proc = subprocess.Popen([sys.executable, "-m", "emo_stream", "render", "--image", str(portrait), "--audio",
                              str(long_wav), "-o", str(out), "--size", "512"], cwd=media.REPO, env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60

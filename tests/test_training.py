@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from emo_stream.cli import main, runner
 from emo_stream.models import save_checkpoint, tiny_components
 from emo_stream.models.checkpoint import load_checkpoint
 from emo_stream.training.distill import DecoderDistiller, boundary_scalings
@@ -25,8 +26,6 @@ from emo_stream.training.stages import parameter_group
 from emo_stream.training.synthetic import SyntheticClips
 from emo_stream.training.train_config import load_distill_config, load_train_config
 from emo_stream.training.trainer import Trainer
-from server import cli
-from server.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs" / "train"
@@ -36,7 +35,7 @@ SIZE, FRAMES, MOTION = 64, 4, 2
 @pytest.fixture(autouse=True)
 def _one_thread(monkeypatch):
     # main() would point fd 2 at /dev/null (for native loggers); keep pytest's capture of stderr instead.
-    monkeypatch.setattr(cli, "_quiet_native_stderr", lambda: None)
+    monkeypatch.setattr(runner, "quiet_native_stderr", lambda: None)
     # The CPU is shared: one thread keeps the tiny runs predictable (and float results reproducible).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

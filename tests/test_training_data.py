@@ -36,7 +36,7 @@ BAD = {"gradient.mp4": "no_face_found", "silent.mp4": "no_audio_stream", "trunca
 
 
 def cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "server.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "emo_stream", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=Path(__file__).resolve().parent.parent)
 
 
@@ -179,7 +179,7 @@ def test_a_crashing_worker_skips_only_its_video(videos, tmp_path):
     (["--videos", "{tmp}", "--out", "{tmp}/file.txt"], "is a file"),
 ])
 def test_prepare_bad_arguments(args, words, tmp_path, capsys):
-    from server.cli import main
+    from emo_stream.cli import main
 
     (tmp_path / "file.txt").write_text("x")
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]

@@ -69,7 +69,7 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
 
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser("train", help="train an EMO model: stage 1 (image) or stage 2 (video), as the config says",
-                           description="Multi-GPU: torchrun --nproc-per-node N -m server.cli train --config F")
+                           description="Multi-GPU: torchrun --nproc-per-node N -m emo_stream.cli train --config F")
     train.add_argument("--config", type=Path, required=True, help="training YAML (see configs/train/)")
     train.add_argument("--resume", metavar="auto|DIR", help="continue from a checkpoint folder of the run "
                        "(auto: the latest in output_dir)")
