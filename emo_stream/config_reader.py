@@ -92,6 +92,11 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     return value
 
 
+def _is_section_type(annotation: Any) -> bool:
+    """Whether a field's type is a nested section (a dataclass) rather than a value."""
+    return isinstance(annotation, type) and dataclasses.is_dataclass(annotation)
+
+
 def build(cls: type[SectionT], data: Any, prefix: str = "") -> SectionT:
     """An instance of the dataclass ``cls`` from plain data, nested dataclasses included (not yet validated).
 
@@ -108,8 +113,8 @@ def build(cls: type[SectionT], data: Any, prefix: str = "") -> SectionT:
         if key not in names:
             raise ConfigError(f"{dotted}: unknown key (known: {', '.join(sorted(names))})")
         annotation = hints[key]
-        if dataclasses.is_dataclass(annotation):
-            kwargs[key] = build(annotation, value, dotted)  # type: ignore[arg-type]
+        if _is_section_type(annotation):
+            kwargs[key] = build(annotation, value, dotted)
         else:
             kwargs[key] = _coerce(value, annotation, dotted)
     return cls(**kwargs)
@@ -119,7 +124,7 @@ def validate_sections(config: object, prefix: str = "") -> None:
     """Validate every dataclass field of ``config`` under its dotted name (a config's sections)."""
     for f in dataclasses.fields(config):  # type: ignore[arg-type]
         value = getattr(config, f.name)
-        if dataclasses.is_dataclass(value):
+        if _is_section_type(type(value)):
             value.validate(f"{prefix}.{f.name}" if prefix else f.name)
 
 
