@@ -12,7 +12,7 @@ at 256 px three ways:
 - ``still``: the prepared portrait crop, unchanged in every frame, with the same audio (the baseline).
 
 Every video is scored with ``emo-stream metrics``; ``OUT/report.json`` holds each video's metrics and the means
-per backend, ``OUT/contact_sheet.jpg`` samples of each (``--docs``: both also go to ``docs/``).
+per backend, ``OUT/contact_sheet.jpg`` samples of each (``--docs``: both also go to ``docs/research/``).
 """
 
 from __future__ import annotations
@@ -173,7 +173,7 @@ def main() -> int:
     parser.add_argument("--compare", type=Path, help="another run's report.json (same seed): store the differences")
     parser.add_argument("--limit", type=int, help="only the first N held-out inputs (quick looks)")
     parser.add_argument("--docs", action="store_true",
-                        help="also write docs/train_tiny_{report.json,contact_sheet.jpg}")
+                        help="also write docs/research/train_tiny_{report.json,contact_sheet.jpg}")
     args = parser.parse_args()
     env = dict(os.environ, HF_HUB_OFFLINE="1", GLOG_minloglevel="2")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -217,7 +217,7 @@ def main() -> int:
     shown = items[:len(portraits)]  # one row group per held-out portrait
     sheet = contact_sheet(shown, args.out, args.out / "contact_sheet.jpg")
     if args.docs:
-        docs = REPO / "docs"
+        docs = REPO / "docs" / "research"
         (docs / "train_tiny_report.json").write_text(json.dumps(report, indent=2))
         contact_sheet(shown, args.out, docs / "train_tiny_contact_sheet.jpg")
     print(json.dumps({"summary": report["summary"], "targets": report["targets"]}, indent=2))

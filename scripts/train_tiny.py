@@ -9,7 +9,7 @@ Usage: .venv/bin/python scripts/train_tiny.py [--out runs/train-tiny] [--seed 0]
 4. ``emo-stream train`` stage 1, then stage 2 (``configs/train/tiny-stage{1,2}.yaml``).
 5. ``emo-stream distill`` to 4 LCM steps + the small decoder → ``OUT/checkpoint`` (the emo backend's folder).
 6. ``scripts/eval_tiny.py``: held-out portraits and voices rendered with emo / lite / a still image, scored with
-   ``emo-stream metrics`` → ``OUT/eval/report.json`` (``--docs`` also writes the contact sheet to docs/).
+   ``emo-stream metrics`` → ``OUT/eval/report.json`` (``--docs`` also writes the contact sheet to docs/research/).
 
 Every step is skipped when its output exists (a rerun resumes); ``--fresh`` starts over. Same seed and the same
 thread count, same figures. Timings of each step go to ``OUT/timings.json``.
@@ -110,7 +110,7 @@ def main() -> int:
     parser.add_argument("--budget-min", type=float, default=60.0, help="warn when the chain takes longer")
     parser.add_argument("--fresh", action="store_true", help="delete OUT first")
     parser.add_argument("--skip-eval", action="store_true")
-    parser.add_argument("--docs", action="store_true", help="write the contact sheet and report to docs/")
+    parser.add_argument("--docs", action="store_true", help="write the contact sheet and report to docs/research/")
     parser.add_argument("--compare", type=Path, help="an earlier run's eval/report.json: record the differences")
     args = parser.parse_args()
 
