@@ -38,8 +38,8 @@ from emo_stream.errors import (
     RequestError,
     UnauthorizedError,
 )
+from server.aiortc_compat import install_aiortc_workarounds
 from server.avatars import DEFAULT_AVATAR_ID, AvatarStore, default_portrait_bytes
-from server.codecs import install_portrait_encoders
 from server.errors import error_body, status_for
 from server.sessions import Session, SessionOptions, SessionRegistry
 from server.shards import ShardRole
@@ -77,7 +77,7 @@ class Engine:
                  shard: ShardRole | None = None) -> None:
         self.config = config
         self.shard = shard
-        install_portrait_encoders()
+        install_aiortc_workarounds()
         self.telemetry = Telemetry()
         self.avatars = AvatarStore(config.animator.size, AvatarLimits(
             max_pixels=config.limits.max_image_pixels, max_bytes=config.limits.max_image_bytes,
