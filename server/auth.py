@@ -30,7 +30,7 @@ def holds_server_token(connection: HTTPConnection, token: str | None) -> bool:
     if not token:
         return True
     given = connection.query_params.get("token") or bearer(connection)
-    return bool(given) and secrets.compare_digest(given, token)
+    return given is not None and given != "" and secrets.compare_digest(given, token)
 
 
 def holds_control_token_for_path(connection: HTTPConnection, sessions: SessionRegistry) -> bool:
@@ -44,7 +44,7 @@ def holds_control_token_for_path(connection: HTTPConnection, sessions: SessionRe
     except EmoStreamError:
         return False
     given = connection.headers.get("x-control-token") or connection.query_params.get("control_token")
-    return bool(given) and secrets.compare_digest(given, session.control_token)
+    return given is not None and given != "" and secrets.compare_digest(given, session.control_token)
 
 
 def controlled_session(connection: HTTPConnection, session_id: str, sessions: SessionRegistry,
