@@ -32,7 +32,7 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from emo_stream.errors import EmoStreamError, ImageTooLargeError, OverloadedError
-from server.app import holds_server_token
+from server.auth import holds_server_token
 from server.config import Config
 from server.errors import error_body, status_for
 from server.shards import Shard, ShardPool, shard_of_session
@@ -100,7 +100,15 @@ def _sessions_active(metrics_text: str) -> int:
 
 
 def create_router_app(config: Config, pool: ShardPool) -> FastAPI:
-    """The router over ``pool`` (started by the app's lifespan, stopped with it)."""
+    """The router over ``pool`` (started by the app's lifespan, stopped with it).
+
+    Raises:
+        UnsupportedAiortcError: the session processes would refuse the installed aiortc: refused here, once,
+            before any is spawned.
+    """
+    from server.aiortc_compat import check_aiortc_version
+
+    check_aiortc_version()
     names: dict[str, int] = {}  # session name -> the child that has it
     starting: dict[int, int] = {}  # child -> offers it is answering now
     opened: dict[int, int] = {}  # child -> sessions it has opened through this router, ever

@@ -40,8 +40,8 @@ from aiortc.rtcrtpsender import RTCRtpSender
 from emo_stream.compositing import parse_background
 from emo_stream.errors import InvalidSdpError, RequestError, SessionNotFoundError
 from emo_stream.types import AudioWindow, Avatar, Frame
+from server.aiortc_compat import InOrderAudioBuffer, hand_on_audio_at_once
 from server.clock import MediaClock
-from server.inbound_audio import InOrderAudioBuffer, hand_on_audio_at_once
 from server.input_phase import InputPhase
 from server.input_windows import InputWindows
 from server.telemetry import Telemetry

@@ -13,7 +13,7 @@ from aiortc.codecs.vpx import Vp8Decoder, vp8_depayload
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
-from server.codecs import CPU_USED, NOISE_SENSITIVITY, PortraitVp8Encoder, install_portrait_encoders
+from server.aiortc_compat import CPU_USED, NOISE_SENSITIVITY, PortraitVp8Encoder, install_portrait_encoders
 
 VP8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000)
 OPUS = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2)

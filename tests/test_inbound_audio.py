@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
 from aiortc.rtp import RtpPacket
 
-from server.inbound_audio import InOrderAudioBuffer, hand_on_audio_at_once
+from server.aiortc_compat import InOrderAudioBuffer, hand_on_audio_at_once
 
 
 def packet(seq: int) -> RtpPacket:
