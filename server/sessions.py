@@ -40,6 +40,7 @@ from server.input_windows import InputWindows
 from server.pcm_source import PcmSource
 from server.peer_watchdog import watch_peer
 from server.telemetry import Telemetry
+from server.tick_outputs import TickOutputs
 from server.tracks import AUDIO_RATE, VIDEO_CLOCK_RATE, AvatarAudioTrack, AvatarVideoTrack
 from server.vad import VoiceActivityDetector, level_dbfs
 from server.worker import FeedResult, InferenceWorker, Job, WorkerOverloaded
@@ -87,10 +88,7 @@ class Session:
         self.closed = False
         self.answer: RTCSessionDescription | None = None  # set by the app once the offer is accepted
         self._vad_factory = vad_factory
-        self._audio_out: dict[int, np.ndarray] = {}
-        self._frames: dict[int, Frame] = {}
-        self._idle_requested: set[int] = set()
-        self._arrived: dict[int, float] = {}  # tick -> when its input window arrived
+        self._outputs = TickOutputs()
         self.background = parse_background(options.background)
         self._hold = self._first_picture(avatar)
         self._silence = np.zeros(VOICE_RATE // options.fps, np.float32)
@@ -256,7 +254,7 @@ class Session:
             return  # the rest of an utterance a barge-in cut
         if placement.caught_up:
             self._drop_from(placement.tick)
-        self._audio_out[placement.tick] = samples
+        self._outputs.voice[placement.tick] = samples
         if placement.action is not None:
             self._log_phase_action(placement)
 
@@ -273,16 +271,14 @@ class Session:
         skipped. Their audio, frames and the animator's lookahead go, so no later frame of theirs
         can land on a tick the new windows take."""
         self._drop_queued_windows()
-        for store in (self._audio_out, self._frames, self._arrived):
-            for stale in [k for k in store if k >= tick]:
-                del store[stale]
+        self._outputs.drop_from(tick)
 
     def _on_engine_window(self, samples: np.ndarray) -> None:
         self.stats.windows_in += 1
         tick = self.timeline.engine_window_tick()
         if tick is None or not self._ready:
             return
-        self._arrived[tick] = time.perf_counter()
+        self._outputs.arrived[tick] = time.perf_counter()
         window = AudioWindow(samples=samples, sample_rate=ENGINE_RATE, start_pts=tick * self.pts_per_tick)
         # The frame this window completes is due at tick - latency; after that the work is
         # wasted, so the worker skips the window instead of falling further behind.
@@ -302,12 +298,12 @@ class Session:
         self.events.set_speaking(result.speaking)
         ticks = [frame.pts // self.pts_per_tick for frame in result.frames]
         for tick, frame in zip(ticks, result.frames, strict=True):
-            self._frames[tick] = frame
+            self._outputs.frames[tick] = frame
         self.timeline.frames_ready(ticks)
 
     def _on_idle_frame(self, frame: Frame) -> None:
         if not self.closed:
-            self._frames.setdefault(frame.pts // self.pts_per_tick, frame)
+            self._outputs.frames.setdefault(frame.pts // self.pts_per_tick, frame)
 
     # ------------------------------------------------------------------ output
     def tick(self, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -315,23 +311,16 @@ class Session:
         self.stats.ticks = index + 1
         if self.options.audio_source == "pcm":
             self._pull_pcm()
-        audio = self._audio_out.pop(index, None)
-        frame = self._frames.pop(index, None)
-        arrived = self._arrived.pop(index, None)
-        if frame is not None:
-            self._hold = frame.rgb
-            if arrived is not None:  # input window in -> its frame out, on this server
-                self.telemetry.observe("end_to_end", time.perf_counter() - arrived)
-        elif self._ready and (audio is not None or index in self._idle_requested):
+        share = self._outputs.take(index)  # (and anything left for ticks that have passed dropped)
+        if share.frame is not None:
+            self._hold = share.frame.rgb
+            if share.arrived is not None:  # input window in -> its frame out, on this server
+                self.telemetry.observe("end_to_end", time.perf_counter() - share.arrived)
+        elif self._ready and (share.voice is not None or share.idle_requested):
             # (before the avatar is prepared on the worker, the still portrait is expected)
             self.stats.frames_late += 1
             self.telemetry.frames_late.inc()
             self.timeline.frame_late()
-        self._idle_requested.discard(index)
-        # Drop anything for ticks that have passed.
-        for store in (self._audio_out, self._frames, self._arrived):
-            for stale in [k for k in store if k <= index]:
-                del store[stale]
         # No input coming: keep idle motion coming, up to two ticks ahead of the clock, for the ticks no
         # window took. Flowing input is not asked about by its mapped ticks: a window may be mapped only
         # shortly before its tick comes (its least lead can be under two ticks), and an idle frame rendered
@@ -339,18 +328,18 @@ class Session:
         last_mapped = self.timeline.last_mapped_tick
         if self._ready and self.timeline.input_stopped():
             for t in range(max(last_mapped + 1, index + 1), index + 1 + IDLE_AHEAD_TICKS):
-                if t not in self._idle_requested:
+                if t not in self._outputs.idle_requested:
                     self._request_idle(t, urgent=t == index + 1)
         if last_mapped < index - SPEAKER_IDLE_AFTER_TICKS and self.stats.speaking:
             # No input for a while (an agent finished, a mic paused): the speaker is idle.
             self.events.set_speaking(False)
-        return self._hold, (audio if audio is not None else self._silence)
+        return self._hold, (share.voice if share.voice is not None else self._silence)
 
     def _request_idle(self, tick: int, urgent: bool = False) -> None:
         try:
             self.worker.submit(Job(session_id=self.id, generation=self.generation, kind="idle",
                                    pts=tick * self.pts_per_tick, done=self._on_idle_frame), urgent=urgent)
-            self._idle_requested.add(tick)
+            self._outputs.idle_requested.add(tick)
         except WorkerOverloaded:
             pass
 
@@ -404,10 +393,7 @@ class Session:
         """Barge-in: drop buffered audio, queued and in-flight windows and both tracks' queues
         within one tick; input is ignored until the speaker pauses (the utterance is cut)."""
         self._drop_queued_windows()
-        self._audio_out.clear()
-        self._frames.clear()
-        self._arrived.clear()
-        self._idle_requested.clear()
+        self._outputs.clear()
         # A microphone keeps sending the cut utterance: ignore it until the speaker pauses.
         # An agent's PCM stops on its own: its queue is simply dropped.
         self.timeline.interrupt(mute_until_quiet=self.options.audio_source == "mic")
