@@ -59,6 +59,9 @@ __all__ = ["ENGINE_RATE", "QUIET_DBFS", "VOICE_RATE", "Session", "SessionOptions
 
 @dataclass
 class SessionOptions:
+    """What a session was opened with: the animator's frame size and rate, the backend, its background, where its
+    audio comes from ("mic": the peer's microphone; "pcm": an agent over the WebSocket), its name, the seed."""
+
     size: int = 512
     fps: int = 25
     backend: str = "lite"
@@ -69,7 +72,8 @@ class SessionOptions:
 
 
 class Session:
-    """One peer: its connection, input buffers, frames by tick, clock and tracks."""
+    """One peer: its connection and tracks, its input (microphone or PCM) through the timeline to the worker, and
+    each tick's frame and voice out; barge-in and closing."""
 
     def __init__(self, avatar: Avatar, options: SessionOptions, worker: InferenceWorker, telemetry: Telemetry,
                  ice_servers: list[str], latency_frames: int,
