@@ -1,35 +1,27 @@
 """A live session: an aiortc peer connection, the mic in, the avatar and its voice out.
 
-Data flow (docs/design.md): mic track (opus 48 kHz) -> decoded frames -> one-frame windows at 48 kHz mono
-(the output voice) and 16 kHz mono (the engine), completed together (``server.input_windows``) -> the
+Data flow (docs/design.md): mic track (opus 48 kHz) or an agent's PCM (``server.pcm_source``) -> decoded frames
+-> one-frame windows at the voice rate (48 kHz mono, sent back) and the engine rate (16 kHz mono, animated),
+completed together (``server.input_windows``) -> each window's tick (``server.input_timeline``) -> the
 InferenceWorker (VAD + animator) -> frames by tick -> the MediaClock -> the two tracks.
 
-Timing: input window ``i`` is shown at clock tick ``i + anchor``. The anchor is set when input
-starts (or resumes after a gap, or after an interrupt): the window goes to the first tick due at
-least ``min_lead_s`` after it completed. That lead is the animator's lookahead (its frame waits for
-that many more windows), any margin ticks (``server.delay_margin_ticks``) and the least time the
-frame then has to be rendered (``server.render_margin_ms``). Where in its tick a window completes
-varies, so a window is shown between ``min_lead_s`` and one tick more after it completes; that upper
-bound is the declared ``latency_ms``. The voice goes on the same tick, so picture and sound leave
-together. For a microphone, ``server.input_phase.InputPhase`` then keeps the lead near the least
-(dropping quiet packets, advancing the clock by the rest of a packet or adding a tick, in pauses) and
-raises or lowers the least with the lateness the session sees; the answer's ``latency_ms`` is the
-configured one, the ``stats`` events the current one.
+``Session`` wires those parts: signalling (the offer, the answer, the tracks), the lifecycle (start, close), the
+clock's ticks (each tick's frame and voice), and barge-in. Its events go out through ``server.event_hub``; a peer
+that went away is reaped by ``server.peer_watchdog``. The timing model (anchors, least lead, drop / advance /
+delay) is ``server.input_timeline``'s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import json
 import logging
-import math
 import secrets
 import time
-from bisect import bisect_right
-from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import av
 import numpy as np
@@ -38,32 +30,38 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcrtpsender import RTCRtpSender
 
 from emo_stream.compositing import parse_background
-from emo_stream.errors import InvalidSdpError, RequestError, SessionNotFoundError
+from emo_stream.errors import InvalidSdpError, SessionNotFoundError
 from emo_stream.types import AudioWindow, Avatar, Frame
 from server.aiortc_compat import InOrderAudioBuffer, hand_on_audio_at_once
 from server.clock import MediaClock
-from server.input_phase import InputPhase
+from server.event_hub import EventHub, SessionStats
+from server.input_timeline import InputTimeline, VoicePlacement, base_lead_s
 from server.input_windows import InputWindows
+from server.pcm_source import PcmSource
+from server.peer_watchdog import watch_peer
 from server.telemetry import Telemetry
-from server.tracks import AvatarAudioTrack, AvatarVideoTrack
-from server.vad import level_dbfs
+from server.tick_outputs import TickOutputs
+from server.tracks import AUDIO_RATE, VIDEO_CLOCK_RATE, AvatarAudioTrack, AvatarVideoTrack
+from server.vad import VoiceActivityDetector, level_dbfs
 from server.worker import FeedResult, InferenceWorker, Job, WorkerOverloaded
 
 logger = logging.getLogger(__name__)
 
-OUTPUT_RATE = 48_000
-ENGINE_RATE = 16_000
-QUIET_DBFS = -45.0  # below this a window counts as quiet (resuming after an interrupt)
-SILENT_PEER_S = 5.0  # no media from the peer this long: it is gone
-SILENT_RTCP_S = 8.0  # no receiver report about our tracks this long (PCM sessions): it is gone
-RTCP_GRACE_S = 10.0  # time to connect before receiver reports are expected
-FIRST_MEDIA_GRACE_S = 15.0  # time to connect before the first media arrives
-IDLE_AFTER_TICKS = 1.5  # no input window for this long: the session asks for idle frames
-REANCHOR_SLACK_TICKS = 2  # input this far ahead of need, at a quiet moment: catch up
+VOICE_RATE = AUDIO_RATE  # the input's voice, sent back on the audio track
+ENGINE_RATE = 16_000  # what the animator (and its VAD) hears
+QUIET_DBFS = -45.0  # below this a window counts as quiet (a pause: the lead may move; resuming after an interrupt)
+SPEAKER_IDLE_AFTER_TICKS = 8  # no window mapped for this many ticks: the speaker is idle
+IDLE_AHEAD_TICKS = 2  # with no input, idle frames are asked for this many ticks ahead of the clock
+
+__all__ = ["ENGINE_RATE", "QUIET_DBFS", "VOICE_RATE", "Session", "SessionOptions", "SessionRegistry",
+           "SessionStats"]
 
 
 @dataclass
 class SessionOptions:
+    """What a session was opened with: the animator's frame size and rate, the backend, its background, where its
+    audio comes from ("mic": the peer's microphone; "pcm": an agent over the WebSocket), its name, the seed."""
+
     size: int = 512
     fps: int = 25
     backend: str = "lite"
@@ -73,46 +71,13 @@ class SessionOptions:
     seed: int = 0
 
 
-@dataclass
-class SessionStats:
-    created: float = field(default_factory=time.monotonic)
-    ticks: int = 0
-    frames_sent: int = 0
-    frames_late: int = 0
-    windows_in: int = 0
-    last_input: float | None = None
-    speaking: bool = False
-
-
-class _Anchors:
-    """Piecewise map from input window index to clock tick: ``tick = index + anchor``."""
-
-    def __init__(self) -> None:
-        self._starts: list[int] = []
-        self._anchors: list[int] = []
-
-    def set(self, from_index: int, anchor: int) -> None:
-        while self._starts and self._starts[-1] >= from_index:
-            self._starts.pop()
-            self._anchors.pop()
-        self._starts.append(from_index)
-        self._anchors.append(anchor)
-        del self._starts[:-8], self._anchors[:-8]  # only recent segments matter
-
-    def tick(self, index: int) -> int | None:
-        i = bisect_right(self._starts, index) - 1
-        return None if i < 0 else index + self._anchors[i]
-
-    def clear(self) -> None:
-        self._starts.clear()
-        self._anchors.clear()
-
-
 class Session:
-    """One peer: its connection, input buffers, frames by tick, clock and tracks."""
+    """One peer: its connection and tracks, its input (microphone or PCM) through the timeline to the worker, and
+    each tick's frame and voice out; barge-in and closing."""
 
     def __init__(self, avatar: Avatar, options: SessionOptions, worker: InferenceWorker, telemetry: Telemetry,
-                 ice_servers: list[str], latency_frames: int, vad_factory=None, delay_margin_ticks: int = 0,
+                 ice_servers: list[str], latency_frames: int,
+                 vad_factory: Callable[[], VoiceActivityDetector] | None = None, delay_margin_ticks: int = 0,
                  render_margin_ms: int = 20, id_prefix: str = "") -> None:
         self.id = id_prefix + secrets.token_urlsafe(18)  # 144 bits; the prefix names a session process
         self.control_token = secrets.token_urlsafe(24)
@@ -120,47 +85,34 @@ class Session:
         self.options = options
         self.worker = worker
         self.telemetry = telemetry
-        period_ms = 1000 / options.fps
-        self.min_lead_s = ((latency_frames + delay_margin_ticks) * period_ms + render_margin_ms) / 1000
-        # A microphone's windows are kept near the least lead (server.input_phase); an agent's PCM is pulled on
-        # the ticks themselves, so its lead is fixed by the tick.
-        self._phase = InputPhase(self.min_lead_s) if options.audio_source == "mic" else None
-        self._quiet_packets_to_drop = 0
+        self.pts_per_tick = VIDEO_CLOCK_RATE // options.fps
         self.stats = SessionStats()
-        self.generation = 0
+        self.events = EventHub(self.stats, telemetry)
+        self.generation = 0  # bumped when queued and in-flight windows are dropped (barge-in, catch-up)
         self.closed = False
+        self.answer: RTCSessionDescription | None = None  # set by the app once the offer is accepted
         self._vad_factory = vad_factory
-        self._anchors = _Anchors()
-        self._audio_out: dict[int, np.ndarray] = {}
-        self._frames: dict[int, Frame] = {}
-        self._idle_requested: set[int] = set()
+        self._outputs = TickOutputs()
         self.background = parse_background(options.background)
         self._hold = self._first_picture(avatar)
-        self._silence = np.zeros(OUTPUT_RATE // options.fps, np.float32)
-        self._input = InputWindows((OUTPUT_RATE, ENGINE_RATE), options.fps)
-        self._index48 = 0
-        self._index16 = 0
-        self._muted_until_quiet = False
-        self._quiet_run = 0
-        self._last_mapped_tick = -1
-        self._last_window_at = -math.inf  # when the last input window was mapped (perf_counter)
+        self._silence = np.zeros(VOICE_RATE // options.fps, np.float32)
+        self._input = InputWindows((VOICE_RATE, ENGINE_RATE), options.fps)
+        self.pcm = PcmSource(VOICE_RATE, options.fps)
         self._ready = False
         self.mic_buffer: InOrderAudioBuffer | None = None  # its ``skipped`` packets go to /metrics
-        self._tasks: list[asyncio.Task] = []
-        self._pcm: deque[np.ndarray] = deque()
-        self._pcm_samples = 0
-        self._pcm_resampler: av.AudioResampler | None = None
-        self._pcm_format: tuple[int, int] | None = None
-        self._pcm_flushing = False
-        self._subscribers: list[asyncio.Queue] = []
+        self._tasks: list[asyncio.Task[None]] = []
         self.clock = MediaClock(self, fps=options.fps, on_lag=lambda s: telemetry.observe("tick_lag", max(0.0, s)))
+        # A microphone's windows are kept near the least lead (server.input_phase); an agent's PCM is pulled on
+        # the ticks themselves, so its lead is fixed by the tick.
+        self.timeline = InputTimeline(self.clock, options.fps,
+                                      base_lead_s(options.fps, latency_frames, delay_margin_ticks, render_margin_ms),
+                                      follows_phase=options.audio_source == "mic")
         self.video_track = AvatarVideoTrack(self.clock.video, fps=options.fps, on_sent=self._on_sent,
                                             on_encoded=lambda s: telemetry.observe("encode", s))
-        self._arrived: dict[int, float] = {}  # tick -> when its input window arrived
         self.audio_track = AvatarAudioTrack(self.clock.audio, fps=options.fps)
         config = RTCConfiguration(iceServers=[RTCIceServer(urls=u) for u in ice_servers]) if ice_servers else None
         self.pc = RTCPeerConnection(configuration=config)
-        self.on_close: list = []
+        self.on_close: list[Callable[[Session, str], None]] = []
 
     def _first_picture(self, avatar: Avatar) -> np.ndarray:
         """What the track shows before the first frame is animated."""
@@ -169,6 +121,22 @@ class Session:
         if self.background.kind == "transparent":
             return np.zeros((avatar.size, 2 * avatar.size, 3), np.uint8)
         return avatar.image
+
+    # ------------------------------------------------------------------ timing
+    @property
+    def base_lead_s(self) -> float:
+        """The configured least time from a window's completion to its tick (``server.input_timeline``)."""
+        return self.timeline.base_lead_s
+
+    @property
+    def least_lead_s(self) -> float:
+        """The least time from a window's completion to its tick now (a microphone's adapts to lateness)."""
+        return self.timeline.least_lead_s
+
+    @property
+    def latency_ms(self) -> int:
+        """The most time from a window's completion to its tick now: the least lead and one tick more."""
+        return self.timeline.latency_ms
 
     # ------------------------------------------------------------------ signalling
     async def accept(self, offer_sdp: str, offer_type: str = "offer") -> RTCSessionDescription:
@@ -238,8 +206,12 @@ class Session:
         """Start the clock and the watchdog; prepare the avatar on the worker (until then the portrait shows)."""
         self.clock.start()
         self._tasks.append(asyncio.create_task(self._prepare(), name=f"ready-{self.id[:6]}"))
-        self._tasks.append(asyncio.create_task(self._watchdog(), name=f"watchdog-{self.id[:6]}"))
-        self._tasks.append(asyncio.create_task(self._publish_stats(), name=f"stats-{self.id[:6]}"))
+        self._tasks.append(asyncio.create_task(
+            watch_peer(self.stats, self.options.audio_source == "mic", self.pc, self._close_for, self._is_open),
+            name=f"watchdog-{self.id[:6]}"))
+        self._tasks.append(asyncio.create_task(
+            self.events.publish_stats(lambda: self.latency_ms, lambda: self.pcm_buffered_s, self._is_open),
+            name=f"stats-{self.id[:6]}"))
 
     async def _prepare(self) -> None:
         # A new portrait's per-portrait work (the lite rig: ~0.2 s) runs on a thread of its own first: on the
@@ -270,98 +242,48 @@ class Session:
             self.telemetry.observe("decode", time.perf_counter() - t0)
 
     def push_audio_frame(self, frame: av.AudioFrame) -> None:
-        """Decoded input audio (any rate/layout) into the 48 kHz and 16 kHz window streams."""
-        if self._quiet_packets_to_drop and frame.samples < frame.sample_rate // self.options.fps:
-            if level_dbfs(frame.to_ndarray()) < QUIET_DBFS and not self.stats.speaking:
-                self._quiet_packets_to_drop -= 1
+        """Decoded input audio (any rate/layout) into the voice and engine window streams."""
+        if self.timeline.quiet_packets_owed and frame.samples < frame.sample_rate // self.options.fps:
+            quiet = level_dbfs(frame.to_ndarray()) < QUIET_DBFS and not self.stats.speaking
+            if self.timeline.drop_quiet_packet(quiet):
                 return  # InputPhase "drop": the windows after it complete one packet later
-            # The pause it was decided in is over: never cut into speech (the next pause decides again).
-            self._quiet_packets_to_drop = 0
         for voice, engine in self._input.push(frame):
-            self._on_window48(voice)  # first: it maps the window to its tick
-            self._on_window16(engine)
+            self._on_voice_window(voice)  # first: it maps the window to its tick
+            self._on_engine_window(engine)
 
-    def _map(self, index: int, quiet: bool) -> int:
-        """The tick for input window ``index``: re-anchored when input starts, when it fell behind
-        (a stall), and — at a quiet moment, where skipping a little silence is not heard — when
-        it runs further ahead than the pipeline needs, so a stall does not raise the latency
-        for good."""
-        tick = self._anchors.tick(index)
-        now = self.clock.current_tick()
-        ahead = None if tick is None else tick - now
-        most = math.ceil(self.latency_ms * self.options.fps / 1000 - 1e-9)  # the most ticks a window waits
-        catch_up = ahead is not None and (ahead > most + 12 or (quiet and ahead > most + REANCHOR_SLACK_TICKS))
-        if ahead is None or ahead <= 0 or catch_up:
-            tick = self.clock.first_tick_after(self.least_lead_s)
-            if catch_up:
-                self._drop_from(tick)
-            self._anchors.set(index, tick - index)
-            if self._phase is not None:
-                self._phase.reset()
-            self._quiet_packets_to_drop = 0
-        return tick
+    def _on_voice_window(self, samples: np.ndarray) -> None:
+        quiet = level_dbfs(samples) < QUIET_DBFS
+        placement = self.timeline.place_voice_window(quiet, speaking=self.stats.speaking)
+        if placement is None:
+            return  # the rest of an utterance a barge-in cut
+        if placement.caught_up:
+            self._drop_from(placement.tick)
+        self._outputs.voice[placement.tick] = samples
+        if placement.action is not None:
+            self._log_phase_action(placement)
 
-    @property
-    def least_lead_s(self) -> float:
-        """The least time from a window's completion to its tick now (a microphone's adapts to lateness)."""
-        return self._phase.least_lead_s if self._phase is not None else self.min_lead_s
-
-    @property
-    def latency_ms(self) -> int:
-        """The most time from a window's completion to its tick now: the least lead and one tick more."""
-        return round((self.least_lead_s + 1 / self.options.fps) * 1000)
+    def _log_phase_action(self, placement: VoicePlacement) -> None:
+        action = placement.action
+        assert action is not None and placement.lead_s is not None
+        self.telemetry.input_phase.labels(kind=action.kind).inc()
+        logger.info("session %s: input phase %s %d, %.1f ms (lead %.1f ms, least %.1f ms)", self.id[:8],
+                    action.kind, action.packets, 1000 * action.seconds, 1000 * placement.lead_s,
+                    1000 * self.least_lead_s)
 
     def _drop_from(self, tick: int) -> None:
         """Catching up: the windows already mapped at or after ``tick`` (a quiet stretch) are
         skipped. Their audio, frames and the animator's lookahead go, so no later frame of theirs
         can land on a tick the new windows take."""
-        self.generation += 1
-        self.worker.invalidate(self.id, self.generation)
-        self.worker.submit(Job(session_id=self.id, generation=self.generation, kind="reset"), urgent=True)
-        for store in (self._audio_out, self._frames, self._arrived):
-            for stale in [k for k in store if k >= tick]:
-                del store[stale]
-        self._last_mapped_tick = min(self._last_mapped_tick, tick - 1)
+        self._drop_queued_windows()
+        self._outputs.drop_from(tick)
 
-    def _on_window48(self, samples: np.ndarray) -> None:
-        index = self._index48
-        self._index48 += 1
-        quiet = level_dbfs(samples) < QUIET_DBFS
-        if self._muted_until_quiet:
-            self._quiet_run = self._quiet_run + 1 if quiet else 0
-            if self._quiet_run < 5:
-                return
-            self._muted_until_quiet = False
-            self._anchors.clear()
-        tick = self._map(index, quiet)
-        self._audio_out[tick] = samples
-        self._last_window_at = time.perf_counter()
-        if self._phase is not None:
-            lead = self.clock.tick_time(tick) - self._last_window_at
-            action = self._phase.observe(lead, pause=quiet and not self.stats.speaking)
-            if action is not None:
-                self.telemetry.input_phase.labels(kind=action.kind).inc()
-                logger.info("session %s: input phase %s %d, %.1f ms (lead %.1f ms, least %.1f ms)", self.id[:8],
-                            action.kind, action.packets, 1000 * action.seconds, 1000 * lead, 1000 * self.least_lead_s)
-                if action.kind == "drop":
-                    self._quiet_packets_to_drop = action.packets
-                if action.seconds:
-                    self.clock.advance(action.seconds)
-                if action.kind == "delay":
-                    self._anchors.set(index + 1, tick - index + 1)
-        self._last_mapped_tick = max(self._last_mapped_tick, tick)
-
-    def _on_window16(self, samples: np.ndarray) -> None:
-        index = self._index16
-        self._index16 += 1
+    def _on_engine_window(self, samples: np.ndarray) -> None:
         self.stats.windows_in += 1
-        if self._muted_until_quiet or not self._ready:
+        tick = self.timeline.engine_window_tick()
+        if tick is None or not self._ready:
             return
-        tick = self._anchors.tick(index)
-        if tick is None or tick <= self.clock.current_tick():
-            return  # its audio was dropped or is already past: do not animate it
-        self._arrived[tick] = time.perf_counter()
-        window = AudioWindow(samples=samples, sample_rate=ENGINE_RATE, start_pts=tick * (90_000 // self.options.fps))
+        self._outputs.arrived[tick] = time.perf_counter()
+        window = AudioWindow(samples=samples, sample_rate=ENGINE_RATE, start_pts=tick * self.pts_per_tick)
         # The frame this window completes is due at tick - latency; after that the work is
         # wasted, so the worker skips the window instead of falling further behind.
         due = self.clock.tick_time(tick - self.worker.animator.latency_frames)
@@ -377,21 +299,15 @@ class Session:
         self.telemetry.observe("vad", result.vad_s)
         self.telemetry.observe("animate", result.animate_s)
         self.telemetry.observe("worker_queue", result.queued_s)
-        if result.speaking != self.stats.speaking:
-            self.stats.speaking = result.speaking
-            self.telemetry.speaking.inc() if result.speaking else self.telemetry.speaking.dec()
-            self.publish({"type": "state", "state": "speaking" if result.speaking else "idle"})
-        ticks_per_pts = 90_000 // self.options.fps
-        now = time.perf_counter()
-        for frame in result.frames:
-            tick = frame.pts // ticks_per_pts
-            self._frames[tick] = frame
-            if self._phase is not None:
-                self._phase.frame_ready(self.clock.tick_time(tick) - now)
+        self.events.set_speaking(result.speaking)
+        ticks = [frame.pts // self.pts_per_tick for frame in result.frames]
+        for tick, frame in zip(ticks, result.frames, strict=True):
+            self._outputs.frames[tick] = frame
+        self.timeline.frames_ready(ticks)
 
     def _on_idle_frame(self, frame: Frame) -> None:
         if not self.closed:
-            self._frames.setdefault(frame.pts // (90_000 // self.options.fps), frame)
+            self._outputs.frames.setdefault(frame.pts // self.pts_per_tick, frame)
 
     # ------------------------------------------------------------------ output
     def tick(self, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -399,44 +315,35 @@ class Session:
         self.stats.ticks = index + 1
         if self.options.audio_source == "pcm":
             self._pull_pcm()
-        audio = self._audio_out.pop(index, None)
-        frame = self._frames.pop(index, None)
-        arrived = self._arrived.pop(index, None)
-        if frame is not None:
-            self._hold = frame.rgb
-            if arrived is not None:  # input window in -> its frame out, on this server
-                self.telemetry.observe("end_to_end", time.perf_counter() - arrived)
-        elif self._ready and (audio is not None or index in self._idle_requested):
+        share = self._outputs.take(index)  # (and anything left for ticks that have passed dropped)
+        if share.frame is not None:
+            self._hold = share.frame.rgb
+            if share.arrived is not None:  # input window in -> its frame out, on this server
+                self.telemetry.observe("end_to_end", time.perf_counter() - share.arrived)
+        elif self._ready and (share.voice is not None or share.idle_requested):
             # (before the avatar is prepared on the worker, the still portrait is expected)
             self.stats.frames_late += 1
             self.telemetry.frames_late.inc()
-            if self._phase is not None:
-                self._phase.frame_late()
-        self._idle_requested.discard(index)
-        # Drop anything for ticks that have passed.
-        for store in (self._audio_out, self._frames, self._arrived):
-            for stale in [k for k in store if k <= index]:
-                del store[stale]
+            self.timeline.frame_late()
         # No input coming: keep idle motion coming, up to two ticks ahead of the clock, for the ticks no
         # window took. Flowing input is not asked about by its mapped ticks: a window may be mapped only
         # shortly before its tick comes (its least lead can be under two ticks), and an idle frame rendered
         # for that tick as well would double the worker's work.
-        if self._ready and time.perf_counter() - self._last_window_at > IDLE_AFTER_TICKS / self.options.fps:
-            for t in range(max(self._last_mapped_tick + 1, index + 1), index + 3):
-                if t not in self._idle_requested:
+        last_mapped = self.timeline.last_mapped_tick
+        if self._ready and self.timeline.input_stopped():
+            for t in range(max(last_mapped + 1, index + 1), index + 1 + IDLE_AHEAD_TICKS):
+                if t not in self._outputs.idle_requested:
                     self._request_idle(t, urgent=t == index + 1)
-        if self._last_mapped_tick < index - 8 and self.stats.speaking:
+        if last_mapped < index - SPEAKER_IDLE_AFTER_TICKS and self.stats.speaking:
             # No input for a while (an agent finished, a mic paused): the speaker is idle.
-            self.stats.speaking = False
-            self.telemetry.speaking.dec()
-            self.publish({"type": "state", "state": "idle"})
-        return self._hold, (audio if audio is not None else self._silence)
+            self.events.set_speaking(False)
+        return self._hold, (share.voice if share.voice is not None else self._silence)
 
     def _request_idle(self, tick: int, urgent: bool = False) -> None:
         try:
             self.worker.submit(Job(session_id=self.id, generation=self.generation, kind="idle",
-                                   pts=tick * (90_000 // self.options.fps), done=self._on_idle_frame), urgent=urgent)
-            self._idle_requested.add(tick)
+                                   pts=tick * self.pts_per_tick, done=self._on_idle_frame), urgent=urgent)
+            self._outputs.idle_requested.add(tick)
         except WorkerOverloaded:
             pass
 
@@ -445,120 +352,57 @@ class Session:
         self.telemetry.frames_sent.inc()
 
     # ------------------------------------------------------------------ PCM input (agents)
-    MAX_PCM_S = 120
-
     def pcm_start(self, sample_rate: int, channels: int) -> None:
         """Begin (or re-begin) PCM input: s16le at ``sample_rate`` with ``channels`` interleaved."""
-        self._pcm_format = (sample_rate, channels)
-        self._pcm_resampler = av.AudioResampler(format="flt", layout="mono", rate=OUTPUT_RATE)
-        self._pcm_flushing = False
+        self.pcm.start(sample_rate, channels)
 
     def pcm_push(self, data: bytes) -> None:
         """Queue PCM; it plays at real time from the next tick, however fast it arrives."""
-        if self._pcm_format is None or self._pcm_resampler is None:
-            raise RequestError("send a start message before audio")
-        rate, channels = self._pcm_format
-        usable = len(data) - len(data) % (2 * channels)
-        if usable <= 0:
-            return
-        pcm = np.frombuffer(data[:usable], dtype="<i2").reshape(1, -1)
-        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono" if channels == 1 else "stereo")
-        frame.sample_rate = rate
-        for out in self._pcm_resampler.resample(frame):
-            samples = out.to_ndarray().reshape(-1).astype(np.float32)
-            self._pcm.append(samples)
-            self._pcm_samples += len(samples)
-        if self._pcm_samples > self.MAX_PCM_S * OUTPUT_RATE:
-            raise RequestError(f"more than {self.MAX_PCM_S} s of audio buffered: send at most a little "
-                                  "ahead of real time")
-        self._pcm_flushing = False
-        self.stats.last_input = time.monotonic()
+        if self.pcm.push(data):
+            self.stats.last_input = time.monotonic()
 
     def pcm_flush(self) -> None:
         """End of an utterance: what is buffered plays out, the last window padded with silence."""
-        self._pcm_flushing = True
+        self.pcm.flush()
 
     @property
     def pcm_buffered_s(self) -> float:
-        return self._pcm_samples / OUTPUT_RATE
+        return self.pcm.buffered_s
 
     def _pull_pcm(self) -> None:
         """One tick of queued PCM into the input path: bursts play at real time."""
-        need = OUTPUT_RATE // self.options.fps
-        if self._pcm_flushing and not self._pcm_samples:
-            # The utterance has played into the pipeline: release the frames the animator's
-            # lookahead still holds, or the last syllables would show a held picture.
-            self._pcm_flushing = False
+        if self.pcm.utterance_played_out():
+            # Release the frames the animator's lookahead still holds, or the last syllables would show a
+            # held picture.
             self.worker.submit(Job(session_id=self.id, generation=self.generation, kind="flush",
                                    done=self._on_frames), urgent=True)
             return
-        if self._pcm_samples < need and not (self._pcm_flushing and self._pcm_samples):
-            return
-        parts, got = [], 0
-        while self._pcm and got < need:
-            head = self._pcm.popleft()
-            take = head[: need - got]
-            if len(take) < len(head):
-                self._pcm.appendleft(head[len(take):])
-            parts.append(take)
-            got += len(take)
-        self._pcm_samples -= got
-        chunk = np.concatenate(parts) if parts else np.zeros(0, np.float32)
-        if len(chunk) < need:
-            chunk = np.pad(chunk, (0, need - len(chunk)))
-        frame = av.AudioFrame.from_ndarray(chunk[None, :].astype(np.float32), format="flt", layout="mono")
-        frame.sample_rate = OUTPUT_RATE
-        self.push_audio_frame(frame)
+        frame = self.pcm.pull()
+        if frame is not None:
+            self.push_audio_frame(frame)
 
     # ------------------------------------------------------------------ events
-    def subscribe(self) -> asyncio.Queue:
-        queue: asyncio.Queue = asyncio.Queue(maxsize=64)
-        self._subscribers.append(queue)
-        queue.put_nowait({"type": "state", "state": "speaking" if self.stats.speaking else "idle"})
-        return queue
+    def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
+        """A queue of this session's events (``server.event_hub``), the current state first."""
+        return self.events.subscribe()
 
-    def unsubscribe(self, queue: asyncio.Queue) -> None:
-        with contextlib.suppress(ValueError):
-            self._subscribers.remove(queue)
+    def unsubscribe(self, queue: asyncio.Queue[dict[str, Any]]) -> None:
+        self.events.unsubscribe(queue)
 
-    def publish(self, event: dict) -> None:
-        for queue in list(self._subscribers):
-            if queue.full():
-                with contextlib.suppress(asyncio.QueueEmpty):
-                    queue.get_nowait()
-            queue.put_nowait(event)
-
-    async def _publish_stats(self) -> None:
-        last_sent, last_late = self.stats.frames_sent, self.stats.frames_late
-        while not self.closed:
-            await asyncio.sleep(1.0)
-            sent, late = self.stats.frames_sent, self.stats.frames_late
-            self.publish({"type": "stats", "fps": sent - last_sent, "frames_sent": sent, "late_frames": late,
-                          "late_frames_per_s": late - last_late, "latency_ms": self.latency_ms,
-                          "speaking": self.stats.speaking, "buffered_audio_s": round(self.pcm_buffered_s, 3)})
-            last_sent, last_late = sent, late
+    def publish(self, event: dict[str, Any]) -> None:
+        self.events.publish(event)
 
     # ------------------------------------------------------------------ control
     def interrupt(self) -> None:
         """Barge-in: drop buffered audio, queued and in-flight windows and both tracks' queues
         within one tick; input is ignored until the speaker pauses (the utterance is cut)."""
-        self.generation += 1
-        self.worker.invalidate(self.id, self.generation)
-        self.worker.submit(Job(session_id=self.id, generation=self.generation, kind="reset"), urgent=True)
-        self._audio_out.clear()
-        self._frames.clear()
-        self._arrived.clear()
-        self._idle_requested.clear()
-        self._anchors.clear()
-        self._input.clear()
-        self._last_mapped_tick = -1
+        self._drop_queued_windows()
+        self._outputs.clear()
         # A microphone keeps sending the cut utterance: ignore it until the speaker pauses.
         # An agent's PCM stops on its own: its queue is simply dropped.
-        self._muted_until_quiet = self.options.audio_source == "mic"
-        self._quiet_run = 0
-        self._pcm.clear()
-        self._pcm_samples = 0
-        self._pcm_flushing = False
+        self.timeline.interrupt(mute_until_quiet=self.options.audio_source == "mic")
+        self._input.clear()
+        self.pcm.clear()
         self.clock.flush()
         self.audio_track.clear()
         self.telemetry.interrupts.inc()
@@ -566,39 +410,18 @@ class Session:
         for tick in (now + 1, now + 2):
             self._request_idle(tick, urgent=True)
 
-    async def _last_rtcp_age_s(self) -> float | None:
-        """Seconds since the peer's last RTCP receiver report on any of our tracks (None: none yet)."""
-        newest = None
-        for transceiver in self.pc.getTransceivers():
-            with contextlib.suppress(Exception):
-                report = await transceiver.sender.getStats()
-                for stats in report.values():
-                    if getattr(stats, "type", "") == "remote-inbound-rtp":
-                        newest = stats.timestamp if newest is None else max(newest, stats.timestamp)
-        if newest is None:
-            return None
-        return (datetime.datetime.now(datetime.UTC) - newest).total_seconds()
+    def _drop_queued_windows(self) -> None:
+        """A new generation: the worker drops this session's queued and in-flight windows and the animator's
+        lookahead; their results, when they come, are ignored."""
+        self.generation += 1
+        self.worker.invalidate(self.id, self.generation)
+        self.worker.submit(Job(session_id=self.id, generation=self.generation, kind="reset"), urgent=True)
 
-    async def _watchdog(self) -> None:
-        """Reap a peer that went away without a goodbye (aioice alone waits ~30 s): a microphone
-        that stopped sending, or — for PCM sessions, which receive no media — a peer that stopped
-        sending RTCP receiver reports about what we send."""
-        checks = 0
-        while not self.closed:
-            await asyncio.sleep(0.5)
-            checks += 1
-            now = time.monotonic()
-            if self.options.audio_source != "mic":
-                if checks % 4 == 0 and now - self.stats.created > RTCP_GRACE_S:
-                    age = await self._last_rtcp_age_s()
-                    if age is None or age > SILENT_RTCP_S:
-                        await self.close(reason="silent peer")
-                continue
-            last = self.stats.last_input
-            if last is None and now - self.stats.created > FIRST_MEDIA_GRACE_S:
-                await self.close(reason="no media")
-            elif last is not None and now - last > SILENT_PEER_S:
-                await self.close(reason="silent peer")
+    def _is_open(self) -> bool:
+        return not self.closed
+
+    async def _close_for(self, reason: str) -> None:
+        await self.close(reason=reason)
 
     async def close(self, reason: str = "closed") -> None:
         if self.closed:
@@ -619,9 +442,7 @@ class Session:
         with contextlib.suppress(Exception):
             await self.pc.close()
         self.worker.drop_session(self.id)
-        if self.stats.speaking:
-            self.telemetry.speaking.dec()
-        self.publish({"type": "closed", "reason": reason})
+        self.events.closed(reason)
         for callback in self.on_close:
             callback(self, reason)
 

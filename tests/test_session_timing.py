@@ -89,7 +89,7 @@ def _run_session(render_margin_ms: int, utterances):
                           latency_frames=animator.latency_frames, render_margin_ms=render_margin_ms, vad_factory=EnergyVAD)
         # The least lead stays the configured one here (its adaptation is tested on InputPhase alone): each fake
         # utterance ends without the frame its last window's lookahead holds, and that tick counts late.
-        session._phase.max_extra_s = 0.0
+        session.timeline.phase.max_extra_s = 0.0
         fed_jobs = []  # each feed job the real worker is handed
         submit = worker.submit
 
@@ -112,13 +112,13 @@ def _run_session(render_margin_ms: int, utterances):
                     for n, level in enumerate(packets):
                         await asyncio.sleep(max(0.0, start + n * 0.02 - time.perf_counter()))  # a steady 20 ms
                         most_late = max(most_late, time.perf_counter() - (start + n * 0.02))
-                        windows_before, jobs_before = session._index48, len(fed_jobs)
+                        windows_before, jobs_before = session.timeline.voice_windows, len(fed_jobs)
                         session.push_audio_frame(_packet(level))
                         done = time.perf_counter()
-                        if session._index48 > windows_before:  # a window completed
+                        if session.timeline.voice_windows > windows_before:  # a window completed
                             # ... and its 16 kHz window went to the worker on the same packet
                             assert len(fed_jobs) == jobs_before + 1, "the engine window waited for a packet"
-                            tick = session._anchors.tick(session._index48 - 1)
+                            tick = session.timeline.anchors.tick(session.timeline.voice_windows - 1)
                             mine.append(session.clock.tick_time(tick) - done)
                             if len(mine) > 5:
                                 flowing.add(tick)
@@ -126,8 +126,8 @@ def _run_session(render_margin_ms: int, utterances):
                     # As after an interrupt: the next utterance starts on a whole window (a drop left half of
                     # one), owes no drop and is anchored afresh.
                     session._input.clear()
-                    session._quiet_packets_to_drop = 0
-                    session._anchors.clear()
+                    session.timeline.quiet_packets_owed = 0
+                    session.timeline.anchors.clear()
                     if most_late <= TOLERANCE_S or attempt == ATTEMPTS - 1:
                         break
                 idle = {pts // (90_000 // FPS) for pts in animator.idle_pts[idle_before:]}
@@ -147,7 +147,7 @@ def test_each_window_goes_to_the_first_tick_its_frame_can_make(render_margin_ms)
     declared latency is that upper bound; the 16 kHz window reaches the worker on the same packet."""
     session, results = _run_session(render_margin_ms, [(k / 7, [0.3] * 6) for k in range(7)])
     leads = np.concatenate([leads for leads, _, _ in results])
-    least = session.min_lead_s
+    least = session.base_lead_s
     assert least == pytest.approx((PERIOD_S * 1000 + render_margin_ms) / 1000)
     assert session.latency_ms == round((least + PERIOD_S) * 1000)
     assert leads.min() >= least - TOLERANCE_S, leads
@@ -165,7 +165,7 @@ def test_a_pause_brings_the_lead_back_to_the_least():
     # least lead (less the few ms a push takes): each 6 ms or more from the 22 ms at which a packet is dropped.
     phases = (0.05, 0.15, 0.6, 0.8)
     session, results = _run_session(20, [(phase, quiet_then_speech) for phase in phases])
-    least = session.min_lead_s
+    least = session.base_lead_s
     first = np.array([leads[0] for leads, _, _ in results])
     assert first.max() - first.min() >= 0.5 * PERIOD_S, first  # anchored across a tick, as above
     speech = np.concatenate([leads[-10:] for leads, _, _ in results])
