@@ -72,10 +72,18 @@ def _cat(tensors: list[torch.Tensor]) -> torch.Tensor:
 
 
 def _speed_buckets(requests: list[ClipRequest]) -> torch.Tensor | None:
-    given = [r.speed_buckets is not None for r in requests]
-    if any(given) and not all(given):
+    """The batch's [B, F, K] speed buckets; one denoiser call cannot condition some rows and not others."""
+    speeds = [r.speed_buckets for r in requests if r.speed_buckets is not None]
+    if not speeds:
+        return None
+    if len(speeds) != len(requests):
         raise ValueError("speed_buckets must be given for every clip of a batch or for none")
-    return _cat([r.speed_buckets for r in requests]) if all(given) else None  # type: ignore[misc]
+    return _cat(speeds)
+
+
+def _face_tokens(portraits: list[PortraitState]) -> torch.Tensor | None:
+    tokens = [p.face_tokens for p in portraits if p.face_tokens is not None]
+    return _cat(tokens) if tokens else None
 
 
 def _motion_bank(pipe: EmoPipeline, requests: list[ClipRequest], motion_frames: int) -> ReferenceBank:
@@ -89,9 +97,7 @@ def _motion_bank(pipe: EmoPipeline, requests: list[ClipRequest], motion_frames: 
         prev = (r.carry.latents if r.carry is not None
                 else r.portrait.latents[:, None].expand(1, motion_frames, -1, -1, -1))
         previous.append(prev[:, -motion_frames:])
-    tokens = None
-    if pipe.reference_net.config.cross_attention_dim is not None:
-        tokens = _cat([p.face_tokens for p in portraits])  # type: ignore[misc]
+    tokens = _face_tokens(portraits) if pipe.reference_net.config.cross_attention_dim is not None else None
     return bank.with_motion(pipe.reference_net.encode_motion_frames(_cat(previous), tokens))
 
 
@@ -103,9 +109,7 @@ def _conditions(pipe: EmoPipeline, requests: list[ClipRequest], bank: ReferenceB
     audio = _cat([r.tokens for r in requests]).to(device, dtype)
     face = _cat([p.face_features for p in portraits])
     masks = _cat([p.region_masks for p in portraits])
-    face_tokens = None
-    if portraits[0].face_tokens is not None:
-        face_tokens = _cat([p.face_tokens for p in portraits])  # type: ignore[misc]
+    face_tokens = _face_tokens(portraits)
     speed = _speed_buckets(requests)
     if speed is not None:
         speed = speed.to(device, dtype)
