@@ -20,6 +20,7 @@ from emo_stream.models.schedulers import (
 )
 from emo_stream.pipelines import EmoPipeline
 from emo_stream.pipelines.context import context_windows
+from emo_stream.pipelines.noise import ar1_noise
 
 FPS = 25
 
@@ -105,7 +106,7 @@ def test_acc_checkpoint_samples_like_ddim_and_uses_its_step_rule(monkeypatch):
     plain = tiny_pipe(num_inference_steps=6, guidance_scale=1.0, motion_frames=0)
     acc = tiny_pipe(num_inference_steps=6, guidance_scale=1.0, motion_frames=0, step_rule="echomimic_acc")
     seen = []
-    import emo_stream.pipelines.pipeline_emo as module
+    import emo_stream.pipelines.sampling as module
 
     original = module.model_output_for_step
     monkeypatch.setattr(module, "model_output_for_step",
@@ -120,8 +121,8 @@ def test_initial_noise_is_clamped_offline_and_when_streaming():
     clamped = tiny_pipe(initial_noise_clamp=1.5, motion_frames=0)
     free = tiny_pipe(motion_frames=0)
     shape = (1, 4, 12, 8, 8)  # 3072 draws: some beyond 1.5 sigma for sure (p ≈ 1 - 0.866^3072)
-    noise = clamped._initial_noise(shape, None, 0.0, torch.Generator().manual_seed(0))
-    raw = free._initial_noise(shape, None, 0.0, torch.Generator().manual_seed(0))
+    noise = clamped.clamp_noise(ar1_noise(shape, torch.Generator().manual_seed(0)))
+    raw = free.clamp_noise(ar1_noise(shape, torch.Generator().manual_seed(0)))
     assert float(raw.abs().max()) > 1.5 and float(noise.abs().max()) <= 1.5
     assert torch.equal(noise, raw.clamp(-1.5, 1.5))
 
@@ -234,8 +235,7 @@ def test_reference_strength_starts_every_frame_from_the_noised_portrait():
     denoise_batch(anchored, [ClipRequest(state, tokens, None, torch.Generator().manual_seed(3))],
                   steps=2, guidance_scale=1.0, motion_frames=0, noise_correlation=0.0)
     anchored.denoiser.forward = forward
-    noise = anchored._initial_noise((1, *state.latents.shape[1:2], 4, *state.latents.shape[2:]), None, 0.0,
-                                    torch.Generator().manual_seed(3))
+    noise = ar1_noise((1, *state.latents.shape[1:2], 4, *state.latents.shape[2:]), torch.Generator().manual_seed(3))
     for sample, t in (seen[0], seen[2]):
         assert t < 300
         expected = anchored.scheduler.add_noise(state.latents[:, :, None].expand_as(noise), noise, torch.tensor([t]))

@@ -9,6 +9,8 @@ shifted by ``2 × step``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 
 def context_windows(num_frames: int, size: int, overlap: int, step_index: int = 0,
                     shift_per_step: int = 2) -> list[list[int]]:
@@ -27,3 +29,15 @@ def context_windows(num_frames: int, size: int, overlap: int, step_index: int = 
     shift = step_index * shift_per_step
     stride = size - overlap
     return [[(start + k + shift) % num_frames for k in range(size)] for start in range(0, num_frames, stride)]
+
+
+@dataclass(frozen=True)
+class ContextSchedule:
+    """How a whole video is cut into context windows: ``size`` frames each, overlapping by ``overlap``."""
+
+    size: int
+    overlap: int
+
+    def windows(self, num_frames: int, step_index: int) -> list[list[int]]:
+        """Frame indices of each window at denoising step ``step_index`` (``context_windows``)."""
+        return context_windows(num_frames, self.size, self.overlap, step_index)

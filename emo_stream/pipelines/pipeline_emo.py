@@ -12,15 +12,16 @@ offline as a whole video in overlapping context windows instead (``denoise_video
 ``step_rule`` and ``initial_noise_clamp`` (EchoMimic acc's v → x0 → pseudo-velocity step, EchoMimic's ±1.5
 noise clamp) apply on every path.
 
-The pieces a streaming animator needs are public: ``prepare_portrait`` (once per avatar, holds the cached
-reference bank), ``encode_audio``, ``denoise_clip`` (one window, returns the carry for the next) and
-``decode_latents``.
+Both ``denoise_clip`` and ``denoise_video`` run the one sampling loop, ``sampling.sample_clips``, with a batch of
+one; the streaming backend runs it with the clips of many sessions (``animators.emo_sampler``). The pieces a
+streaming animator needs are public: ``prepare_portrait`` (once per avatar, holds the cached reference bank),
+``encode_audio``, ``denoise_clip`` (one window, returns the carry for the next) and ``decode_latents``.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,14 +29,16 @@ import torch
 import torch.nn.functional as F
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
-from diffusers.utils.torch_utils import randn_tensor
 
 from emo_stream.models.checkpoint import EmoComponents, InferenceSettings, load_checkpoint
-from emo_stream.models.reference_net import ReferenceBank
-from emo_stream.models.schedulers import model_output_for_step, set_sampling_timesteps
+from emo_stream.models.schedulers import set_sampling_timesteps
 from emo_stream.models.speech_encoder import SAMPLE_RATE
-from emo_stream.pipelines.context import context_windows
+from emo_stream.pipelines.context import ContextSchedule
 from emo_stream.pipelines.regions import face_region
+from emo_stream.pipelines.sampling import ClipRequest, sample_clips
+from emo_stream.pipelines.state import MotionCarry, PortraitState
+
+__all__ = ["EmoPipeline", "EmoPipelineOutput", "MotionCarry", "PortraitState"]
 
 
 @dataclass
@@ -49,53 +52,6 @@ class EmoPipelineOutput(BaseOutput):
 
     frames: np.ndarray | torch.Tensor
     fps: float
-
-
-@dataclass
-class PortraitState:
-    """Everything the pipeline derives from one portrait; compute once per avatar and reuse.
-
-    Attributes:
-        latents: [1, C, h, w] VAE latents of the portrait.
-        bank: the ReferenceNet's reference bank (portrait features, no motion frames).
-        face_features: [1, C0, h, w] face-locator output.
-        region_masks: [1, 3, h, w] full/face/lip masks at latent size (separate audio slot).
-        face_tokens: [1, T, C] image-projection tokens for ``attn2`` (Hallo), or None.
-        pixels: [1, 3, S, S] the portrait in [-1, 1] at the output size (``decode_residual``).
-        generate_mask: [1, 1, h, w] in [0, 1], where the model generates (``generate_region``); None = everywhere.
-        residual_bases: per decoder, ``pixels - decode(latents)`` (filled on first use; ``decode_residual``).
-    """
-
-    latents: torch.Tensor
-    bank: ReferenceBank
-    face_features: torch.Tensor
-    region_masks: torch.Tensor
-    face_tokens: torch.Tensor | None = None
-    pixels: torch.Tensor | None = None
-    generate_mask: torch.Tensor | None = None
-    residual_bases: dict[str, torch.Tensor] = field(default_factory=dict)
-
-
-@dataclass
-class MotionCarry:
-    """What one clip hands to the next.
-
-    Attributes:
-        latents: [1, M, C, h, w] clean latents of the clip's last M frames (the next clip's motion frames).
-        noise: [1, C, h, w] initial noise of the clip's last frame (continued by the next clip's noise).
-    """
-
-    latents: torch.Tensor
-    noise: torch.Tensor
-
-
-@dataclass
-class _Guidance:
-    scale: float
-    enabled: bool = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.enabled = self.scale > 1.0
 
 
 class EmoPipeline(DiffusionPipeline):
@@ -241,21 +197,6 @@ class EmoPipeline(DiffusionPipeline):
 
     # -- sampling -----------------------------------------------------------------------------------------
 
-    def _initial_noise(self, shape: tuple[int, ...], carry: MotionCarry | None, correlation: float,
-                       generator: torch.Generator | None) -> torch.Tensor:
-        """[1, C, F, h, w] unit-variance noise, AR(1) across frames and continued from ``carry``."""
-        fresh = randn_tensor(shape, generator=generator, device=self._model_device, dtype=torch.float32)
-        if correlation == 0.0:
-            return self.clamp_noise(fresh)
-        keep = math.sqrt(1.0 - correlation**2)
-        frames = []
-        previous = None if carry is None else carry.noise.float()
-        for f in range(shape[2]):
-            current = fresh[:, :, f] if previous is None else correlation * previous + keep * fresh[:, :, f]
-            frames.append(current)
-            previous = current
-        return self.clamp_noise(torch.stack(frames, dim=2))
-
     def clamp_noise(self, noise: torch.Tensor) -> torch.Tensor:
         """The checkpoint's initial-noise clamp (EchoMimic: ±1.5); unchanged when it has none."""
         limit = self.settings.initial_noise_clamp
@@ -278,25 +219,6 @@ class EmoPipeline(DiffusionPipeline):
         """The noise level of the sample after step ``index`` of the current timesteps (None: clean)."""
         timesteps = self.scheduler.timesteps
         return timesteps[index + 1] if index + 1 < len(timesteps) else None
-
-    def scheduler_step(self, pred: torch.Tensor, t: torch.Tensor, latents: torch.Tensor,
-                       generator: torch.Generator | list[torch.Generator] | None) -> torch.Tensor:
-        """One sampler step with the checkpoint's step rule (``InferenceSettings.step_rule``)."""
-        output = model_output_for_step(self.settings.step_rule, pred, latents, self.scheduler, t)
-        return self.scheduler.step(output, t, latents, generator=generator).prev_sample
-
-    def _portrait_rows(self, state: PortraitState, rows: int
-                       ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
-        """Face features, face tokens, reference mask and region masks for 1 (conditional) or 2 rows (+ the
-        unconditional row: no reference, zero face features and tokens)."""
-        face = state.face_features
-        tokens = state.face_tokens
-        if rows == 2:
-            face = torch.cat([face, torch.zeros_like(face)])
-            if tokens is not None:
-                tokens = torch.cat([tokens, torch.zeros_like(tokens)])
-        ref_mask = torch.tensor([True, False][:rows], device=self._model_device)
-        return face, tokens, ref_mask, state.region_masks.expand(rows, -1, -1, -1)
 
     @torch.no_grad()
     def denoise_clip(
@@ -325,59 +247,13 @@ class EmoPipeline(DiffusionPipeline):
             latents [1, C, F, h, w] and the carry for the next clip (None when ``motion_frames`` is 0).
         """
         s = self.settings
-        steps = num_inference_steps or s.num_inference_steps
-        guidance = _Guidance(s.guidance_scale if guidance_scale is None else guidance_scale)
-        motion = s.motion_frames if motion_frames is None else motion_frames
-        correlation = s.noise_correlation if noise_correlation is None else noise_correlation
-        device, dtype = self._model_device, self._model_dtype
-        frames = audio_tokens.shape[1]
-        _, channels, height, width = state.latents.shape
-
-        # 1. Motion frames through the ReferenceNet; the first clip starts from the portrait itself.
-        bank = state.bank
-        if motion:
-            previous = carry.latents if carry is not None else state.latents[:, None].expand(1, motion, -1, -1, -1)
-            previous = previous[:, -motion:]
-            ref_tokens = state.face_tokens if self.reference_net.config.cross_attention_dim is not None else None
-            bank = bank.with_motion(self.reference_net.encode_motion_frames(previous, ref_tokens))
-
-        # 2. Initial noise, continuing the previous clip's.
-        noise = self._initial_noise((1, channels, frames, height, width), carry if motion else None,
-                                    correlation, generator)
-        latents = self.start_latents(noise, state.latents, steps)
-
-        # 3. Conditional (+ unconditional) inputs; the uncond row drops reference, audio, face and face tokens.
-        rows = 2 if guidance.enabled else 1
-        audio_in = audio_tokens if rows == 1 else torch.cat([audio_tokens, torch.zeros_like(audio_tokens)])
-        face_in, tokens_in, ref_mask, masks_in = self._portrait_rows(state, rows)
-        speed_in = None if speed_buckets is None else speed_buckets.to(device, dtype).expand(rows, -1, -1)
-
-        # 4. Denoising loop.
-        region = state.generate_mask
-        for index, t in enumerate(self.scheduler.timesteps):
-            model_in = latents.expand(rows, -1, -1, -1, -1)
-            model_in = self.scheduler.scale_model_input(model_in, t)
-            pred = self.denoiser(
-                model_in, t, audio_embeds=audio_in, encoder_hidden_states=tokens_in, reference_bank=bank,
-                reference_mask=ref_mask, face_features=face_in, region_masks=masks_in, speed_buckets=speed_in,
-            ).sample
-            if guidance.enabled:
-                cond, uncond = pred.chunk(2)
-                pred = uncond + guidance.scale * (cond - uncond)
-            latents = self.scheduler_step(pred, t, latents, generator)
-            latents = self.keep_outside(latents, state.latents, region, noise, self.next_timestep(index))
-            if progress_bar is not None:
-                progress_bar.update()
-
-        # 5. Hand the last frames (and their noise) to the next clip.
-        next_carry = None
-        if motion:
-            keep = min(motion, frames)
-            tail = latents[:, :, -keep:].permute(0, 2, 1, 3, 4)
-            if carry is not None and keep < motion:  # short clip: top up from the older carry
-                tail = torch.cat([carry.latents[:, keep - motion:], tail], dim=1)
-            next_carry = MotionCarry(latents=tail, noise=noise[:, :, -1])
-        return latents, next_carry
+        request = ClipRequest(state, audio_tokens, carry, generator, speed_buckets)
+        latents, carries = sample_clips(
+            self, [request], num_inference_steps or s.num_inference_steps,
+            s.guidance_scale if guidance_scale is None else guidance_scale,
+            s.motion_frames if motion_frames is None else motion_frames,
+            s.noise_correlation if noise_correlation is None else noise_correlation, progress_bar=progress_bar)
+        return latents, carries[0]
 
     @torch.no_grad()
     def denoise_video(
@@ -402,46 +278,14 @@ class EmoPipeline(DiffusionPipeline):
             latents [1, C, T, h, w].
         """
         s = self.settings
-        steps = num_inference_steps or s.num_inference_steps
-        guidance = _Guidance(s.guidance_scale if guidance_scale is None else guidance_scale)
-        size = clip_frames or s.clip_frames
-        overlap = s.context_overlap if context_overlap is None else context_overlap
-        device, dtype = self._model_device, self._model_dtype
-        total = audio_tokens.shape[1]
-        _, channels, height, width = state.latents.shape
-
-        noise = self._initial_noise((1, channels, total, height, width), None, 0.0, generator)
-        latents = self.start_latents(noise, state.latents, steps)
-        rows = 2 if guidance.enabled else 1
-        face_in, tokens_in, ref_mask, masks_in = self._portrait_rows(state, rows)
-
-        for step_index, t in enumerate(self.scheduler.timesteps):
-            summed = torch.zeros_like(latents, dtype=torch.float32)
-            counts = torch.zeros((1, 1, total, 1, 1), device=device)
-            for window in context_windows(total, size, overlap, step_index):
-                index = torch.tensor(window, device=device)
-                model_in = self.scheduler.scale_model_input(latents[:, :, index].expand(rows, -1, -1, -1, -1), t)
-                audio = audio_tokens[:, index]
-                audio_in = audio if rows == 1 else torch.cat([audio, torch.zeros_like(audio)])
-                speed_in = (None if speed_buckets is None
-                            else speed_buckets[:, index].to(device, dtype).expand(rows, -1, -1))
-                pred = self.denoiser(
-                    model_in, t, audio_embeds=audio_in, encoder_hidden_states=tokens_in,
-                    reference_bank=state.bank, reference_mask=ref_mask, face_features=face_in,
-                    region_masks=masks_in, speed_buckets=speed_in,
-                ).sample
-                if guidance.enabled:
-                    cond, uncond = pred.chunk(2)
-                    pred = uncond + guidance.scale * (cond - uncond)
-                pred = model_output_for_step(s.step_rule, pred, latents[:, :, index], self.scheduler, t)
-                summed.index_add_(2, index, pred.float())
-                counts.index_add_(2, index, torch.ones((1, 1, len(window), 1, 1), device=device))
-            # The step is per element, so the averaged prediction of the whole video takes one step.
-            latents = self.scheduler.step((summed / counts).to(dtype), t, latents, generator=generator).prev_sample
-            latents = self.keep_outside(latents, state.latents, state.generate_mask, noise,
-                                        self.next_timestep(step_index))
-            if progress_bar is not None:
-                progress_bar.update()
+        context = ContextSchedule(clip_frames or s.clip_frames,
+                                  s.context_overlap if context_overlap is None else context_overlap)
+        request = ClipRequest(state, audio_tokens, None, generator, speed_buckets)
+        # No motion frames and independent noise: the whole video is one clip (EchoMimic).
+        latents, _ = sample_clips(self, [request], num_inference_steps or s.num_inference_steps,
+                                  s.guidance_scale if guidance_scale is None else guidance_scale,
+                                  motion_frames=0, noise_correlation=0.0, context=context,
+                                  progress_bar=progress_bar)
         return latents
 
     def decode_frames(self, frames: torch.Tensor, decoder: str = "vae") -> torch.Tensor:
