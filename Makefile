@@ -69,6 +69,7 @@ train-tiny: install-test
 
 lint: $(STAMP_TEST)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy emo_stream server
 
 clean:
 	rm -rf .pytest_cache .ruff_cache build *.egg-info
