@@ -69,8 +69,9 @@ train-tiny: install-test
 
 lint: $(STAMP_TEST)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy emo_stream server
 
 clean:
-	rm -rf .pytest_cache .ruff_cache build *.egg-info
+	rm -rf .pytest_cache .ruff_cache .mypy_cache build *.egg-info
 distclean: clean
 	rm -rf $(VENV) .cache

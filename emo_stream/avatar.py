@@ -108,8 +108,7 @@ def decode_image(data: bytes, limits: AvatarLimits) -> np.ndarray:
                 f"image is {width}×{height}; a portrait needs at least {MIN_IMAGE_SIDE_PX} pixels on each side")
         try:
             image.load()
-            image = ImageOps.exif_transpose(image)
-            return _to_rgb(image)
+            return _to_rgb(ImageOps.exif_transpose(image))
         except Image.DecompressionBombError as exc:
             raise ImageTooLargeError(f"image refused as a decompression bomb ({exc})") from None
         except (OSError, ValueError, SyntaxError) as exc:

@@ -70,5 +70,7 @@ def composite(frame: Frame, background: Background) -> np.ndarray:
     if background.kind == "original":
         return frame.rgb
     if background.kind == "colour":
+        if background.colour is None:
+            raise ValueError("a colour background needs its colour")
         return over_colour(frame, background.colour)
     return side_by_side(frame)

@@ -32,8 +32,6 @@ EYE_OUTER_LEFT = 263
 EYE_INNER_LEFT = 362
 RIGHT_EYE_TOP, RIGHT_EYE_BOTTOM = 159, 145
 LEFT_EYE_TOP, LEFT_EYE_BOTTOM = 386, 374
-RIGHT_BROW = (70, 63, 105, 66, 107)
-LEFT_BROW = (300, 293, 334, 296, 336)
 FOREHEAD = 10
 # Points that move little with expression: used to estimate head rotation.
 RIGID_POINTS = (1, 4, 5, 6, 168, 197, 195, 10, 151, 9, 8, 33, 133, 263, 362, 234, 454, 127, 356, 21, 251)

@@ -26,8 +26,8 @@ def person_matte(rgb: np.ndarray, landmarks: FaceLandmarks | None = None) -> np.
             mask = segmenter.process(np.ascontiguousarray(rgb)).segmentation_mask
     alpha = np.clip(mask, 0.0, 1.0).astype(np.float32)
     if landmarks is not None:
-        face = np.zeros(rgb.shape[:2], np.uint8)
-        cv2.fillPoly(face, [np.round(landmarks.points[list(FACE_OVAL), :2]).astype(np.int32)], 255)
-        face = cv2.GaussianBlur(face, (0, 0), sigmaX=max(1.0, rgb.shape[0] / 256)).astype(np.float32) / 255.0
+        oval = np.zeros(rgb.shape[:2], np.uint8)
+        cv2.fillPoly(oval, [np.round(landmarks.points[list(FACE_OVAL), :2]).astype(np.int32)], (255,))
+        face = cv2.GaussianBlur(oval, (0, 0), sigmaX=max(1.0, rgb.shape[0] / 256)).astype(np.float32) / 255.0
         alpha = np.maximum(alpha, face)
     return np.round(alpha * 255).astype(np.uint8)

@@ -157,7 +157,7 @@ class AvatarStore:
     @staticmethod
     def _thumbnail(avatar: Avatar) -> bytes:
         buf = io.BytesIO()
-        Image.fromarray(avatar.image).resize((THUMB_SIZE, THUMB_SIZE), Image.LANCZOS).save(buf, "JPEG", quality=85)
+        Image.fromarray(avatar.image).resize((THUMB_SIZE, THUMB_SIZE), Image.Resampling.LANCZOS).save(buf, "JPEG", quality=85)
         return buf.getvalue()
 
     def thumbnail(self, avatar_id: str) -> bytes:

@@ -189,7 +189,7 @@ class ShardPool:
 
     def respawn_dead(self) -> list[int]:
         """Start again every child that exited (its sessions are gone); returns their indices (not yet ready)."""
-        restarted = []
+        restarted: list[int] = []
         with self._lock:
             if self._stopping:
                 return restarted
@@ -215,7 +215,7 @@ class ShardPool:
         with self._lock:
             self._stopping = True
         for shard in self.shards:
-            if shard.alive:
+            if shard.process is not None and shard.alive:
                 shard.process.send_signal(signal.SIGINT)
         deadline = time.monotonic() + timeout_s
         for shard in self.shards:

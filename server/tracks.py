@@ -45,7 +45,8 @@ class AvatarVideoTrack(MediaStreamTrack):
         if rgb.shape[0] % 2 or rgb.shape[1] % 2:  # I420 needs even sides: let the encoder convert
             frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
         else:  # I420 here, not in the encoder: OpenCV's conversion costs 0.2 ms at 512², PyAV's swscale 1.5 ms
-            frame = av.VideoFrame.from_ndarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420), format="yuv420p")
+            yuv = cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420).astype(np.uint8, copy=False)  # uint8 already: no copy
+            frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
         frame.pts = index * self._ticks_to_pts
         frame.time_base = self._time_base
         if self._on_sent is not None:

@@ -65,7 +65,6 @@ class MotionState:
     frames_to_saccade: int = 30
     frames_to_blink: int = 50
     blink_phase: int = -1
-    pitch_mean: float = 0.0
 
 
 class MotionController:

@@ -136,10 +136,10 @@ def _lip_colour(rgb: np.ndarray, pts: np.ndarray) -> np.ndarray:
     mask = np.zeros(rgb.shape[:2], np.uint8)
     outer = np.concatenate([pts[list(OUTER_UPPER_LIP)], pts[list(OUTER_LOWER_LIP[::-1])]])
     inner = np.concatenate([pts[list(INNER_UPPER_LIP)], pts[list(INNER_LOWER_LIP[::-1])]])
-    cv2.fillPoly(mask, [np.round(outer).astype(np.int32)], 1)
-    cv2.fillPoly(mask, [np.round(inner).astype(np.int32)], 0)
+    cv2.fillPoly(mask, [np.round(outer).astype(np.int32)], (1,))
+    cv2.fillPoly(mask, [np.round(inner).astype(np.int32)], (0,))
     if mask.sum() < 5:
-        cv2.fillPoly(mask, [np.round(outer).astype(np.int32)], 1)
+        cv2.fillPoly(mask, [np.round(outer).astype(np.int32)], (1,))
     return np.median(rgb[mask > 0], axis=0).astype(np.float32) if mask.sum() else np.array([150, 80, 80], np.float32)
 
 
@@ -183,7 +183,8 @@ def _low_res_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
     # Sample positions of the low-res grid in full-res pixel coordinates (cell centres as
     # cv2.resize with INTER_LINEAR maps them).
     coords = (np.arange(LOW_RES, dtype=np.float32) + 0.5) * size / LOW_RES - 0.5
-    return np.meshgrid(coords, coords)
+    gx, gy = np.meshgrid(coords, coords)
+    return gx, gy
 
 
 def build_rig(avatar: Avatar) -> AvatarRig:
@@ -250,9 +251,9 @@ def build_rig(avatar: Avatar) -> AvatarRig:
     d2 = (gx.reshape(-1, 1) - pts[:, 0]) ** 2 + (gy.reshape(-1, 1) - pts[:, 1]) ** 2
     weights = np.exp(-d2 / (2 * sigma ** 2))
     depth = (weights @ z) / (weights.sum(axis=1) + 1e-6)
-    inside = np.zeros((LOW_RES, LOW_RES), np.uint8)
-    cv2.fillPoly(inside, [np.round((oval + 0.5) * LOW_RES / size - 0.5).astype(np.int32)], 1)
-    inside = cv2.GaussianBlur(inside.astype(np.float32), (5, 5), 0)
+    oval_mask = np.zeros((LOW_RES, LOW_RES), np.uint8)
+    cv2.fillPoly(oval_mask, [np.round((oval + 0.5) * LOW_RES / size - 0.5).astype(np.int32)], (1,))
+    inside = cv2.GaussianBlur(oval_mask.astype(np.float32), (5, 5), 0)
     depth = (np.clip(depth.reshape(LOW_RES, LOW_RES), 0, None) * inside).astype(np.float32)
 
     # 4. The atlas: portrait, then the mouth-interior panel (sampled by the cavity's map).

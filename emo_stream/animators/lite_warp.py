@@ -15,8 +15,11 @@ across the lip or lid edges.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -313,14 +316,15 @@ class LiteRenderer:
             margin = int(math.ceil(float(np.abs(field).max()) / k)) + 1
         head_x, head_y = X.copy(), Y.copy()
         mouth_active = max(p.jaw, abs(p.spread), p.close) > 1e-3  # else the mouth is as in the photo
-        regions = []
+        # (box, the map's source positions for the box's positions) per moving part
+        regions: list[tuple[tuple[int, int, int, int], Callable[[np.ndarray, np.ndarray], Any]]] = []
         if mouth_active:
             regions.append((self._mouth_box, lambda x, y: self._mouth(p, x, y)))
         for eye, luts, blink, box in zip(self.rig.eyes, self._eye_luts, (p.blink_right, p.blink_left),
                                          self._eye_boxes, strict=True):
             if blink < 1e-3 and p.brow < 1e-3 and abs(p.gaze_x) < 1e-3 and abs(p.gaze_y) < 1e-3:
                 continue  # the eye is at rest: the head-moved positions are the map
-            regions.append((box, lambda x, y, eye=eye, luts=luts, blink=blink: self._eye(eye, luts, blink, p, x, y)))
+            regions.append((box, functools.partial(self._eye, eye, luts, blink, p)))
         for (x0, y0, x1, y1), mapping in regions:
             x0, y0 = max(0, x0 // k - margin), max(0, y0 // k - margin)
             x1, y1 = min(n, -(-x1 // k) + margin), min(n, -(-y1 // k) + margin)

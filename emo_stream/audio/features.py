@@ -242,11 +242,6 @@ class FeatureExtractor:
         self._last_f0 = 0.0
         self._last_f0_age = 1 << 30
 
-    @property
-    def frames_emitted(self) -> int:
-        """Frames returned so far."""
-        return self._next
-
     def _centre(self, n: int) -> int:
         return round(n * self._hop)
 
@@ -505,7 +500,7 @@ class FeatureExtractor:
         self._history.append((voiced, st))
         self._voiced_run = self._voiced_run + 1 if voiced else 0
         hist = self._history
-        voiced_share = sum(v for v, _ in hist) / hist.maxlen
+        voiced_share = sum(v for v, _ in hist) / (hist.maxlen or 1)  # maxlen is always set (see __init__)
         steps = [abs(b[1] - a[1]) for a, b in zip(hist, list(hist)[1:], strict=False) if a[0] and b[0]]
         # Speech glides ~1 st per 40 ms frame; a held sung note (vibrato included) moves far less.
         steadiness = _clip01(1.0 - float(np.median(steps)) / 1.2) if steps else 0.0

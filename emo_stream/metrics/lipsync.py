@@ -118,7 +118,8 @@ def lipsync(frame_times: np.ndarray, mouth: np.ndarray, envelope: Envelope,
     times, mouth = times[keep], mouth[keep]
     steps = int(round(max_lag_s / step_s))
     lags = np.arange(-steps, steps + 1) * step_s
-    best_r, best_lag = None, None
+    best_r: float | None = None
+    best_lag = 0.0  # read only once best_r is set
     for lag in lags:
         r = _pearson(mouth, envelope.at(times - lag))
         # Ties (e.g. a flat stretch) go to the lag nearest 0: the smallest claim of an offset.

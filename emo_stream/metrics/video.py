@@ -134,11 +134,11 @@ def measure_video(path: str | Path, progress: bool = False) -> VideoMeasures:
                 bar.close()
     if not times:
         raise CorruptVideoError(f"{p.name} holds no video frames")
-    t = np.asarray(times, dtype=np.float64)
+    stamps = np.asarray(times, dtype=np.float64)
     if rate is None:
-        rate = (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 and t[-1] > t[0] else 25.0
-    duration = float(t[-1] - t[0] + 1.0 / rate)
-    return VideoMeasures(times=t, mouth=np.asarray(mouth), ear=np.asarray(ear), rigid=np.stack(rigid),
+        rate = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 and stamps[-1] > stamps[0] else 25.0
+    duration = float(stamps[-1] - stamps[0] + 1.0 / rate)
+    return VideoMeasures(times=stamps, mouth=np.asarray(mouth), ear=np.asarray(ear), rigid=np.stack(rigid),
                          fps=rate, width=np.asarray(width), duration_s=duration, audio_start_s=audio_start_s)
 
 

@@ -24,6 +24,7 @@ REGIONS = ("full", "face", "lip")
 def _zero_conv(channels: int) -> nn.Conv2d:
     conv = nn.Conv2d(channels, channels, kernel_size=1)
     nn.init.zeros_(conv.weight)
+    assert conv.bias is not None  # Conv2d's default bias=True
     nn.init.zeros_(conv.bias)
     return conv
 

@@ -43,7 +43,7 @@ INDEX_FILE = "model_index.json"
 FORMAT_VERSION = 1
 
 # part -> (allowed [library, class] pairs, required)
-PART_CLASSES: dict[str, tuple[dict[tuple[str, str], type], bool]] = {
+PART_CLASSES: dict[str, tuple[dict[tuple[str, str], type[Any]], bool]] = {
     "reference_net": ({("emo_stream.models", "ReferenceNet"): ReferenceNet}, True),
     "denoiser": ({("emo_stream.models", "EmoDenoiser"): EmoDenoiser}, True),
     "face_locator": ({("emo_stream.models", "FaceLocator"): FaceLocator}, True),
@@ -238,7 +238,7 @@ def _read_index(root: Path) -> dict[str, Any]:
     return index
 
 
-def _load_part(root: Path, name: str, entry: Any, classes: dict[tuple[str, str], type],
+def _load_part(root: Path, name: str, entry: Any, classes: dict[tuple[str, str], type[Any]],
                device: str | torch.device, dtype: torch.dtype) -> Any:
     if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(x, str) for x in entry)):
         raise CheckpointError(f"part '{name}': expected [library, class] in {INDEX_FILE}, got {entry!r}")

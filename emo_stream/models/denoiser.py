@@ -152,7 +152,7 @@ class EmoDenoiser(EmoUNet):
                 region_masks = x.new_ones(batch, 3, height, width)
             ctx.region_masks = _per_frame(region_masks, batch, frames)
         if reference_bank is not None and reference_bank.motion is not None:
-            ctx.motion_features = reference_bank.expand(batch).motion
+            ctx.motion_features = reference_bank.expand(batch).motion or {}  # not None: expand keeps motion
         if speed_buckets is not None:
             if not cfg.num_speed_buckets:
                 raise ValueError("this denoiser has no speed embedding (num_speed_buckets = 0)")

@@ -57,11 +57,8 @@ class FaceLocator(ModelMixin, ConfigMixin):
         self.conv_out = nn.Conv2d(widths[-1], embedding_channels, kernel_size=3, padding=1)
         # Zero init: the locator starts as a no-op on the denoiser (ControlNet-style).
         nn.init.zeros_(self.conv_out.weight)
+        assert self.conv_out.bias is not None  # Conv2d's default bias=True
         nn.init.zeros_(self.conv_out.bias)
-
-    @property
-    def downscale(self) -> int:
-        return 2 ** (len(self.config.block_out_channels) - 1)
 
     def forward(self, mask: torch.Tensor, return_dict: bool = True) -> FaceLocatorOutput | tuple[torch.Tensor]:
         """mask [N, conditioning_channels, H, W] in [0, 1] → features [N, embedding_channels, H/8, W/8]."""

@@ -21,6 +21,7 @@ long as ``make train-tiny`` allows, leaves visible noise in a lower face generat
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Literal, overload
 
 import torch
 import torch.nn.functional as F
@@ -95,6 +96,13 @@ class PatchAutoencoder(ModelMixin, ConfigMixin):
             self.scale.copy_(eigenvalues[order].clamp_min(1e-8).sqrt().float())
         return count
 
+    @overload
+    def encode(self, x: torch.Tensor, return_dict: Literal[True] = True) -> AutoencoderKLOutput: ...
+    @overload
+    def encode(self, x: torch.Tensor, return_dict: Literal[False]) -> tuple: ...
+    @overload
+    def encode(self, x: torch.Tensor, return_dict: bool) -> AutoencoderKLOutput | tuple: ...
+
     def encode(self, x: torch.Tensor, return_dict: bool = True) -> AutoencoderKLOutput | tuple:
         z = ((self._patches(x) - self.mean) @ self.basis.T) / self.scale
         latents = z.permute(0, 3, 1, 2).contiguous()
@@ -102,6 +110,13 @@ class PatchAutoencoder(ModelMixin, ConfigMixin):
         posterior = DiagonalGaussianDistribution(torch.cat([latents, torch.zeros_like(latents)], dim=1),
                                                  deterministic=True)
         return AutoencoderKLOutput(latent_dist=posterior) if return_dict else (posterior,)
+
+    @overload
+    def decode(self, z: torch.Tensor, return_dict: Literal[True] = True) -> DecoderOutput: ...
+    @overload
+    def decode(self, z: torch.Tensor, return_dict: Literal[False]) -> tuple: ...
+    @overload
+    def decode(self, z: torch.Tensor, return_dict: bool) -> DecoderOutput | tuple: ...
 
     def decode(self, z: torch.Tensor, return_dict: bool = True) -> DecoderOutput | tuple:
         patches = (z.permute(0, 2, 3, 1) * self.scale) @ self.basis + self.mean

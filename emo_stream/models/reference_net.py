@@ -66,10 +66,11 @@ class ReferenceBank:
     def cat(cls, banks: list[ReferenceBank]) -> ReferenceBank:
         """Stack banks along the batch (e.g. several sessions in one denoiser call)."""
         features = {k: torch.cat([b.features[k] for b in banks]) for k in banks[0].features}
+        motions = [b.motion for b in banks if b.motion is not None]
         motion = None
-        if all(b.motion is not None for b in banks):
-            motion = {k: torch.cat([b.motion[k] for b in banks]) for k in banks[0].motion}
-        elif any(b.motion is not None for b in banks):
+        if len(motions) == len(banks):
+            motion = {k: torch.cat([m[k] for m in motions]) for k in motions[0]}
+        elif motions:
             raise ValueError("cannot stack banks with and without motion frames")
         return cls(features, motion)
 
@@ -86,14 +87,9 @@ class ReferenceNetOutput(BaseOutput):
 
 
 class ReferenceNet(EmoUNet):
-    """Portrait → reference bank. Build it with ``ReferenceNet.from_denoiser_config`` or a config of its own."""
+    """Portrait → reference bank. Build it from ``reference_config`` (a denoiser's layout) or a config of its own."""
 
     _attn1_processor = ReferenceRecordProcessor
-
-    @classmethod
-    def from_denoiser_config(cls, config: dict[str, Any], cross_attention_dim: int | None = None) -> ReferenceNet:
-        """A ReferenceNet with a denoiser's layout: no head, no temporal/audio layers, ``attn2`` as asked."""
-        return cls(**reference_config(config, cross_attention_dim))
 
     def forward(
         self,

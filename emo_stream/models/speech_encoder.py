@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,10 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from torch import nn
+
+if TYPE_CHECKING:  # transformers is imported only when an encoder of its kind is built
+    from transformers import Wav2Vec2Model
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 KINDS = ("whisper", "wav2vec2", "logmel")
 SAMPLE_RATE = 16_000
@@ -131,12 +135,14 @@ class SpeechEncoder(ModelMixin, ConfigMixin):
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         encoder_config = dict(encoder_config or {})
+        self.encoder: nn.Module  # of ``kind``: read it through _whisper, _wav2vec2 or _logmel
         if kind == "whisper":
             from transformers import WhisperConfig
             from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-            self.encoder = WhisperEncoder(WhisperConfig(**encoder_config))
-            n_mels = self.encoder.config.num_mel_bins
+            whisper = WhisperEncoder(WhisperConfig(**encoder_config))
+            n_mels = whisper.config.num_mel_bins
+            self.encoder = whisper
         elif kind == "wav2vec2":
             from transformers import Wav2Vec2Config, Wav2Vec2Model
 
@@ -146,10 +152,20 @@ class SpeechEncoder(ModelMixin, ConfigMixin):
             self.encoder = Wav2Vec2Model(Wav2Vec2Config(**encoder_config))
             n_mels = 0
         else:
-            self.encoder = LogMelConvEncoder(**encoder_config)
-            n_mels = self.encoder.conv_in.in_channels
+            logmel = LogMelConvEncoder(**encoder_config)
+            n_mels = logmel.conv_in.in_channels
+            self.encoder = logmel
         if n_mels:
             self.register_buffer("mel_filters", mel_filters(n_mels), persistent=False)
+
+    def _whisper(self) -> WhisperEncoder:
+        return cast("WhisperEncoder", self.encoder)
+
+    def _wav2vec2(self) -> Wav2Vec2Model:
+        return cast("Wav2Vec2Model", self.encoder)
+
+    def _logmel(self) -> LogMelConvEncoder:
+        return cast(LogMelConvEncoder, self.encoder)
 
     @property
     def window(self) -> int:
@@ -159,18 +175,18 @@ class SpeechEncoder(ModelMixin, ConfigMixin):
     def num_states(self) -> int:
         """L, hidden states per audio frame."""
         if self.config.kind == "whisper":
-            return self.encoder.config.encoder_layers + 1
+            return self._whisper().config.encoder_layers + 1
         if self.config.kind == "wav2vec2":
-            return self.encoder.config.num_hidden_layers
-        return len(self.encoder.layers) + 1
+            return self._wav2vec2().config.num_hidden_layers
+        return len(self._logmel().layers) + 1
 
     @property
     def hidden_size(self) -> int:
         if self.config.kind == "whisper":
-            return self.encoder.config.d_model
+            return self._whisper().config.d_model
         if self.config.kind == "wav2vec2":
-            return self.encoder.config.hidden_size
-        return self.encoder.conv_in.out_channels
+            return self._wav2vec2().config.hidden_size
+        return self._logmel().conv_in.out_channels
 
     def forward(self, audio: torch.Tensor, num_frames: int, fps: float, return_dict: bool = True
                 ) -> SpeechEncoderOutput | tuple[torch.Tensor]:
@@ -200,7 +216,7 @@ class SpeechEncoder(ModelMixin, ConfigMixin):
 
     def _whisper_states(self, mel: torch.Tensor) -> torch.Tensor:
         """Whisper encoder states [B, T50, L, C]: conv stem + positions, then each block (no final norm)."""
-        enc = self.encoder
+        enc = self._whisper()
         chunk = 2 * enc.config.max_source_positions  # mel frames per 30 s window
         outputs = []
         for start in range(0, max(mel.shape[-1], 1), chunk):
@@ -216,7 +232,7 @@ class SpeechEncoder(ModelMixin, ConfigMixin):
 
     def _wav2vec2_states(self, audio: torch.Tensor, num_frames: int) -> torch.Tensor:
         """wav2vec2 states at the video rate [B, F, L, C] (Hallo: CNN features resampled before the transformer)."""
-        model = self.encoder
+        model = self._wav2vec2()
         # Zero-mean, unit-variance input, as Wav2Vec2FeatureExtractor(do_normalize=True) gives the model.
         audio = (audio - audio.mean(-1, keepdim=True)) / torch.sqrt(audio.var(-1, keepdim=True) + 1e-7)
         features = model.feature_extractor(audio.to(next(model.parameters()).dtype)).transpose(1, 2)

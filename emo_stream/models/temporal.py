@@ -33,7 +33,7 @@ class TemporalSelfAttention(Attention):
         super().__init__(query_dim=dim, heads=num_heads, dim_head=dim // num_heads, bias=False)
         self.pos_encoder = SinusoidalPositionalEmbedding(dim, max_seq_length=max_positions)
 
-    def forward(self, hidden_states: torch.Tensor, **kwargs) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, hidden_states: torch.Tensor, **kwargs) -> torch.Tensor:
         return super().forward(self.pos_encoder(hidden_states))
 
 

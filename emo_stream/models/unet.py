@@ -9,9 +9,11 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import cast
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
@@ -181,9 +183,9 @@ class EmoUNet(ModelMixin, ConfigMixin):
             if self.config.audio_mode == "inline" and block.attn2 is not None:
                 block.attn2.set_processor(AudioAttnProcessor(self.config.audio_attention_scale))
 
-    def transformer_blocks(self) -> dict[str, nn.Module]:
+    def transformer_blocks(self) -> dict[str, BasicTransformerBlock]:
         """The spatial ``BasicTransformerBlock``s by path (the keys of a reference bank), in forward order."""
-        out = {}
+        out: dict[str, BasicTransformerBlock] = {}
         for block in [*self.down_blocks, self.mid_block, *self.up_blocks]:
             for j, attention in enumerate(getattr(block, "attentions", [])):
                 out[f"{block.path}.attentions.{j}.transformer_blocks.0"] = attention.transformer_blocks[0]
@@ -211,7 +213,7 @@ class EmoUNet(ModelMixin, ConfigMixin):
             skips += block_skips
         hidden_states = self.mid_block(hidden_states, ctx)
         for i, block in enumerate(self.up_blocks):
-            n = len(block.resnets)
+            n = len(cast(UpBlock, block).resnets)  # up_blocks holds UpBlocks
             block_skips, skips = skips[-n:], skips[:-n]
             # Odd latent sizes: upsample to the skip's size, as diffusers does.
             size = skips[-1].shape[-2:] if skips else None

@@ -154,6 +154,8 @@ class _Block(nn.Module):
 
     path: str = ""
     has_attention = False
+    resnets: nn.ModuleList
+    attentions: nn.ModuleList
 
     def _layer(self, j: int, hidden_states: torch.Tensor, ctx: BlockContext) -> torch.Tensor:
         hidden_states = self.resnets[j](hidden_states, ctx.temb)

@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -35,6 +35,9 @@ from emo_stream.training.run_log import RunLog
 from emo_stream.training.sample import TrainingBatch
 from emo_stream.training.samples import _to_uint8, save_png
 from emo_stream.training.train_config import DataConfig, ModelConfig
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +128,7 @@ def pixel_weights(batch: TrainingBatch, mouth_weight: float) -> torch.Tensor | N
     return torch.cat([weight, weight])
 
 
-def reconstruction_loss(vae: torch.nn.Module, frames: torch.Tensor, config: AutoencoderConfig,
+def reconstruction_loss(vae: AutoencoderKL | PatchAutoencoder, frames: torch.Tensor, config: AutoencoderConfig,
                         generator: torch.Generator, weights: torch.Tensor | None = None) -> torch.Tensor:
     """L1 + MSE of the decoded posterior sample against ``frames`` (in [-1, 1]), per pixel times ``weights``
     [N, 1, S, S] if given, plus the weighted KL."""
@@ -144,7 +147,7 @@ def reconstruction_loss(vae: torch.nn.Module, frames: torch.Tensor, config: Auto
 
 
 @torch.no_grad()
-def latent_scale(vae: torch.nn.Module, batches: Iterator[TrainingBatch], count: int) -> float:
+def latent_scale(vae: AutoencoderKL | PatchAutoencoder, batches: Iterator[TrainingBatch], count: int) -> float:
     """1 / std of the posterior means of ``count`` batches (the factor that makes the latents unit-variance)."""
     means = [vae.encode(_frames(next(batches))).latent_dist.mean for _ in range(count)]
     return float(1.0 / torch.cat(means).std().clamp(min=1e-6))

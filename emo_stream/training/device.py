@@ -49,12 +49,6 @@ class Runtime:
     def autocast_dtype(self) -> torch.dtype | None:
         return AUTOCAST_DTYPES[self.precision]
 
-    @property
-    def frozen_dtype(self) -> torch.dtype:
-        """Dtype for frozen parts (VAE, speech encoder kept fp32): the autocast dtype on GPU saves memory."""
-        dtype = self.autocast_dtype
-        return dtype if dtype is not None and self.device.type == "cuda" else torch.float32
-
     def autocast(self) -> contextlib.AbstractContextManager[None]:
         """Mixed-precision context for forward passes (a no-op in fp32)."""
         dtype = self.autocast_dtype
@@ -86,11 +80,6 @@ class Runtime:
         t = torch.tensor([value], device=self.device, dtype=torch.float64)
         torch.distributed.all_reduce(t)
         return float(t.item()) / self.world_size
-
-
-def unwrap(module: nn.Module) -> nn.Module:
-    """The module inside a DistributedDataParallel wrapper (or the module itself)."""
-    return getattr(module, "module", module)
 
 
 def setup_runtime(device: str = "auto", precision: str = "fp32") -> Runtime:

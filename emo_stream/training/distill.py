@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from emo_stream.errors import OutputError
 from emo_stream.models.checkpoint import EmoComponents, load_checkpoint, save_checkpoint
+from emo_stream.models.denoiser import EmoDenoiser
 from emo_stream.models.schedulers import make_scheduler
 from emo_stream.models.small_decoder import SmallDecoder
 from emo_stream.training.device import Runtime, setup_runtime
@@ -205,7 +206,7 @@ class ConsistencyDistiller:
         self.step += 1
         return float(loss.detach())
 
-    def distilled(self) -> torch.nn.Module:
+    def distilled(self) -> EmoDenoiser:
         """The denoiser the checkpoint gets (``lcd.save``)."""
         return self.target if self.config.lcd.save == "target" else self.student
 

@@ -75,4 +75,6 @@ class EMA:
             raise KeyError(f"EMA state lacks {len(missing)} parameter(s), e.g. {missing[0]}")
         for name in self.shadow:
             self.shadow[name].copy_(shadow[name])
-        self.step = int(state["step"])  # type: ignore[arg-type]
+        step = state["step"]
+        assert isinstance(step, int)
+        self.step = step

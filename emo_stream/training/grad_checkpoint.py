@@ -10,6 +10,7 @@ processors' state back as it was at forward time for the recomputation.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -19,6 +20,8 @@ from torch.utils.checkpoint import checkpoint
 from emo_stream.models.unet import EmoUNet
 
 _STATE_ATTRS = ("reference", "reference_mask", "store")
+# The blocks already wrapped (a second enable must not wrap a wrapper).
+_WRAPPED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
 
 def _processors(block: nn.Module) -> list[Any]:
@@ -57,8 +60,8 @@ def _wrap(block: nn.Module) -> None:
 
         return checkpoint(run, *args, use_reentrant=False)
 
-    block.forward = forward  # type: ignore[method-assign]
-    block._emo_checkpointed = True
+    block.forward = forward
+    _WRAPPED.add(block)
 
 
 def enable_block_checkpointing(unet: EmoUNet) -> None:
@@ -67,5 +70,5 @@ def enable_block_checkpointing(unet: EmoUNet) -> None:
     Only in training mode with grad enabled; eval and ``no_grad`` forwards run as before. Idempotent.
     """
     for block in [*unet.down_blocks, unet.mid_block, *unet.up_blocks]:
-        if not getattr(block, "_emo_checkpointed", False):
+        if block not in _WRAPPED:
             _wrap(block)

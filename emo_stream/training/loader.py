@@ -27,7 +27,7 @@ def build_dataset(data: DataConfig, seed: int) -> Any:
                               data.fps, seed)
     from pathlib import Path
 
-    if not Path(data.root or "").expanduser().is_dir():
+    if data.root is None or not Path(data.root).expanduser().is_dir():
         raise InputNotFoundError(f"data.root: shard folder not found: {data.root}")
     try:
         from emo_stream.training.dataset import ClipDataset

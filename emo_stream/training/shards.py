@@ -236,6 +236,14 @@ class ClipArrays:
     meta: dict[str, Any]
 
 
+def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    """A regular member's bytes (``extractfile`` gives None only for links and folders)."""
+    f = tar.extractfile(member)
+    if f is None:
+        raise DataError(f"{member.name}: not a regular file")
+    return f.read()
+
+
 def read_clip_shard(path: str | Path) -> ClipArrays:
     """Open one clip's tar; arrays are memory maps into it.
 
@@ -250,7 +258,7 @@ def read_clip_shard(path: str | Path) -> ClipArrays:
             if len(metas) != 1:
                 raise DataError(f"{path.name}: expected one .json member, found {len(metas)}")
             clip_id = metas[0].name[: -len(".json")]
-            meta = json.loads(tar.extractfile(metas[0]).read())
+            meta = json.loads(_read_member(tar, metas[0]))
             offsets = {}
             for name in FIELDS:
                 member = members.get(f"{clip_id}.{name}.npy")
