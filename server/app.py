@@ -26,7 +26,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from emo_stream.animators import create_animator
+from emo_stream.animators import Animator, create_animator
 from emo_stream.avatar import AvatarLimits
 from emo_stream.compositing import parse_background
 from emo_stream.config import Config, usable_cores
@@ -73,7 +73,7 @@ class OfferBody(BaseModel):
 class Engine:
     """What the app owns: the animator, the worker, avatars, sessions and telemetry."""
 
-    def __init__(self, config: Config, vad_factory: Any = None, animator: Any = None,
+    def __init__(self, config: Config, vad_factory: Any = None, animator: Animator | None = None,
                  shard: ShardRole | None = None) -> None:
         self.config = config
         self.shard = shard
@@ -106,9 +106,7 @@ class Engine:
             self.vad_factory = SileroVAD
         # Warm up off the loop: the default avatar (and the animator's per-portrait work for it), the VAD model.
         default = await asyncio.to_thread(self.avatars.get, DEFAULT_AVATAR_ID)
-        warm = getattr(self.animator, "warm", None)
-        if warm is not None:
-            await asyncio.to_thread(warm, default)
+        await asyncio.to_thread(self.animator.warm, default)
         await asyncio.to_thread(self.vad_factory)
         self._lag_task = asyncio.create_task(self._watch_loop_lag(), name="loop-lag")
 
@@ -121,9 +119,8 @@ class Engine:
                 await self._lag_task
         if self.worker is not None:
             await asyncio.to_thread(self.worker.stop)
-        close = getattr(self.animator, "close", None)
-        if close is not None:
-            close()
+        if self.animator is not None:
+            self.animator.close()
 
     async def _watch_loop_lag(self) -> None:
         loop = asyncio.get_running_loop()
@@ -241,7 +238,7 @@ class Engine:
         session = Session(avatar, options, self.worker, self.telemetry, self.config.server.ice_servers,
                           latency_frames=self.animator.latency_frames, vad_factory=self.vad_factory,
                           delay_margin_ticks=max(self.config.server.delay_margin_ticks,
-                                                 getattr(self.animator, "margin_ticks", 0)),
+                                                 self.animator.margin_ticks),
                           render_margin_ms=self.config.server.render_margin_ms,
                           id_prefix=self.shard.session_prefix if self.shard else "")
         try:
@@ -300,14 +297,14 @@ def _page(name: str) -> Response:
     return FileResponse(path, media_type="text/html", headers={"Cache-Control": "no-cache"})
 
 
-def build_animator(config: Config) -> Any:
+def build_animator(config: Config) -> Animator:
     """The configured backend (loads an emo checkpoint: raises CheckpointError naming a bad part)."""
     a = config.animator
     return create_animator(a.backend, size=a.size, fps=a.fps, motion=a.motion, checkpoint=a.checkpoint,
                            device=a.device)
 
 
-def create_app(config: Config | None = None, vad_factory: Any = None, animator: Any = None,
+def create_app(config: Config | None = None, vad_factory: Any = None, animator: Animator | None = None,
                shard: ShardRole | None = None) -> FastAPI:
     """Build the app for ``config`` (defaults when None); ``vad_factory`` injects the VAD and
     ``animator`` a backend made beforehand (so a bad checkpoint fails before serving); ``shard`` makes it
@@ -405,8 +402,8 @@ def create_app(config: Config | None = None, vad_factory: Any = None, animator: 
     @app.get("/metrics")
     async def metrics() -> Response:
         engine.telemetry.asyncio_tasks.set(len(asyncio.all_tasks()))
-        stats = getattr(engine.animator, "stats_dict", None)
-        for name, value in (stats() if stats else {}).items():
+        stats = engine.animator.stats_dict() if engine.animator is not None else {}
+        for name, value in stats.items():
             if isinstance(value, int | float) and not isinstance(value, bool):
                 engine.telemetry.animator_stat.labels(name=name).set(value)
         engine.telemetry.threads.set(threading.active_count())
