@@ -215,7 +215,7 @@ def render_file(image: str | Path, audio: str | Path, output: str | Path,
     audio = Path(audio)
     info = probe_audio(audio)  # typed errors for a missing or unreadable file, before any work
     # Offline, the emo backend uses the full VAE decoder and never trades quality for time.
-    offline = {"decoder": "vae", "realtime": False} if options.backend == "emo" else {}
+    offline: dict[str, Any] = {"decoder": "vae", "realtime": False} if options.backend == "emo" else {}
     animator = create_animator(options.backend, size=options.size, fps=options.fps, motion=options.motion,
                                checkpoint=str(options.checkpoint) if options.checkpoint else None, **offline)
     avatar = prepare_avatar(image, size=options.size, limits=limits)

@@ -109,8 +109,8 @@ def check_frame(frame: Frame, size: int) -> None:
 def test_is_an_animator_with_its_declared_numbers(case):
     animator, _, _ = case
     assert isinstance(animator, Animator)
-    for name in ("latency_frames", "fps", "size"):
-        assert isinstance(getattr(animator, name), int), name
+    declared = {"latency_frames": animator.latency_frames, "fps": animator.fps, "size": animator.size}
+    assert all(isinstance(value, int) for value in declared.values()), declared
     assert animator.latency_frames >= 0 and animator.fps > 0 and animator.size > 0
 
 

@@ -148,3 +148,17 @@ def test_a_backend_without_batching_hands_each_sessions_frames_on_at_once():
     assert sorted(delivered) == [0, 1, 2]
     # The first session's frame reached the loop before the last session's was made, not after the whole round.
     assert delivered[0] < animator.made[2]
+
+
+def test_idle_jobs_of_a_backend_without_batching_go_one_by_one():
+    animator = OneByOneAnimator(delay_s=0.0)
+
+    def jobs(worker, results):
+        with worker._cv:  # three sessions' ticks queued together, as in the batching test
+            for sid in ("a", "b", "c"):
+                worker._jobs.append(Job(session_id=sid, generation=0, kind="idle", pts=7200, done=results.append))
+            worker._cv.notify()
+
+    results = _run(animator, jobs)
+    assert len(results) == 3 and all(f.pts == 7200 for f in results)
+    assert animator.idle_batches == []  # each tick's frame by ``idle`` on its own, handed on as it is made
