@@ -59,9 +59,10 @@ def _tiny_emo(folder: Path) -> Animator:
 
     checkpoint = folder / "tiny"
     save_checkpoint(tiny_components(seed=0), checkpoint)
-    # realtime=False: a shared CPU's timing must not switch clips to the lite fall-back.
+    # realtime=False: a shared CPU's timing must not switch clips to the lite fall-back. One step, one row per
+    # session: the contract does not depend on how well the model samples (tests/test_emo_backend.py does).
     return create_animator("emo", size=EMO_SIZE, checkpoint=str(checkpoint), clip_frames=2, realtime=False,
-                           warmup=False)
+                           warmup=False, steps=1, guidance_scale=1.0)
 
 
 CASES = {
