@@ -18,11 +18,12 @@ import time
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
 
-from emo_stream.animators import create_animator
+from emo_stream.animators import Animator, create_animator
 from emo_stream.audio.decode import OUTPUT_SAMPLE_RATE, iter_audio, probe_audio
 from emo_stream.avatar import AvatarLimits, prepare_avatar
 from emo_stream.compositing import Background, composite, parse_background, rgba
@@ -145,7 +146,7 @@ def _video_stream(container: av.container.OutputContainer, output: Path, options
     return video, "rgba", "aac"
 
 
-def _animate_into(animator, state, audio: Path, fps: int, background: Background, alpha: bool,
+def _animate_into(animator: Animator, state: Any, audio: Path, fps: int, background: Background, alpha: bool,
                   out: queue.Queue, stop: threading.Event) -> None:
     """Decode at 16 kHz, animate and composite; hand each picture (or the error) to ``out``."""
 
@@ -163,7 +164,7 @@ def _animate_into(animator, state, audio: Path, fps: int, background: Background
     try:
         buffer = AudioWindowBuffer(ENGINE_RATE, fps)
         spf = samples_per_frame(ENGINE_RATE, fps)
-        if getattr(animator, "renders_whole_video", False):
+        if animator.renders_whole_video:
             # The checkpoint's source renders the whole video at once (EchoMimic's context windows).
             chunks = list(iter_audio(audio, sample_rate=ENGINE_RATE, chunk_samples=spf * 25))
             wave = np.concatenate(chunks) if chunks else np.zeros(spf, np.float32)
@@ -214,7 +215,7 @@ def render_file(image: str | Path, audio: str | Path, output: str | Path,
     audio = Path(audio)
     info = probe_audio(audio)  # typed errors for a missing or unreadable file, before any work
     # Offline, the emo backend uses the full VAE decoder and never trades quality for time.
-    offline = {"decoder": "vae", "realtime": False} if options.backend == "emo" else {}
+    offline: dict[str, Any] = {"decoder": "vae", "realtime": False} if options.backend == "emo" else {}
     animator = create_animator(options.backend, size=options.size, fps=options.fps, motion=options.motion,
                                checkpoint=str(options.checkpoint) if options.checkpoint else None, **offline)
     avatar = prepare_avatar(image, size=options.size, limits=limits)

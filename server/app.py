@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from emo_stream.animators import Animator
 from emo_stream.errors import EmoStreamError, OverloadedError
 from server import routes, ws_routes
 from server.auth import holds_control_token_for_path, holds_server_token
@@ -38,7 +39,7 @@ __all__ = ["create_app", "build_animator", "default_portrait_bytes", "DEFAULT_AV
 CallNext = Callable[[Request], Awaitable[Response]]
 
 
-def create_app(config: Config | None = None, vad_factory: Any = None, animator: Any = None,
+def create_app(config: Config | None = None, vad_factory: Any = None, animator: Animator[Any] | None = None,
                shard: ShardRole | None = None) -> FastAPI:
     """Build the app for ``config`` (defaults when None); ``vad_factory`` injects the VAD and
     ``animator`` a backend made beforehand (so a bad checkpoint fails before serving); ``shard`` makes it

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from emo_stream.animators import create_animator
+from emo_stream.animators import Animator, create_animator
 from emo_stream.avatar import AvatarLimits
 from server.aiortc_compat import install_aiortc_workarounds
 from server.avatars import DEFAULT_AVATAR_ID, AvatarStore
@@ -20,7 +20,7 @@ from server.worker import InferenceWorker
 SWITCH_INTERVAL_S = 0.001
 
 
-def build_animator(config: Config) -> Any:
+def build_animator(config: Config) -> Animator[Any]:
     """The configured backend (loads an emo checkpoint: raises CheckpointError naming a bad part)."""
     a = config.animator
     return create_animator(a.backend, size=a.size, fps=a.fps, motion=a.motion, checkpoint=a.checkpoint,
@@ -39,7 +39,7 @@ class EngineResources:
         vad_factory: makes a session's voice-activity detector; Silero unless one was given.
     """
 
-    def __init__(self, config: Config, vad_factory: Callable[[], Any] | None = None, animator: Any = None) -> None:
+    def __init__(self, config: Config, vad_factory: Callable[[], Any] | None = None, animator: Animator[Any] | None = None) -> None:
         """Check and patch aiortc and open the avatar store (raises UnsupportedAiortcError first)."""
         install_aiortc_workarounds()
         self.config = config
@@ -47,7 +47,7 @@ class EngineResources:
         self.avatars = AvatarStore(config.animator.size, AvatarLimits(
             max_pixels=config.limits.max_image_pixels, max_bytes=config.limits.max_image_bytes,
             min_face_px=config.limits.min_face_px), data_dir=config.server.data_dir)
-        self.animator: Any = animator
+        self.animator: Animator[Any] | None = animator
         self.worker: InferenceWorker | None = None
         self.vad_factory: Callable[[], Any] | None = vad_factory
 
@@ -63,15 +63,12 @@ class EngineResources:
 
             self.vad_factory = SileroVAD
         default = await asyncio.to_thread(self.avatars.get, DEFAULT_AVATAR_ID)
-        warm = getattr(self.animator, "warm", None)
-        if warm is not None:
-            await asyncio.to_thread(warm, default)
+        await asyncio.to_thread(self.animator.warm, default)
         await asyncio.to_thread(self.vad_factory)
 
     async def stop(self) -> None:
         """Stop the worker (its thread) and close the animator; the sessions are closed before this."""
         if self.worker is not None:
             await asyncio.to_thread(self.worker.stop)
-        close = getattr(self.animator, "close", None)
-        if close is not None:
-            close()
+        if self.animator is not None:
+            self.animator.close()

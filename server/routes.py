@@ -85,8 +85,8 @@ async def healthz() -> dict:
 async def metrics(service: Service) -> Response:
     telemetry = service.telemetry
     telemetry.asyncio_tasks.set(len(asyncio.all_tasks()))
-    stats = getattr(service.resources.animator, "stats_dict", None)
-    for name, value in (stats() if stats else {}).items():
+    animator = service.resources.animator
+    for name, value in (animator.stats_dict() if animator is not None else {}).items():
         if isinstance(value, int | float) and not isinstance(value, bool):
             telemetry.animator_stat.labels(name=name).set(value)
     telemetry.threads.set(threading.active_count())

@@ -148,7 +148,7 @@ class SessionService:
         session = Session(avatar, options, resources.worker, self.telemetry, server.ice_servers,
                           latency_frames=resources.animator.latency_frames, vad_factory=resources.vad_factory,
                           delay_margin_ticks=max(server.delay_margin_ticks,
-                                                 getattr(resources.animator, "margin_ticks", 0)),
+                                                 resources.animator.margin_ticks),
                           render_margin_ms=server.render_margin_ms,
                           id_prefix=self.shard.session_prefix if self.shard else "")
         try:

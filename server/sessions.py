@@ -216,12 +216,10 @@ class Session:
     async def _prepare(self) -> None:
         # A new portrait's per-portrait work (the lite rig: ~0.2 s) runs on a thread of its own first: on the
         # worker it would hold up every other session's frames for that long.
-        warm = getattr(self.worker.animator, "warm", None)
-        if warm is not None:
-            try:
-                await asyncio.to_thread(warm, self.avatar)
-            except Exception:  # prepare meets the same fault on the worker, which handles it
-                logger.exception("warming the avatar failed", extra={"session_id": self.id[:8]})
+        try:
+            await asyncio.to_thread(self.worker.animator.warm, self.avatar)
+        except Exception:  # prepare meets the same fault on the worker, which handles it
+            logger.exception("warming the avatar failed", extra={"session_id": self.id[:8]})
         prepared = asyncio.get_running_loop().create_future()
         self.worker.submit(Job(session_id=self.id, generation=self.generation, kind="prepare", avatar=self.avatar,
                                seed=self.options.seed, vad_factory=self._vad_factory, background=self.background,

@@ -3,7 +3,8 @@
 Sessions hand it jobs through a bounded queue (``submit``); urgent jobs (interrupt, the first
 idle frame after it) go to the front. Consecutive feed jobs of different sessions are run as
 one ``feed_batch`` call or, for a backend that gains nothing from one (``batches_feeds = False``:
-the lite animator), one after the other, each session's frames handed on as soon as they are made.
+the lite animator), one after the other, each session's frames handed on as soon as they are made;
+consecutive idle jobs are gathered into one ``idle_batch`` call only for a backend that batches.
 Results go back to the asyncio loop with ``call_soon_threadsafe``: nothing here ever blocks the
 loop, and nothing on the loop waits for this thread.
 """
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from emo_stream.animators.base import Animator
 from emo_stream.compositing import Background, composite
 from emo_stream.types import AudioWindow, Avatar, Frame
 from server.vad import SpeechGate, VoiceActivityDetector
@@ -90,7 +92,7 @@ class InferenceWorker:
         max_queue: bound of the job queue; ``submit`` refuses beyond it.
     """
 
-    def __init__(self, animator: Any, loop: asyncio.AbstractEventLoop, max_queue: int = 256) -> None:
+    def __init__(self, animator: Animator, loop: asyncio.AbstractEventLoop, max_queue: int = 256) -> None:
         self.animator = animator
         self.loop = loop
         self.max_queue = max_queue
@@ -162,7 +164,7 @@ class InferenceWorker:
                 return None
             first = self._jobs.popleft()
             batch = [first]
-            if first.kind == "feed" or (first.kind == "idle" and hasattr(self.animator, "idle_batch")):
+            if first.kind == "feed" or (first.kind == "idle" and self.animator.batches_feeds):
                 # Gather the next jobs of the same kind from other sessions into one batched call.
                 seen = {first.session_id}
                 keep: deque[Job] = deque()
@@ -231,7 +233,7 @@ class InferenceWorker:
             for (job, engine), frame in zip(live, frames, strict=True):
                 self._deliver(job, engine.picture(frame))
             return
-        if getattr(self.animator, "batches_feeds", True):
+        if self.animator.batches_feeds:
             self._feed(batch)
         else:  # nothing gained by one call (the CPU): each session's frames go out as soon as they are made
             for job in batch:

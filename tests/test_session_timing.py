@@ -14,7 +14,8 @@ import av
 import numpy as np
 import pytest
 
-from emo_stream.types import Avatar, FaceLandmarks, Frame
+from emo_stream.animators.base import Animator
+from emo_stream.types import AudioWindow, Avatar, FaceLandmarks, Frame
 from server.input_phase import InputPhase, PhaseAction
 from server.sessions import Session, SessionOptions
 from server.telemetry import Telemetry
@@ -27,32 +28,40 @@ TOLERANCE_S = 0.004  # the loop's own timing between a packet and the measuremen
 ATTEMPTS = 4  # runs of an utterance the test's own pacing disturbed
 
 
-class LookaheadAnimator:
+class LookaheadAnimator(Animator[dict]):
     """One frame of lookahead: window ``n`` completes the frame of window ``n - 1``. Records when each
     window was fed and the deadline its job carried."""
 
     latency_frames = 1
+    fps = FPS
+    size = 8
 
     def __init__(self) -> None:
         self.fed: list[int] = []
         self.idle_pts: list[int] = []
 
-    def prepare(self, avatar, seed=0):
+    def prepare(self, avatar: Avatar, seed: int = 0) -> dict:
         return {"last": None}
 
-    def feed_batch(self, items):
-        out = []
-        for window, state in items:
-            self.fed.append(window.start_pts)
-            previous, state["last"] = state["last"], window.start_pts
-            out.append([] if previous is None else [Frame(rgb=np.zeros((8, 8, 3), np.uint8), pts=previous)])
+    def _held(self, state: dict) -> list[Frame]:
+        return [] if state["last"] is None else [Frame(rgb=np.zeros((8, 8, 3), np.uint8), pts=state["last"])]
+
+    def feed(self, window: AudioWindow, state: dict) -> list[Frame]:
+        self.fed.append(window.start_pts)
+        out = self._held(state)
+        state["last"] = window.start_pts
         return out
 
-    def idle(self, state, pts):
+    def idle(self, state: dict, pts: int) -> Frame:
         self.idle_pts.append(pts)
         return Frame(rgb=np.zeros((8, 8, 3), np.uint8), pts=pts)
 
-    def reset(self, state):
+    def flush(self, state: dict) -> list[Frame]:
+        out = self._held(state)
+        state["last"] = None
+        return out
+
+    def reset(self, state: dict) -> None:
         state["last"] = None
 
 
@@ -308,11 +317,11 @@ class SlowPortraitAnimator(LookaheadAnimator):
         super().__init__()
         self.calls: list[tuple[str, str, float]] = []
 
-    def warm(self, avatar):
+    def warm(self, avatar: Avatar) -> None:
         self.calls.append(("warm", threading.current_thread().name, time.perf_counter()))
         time.sleep(0.3)
 
-    def prepare(self, avatar, seed=0):
+    def prepare(self, avatar: Avatar, seed: int = 0) -> dict:
         self.calls.append(("prepare", threading.current_thread().name, time.perf_counter()))
         return super().prepare(avatar, seed)
 

@@ -7,14 +7,17 @@ import time
 
 import numpy as np
 
-from emo_stream.types import AudioWindow, Frame
+from emo_stream.animators.base import Animator
+from emo_stream.types import AudioWindow, Avatar, Frame
 from server.worker import InferenceWorker, Job
 
 
-class RecordingAnimator:
-    """Counts calls; each window becomes one frame at its pts."""
+class RecordingAnimator(Animator[dict]):
+    """Counts calls; each window becomes one frame at its pts (no lookahead)."""
 
     latency_frames = 0
+    fps = 25
+    size = 4
 
     def __init__(self, delay_s: float = 0.0) -> None:
         self.batches: list[int] = []
@@ -22,22 +25,28 @@ class RecordingAnimator:
         self.resets = 0
         self.delay_s = delay_s
 
-    def prepare(self, avatar, seed=0):
+    def prepare(self, avatar: Avatar, seed: int = 0) -> dict:
         return {"seed": seed}
 
-    def feed_batch(self, items):
+    def feed(self, window: AudioWindow, state: dict) -> list[Frame]:
+        return [Frame(rgb=np.zeros((4, 4, 3), np.uint8), pts=window.start_pts)]
+
+    def feed_batch(self, items: list[tuple[AudioWindow, dict]]) -> list[list[Frame]]:
         self.batches.append(len(items))
         time.sleep(self.delay_s)
-        return [[Frame(rgb=np.zeros((4, 4, 3), np.uint8), pts=w.start_pts)] for w, _ in items]
+        return super().feed_batch(items)
 
-    def idle(self, state, pts):
+    def idle(self, state: dict, pts: int) -> Frame:
         return Frame(rgb=np.zeros((4, 4, 3), np.uint8), pts=pts)
 
-    def idle_batch(self, items):
+    def idle_batch(self, items: list[tuple[dict, int]]) -> list[Frame]:
         self.idle_batches.append(len(items))
-        return [self.idle(state, pts) for state, pts in items]
+        return super().idle_batch(items)
 
-    def reset(self, state):
+    def flush(self, state: dict) -> list[Frame]:
+        return []  # nothing is ever held
+
+    def reset(self, state: dict) -> None:
         self.resets += 1
 
 
@@ -114,7 +123,7 @@ class OneByOneAnimator(RecordingAnimator):
         super().__init__(delay_s)
         self.made: dict[int, float] = {}
 
-    def feed_batch(self, items):
+    def feed_batch(self, items: list[tuple[AudioWindow, dict]]) -> list[list[Frame]]:
         frames = super().feed_batch(items)
         for window, _ in items:
             self.made[window.start_pts] = time.perf_counter()
@@ -139,3 +148,17 @@ def test_a_backend_without_batching_hands_each_sessions_frames_on_at_once():
     assert sorted(delivered) == [0, 1, 2]
     # The first session's frame reached the loop before the last session's was made, not after the whole round.
     assert delivered[0] < animator.made[2]
+
+
+def test_idle_jobs_of_a_backend_without_batching_go_one_by_one():
+    animator = OneByOneAnimator(delay_s=0.0)
+
+    def jobs(worker, results):
+        with worker._cv:  # three sessions' ticks queued together, as in the batching test
+            for sid in ("a", "b", "c"):
+                worker._jobs.append(Job(session_id=sid, generation=0, kind="idle", pts=7200, done=results.append))
+            worker._cv.notify()
+
+    results = _run(animator, jobs)
+    assert len(results) == 3 and all(f.pts == 7200 for f in results)
+    assert animator.idle_batches == []  # each tick's frame by ``idle`` on its own, handed on as it is made

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from emo_stream.animators.base import Animator, AnimatorState
 from emo_stream.errors import CheckpointError, UnknownBackendError
@@ -28,7 +29,7 @@ def check_checkpoint_folder(checkpoint: str | Path | None) -> Path:
 
 
 def create_animator(backend: str = "lite", *, size: int = 512, fps: int = 25, motion: float = 1.0,
-                    checkpoint: str | None = None, device: str = "cpu", **emo_options) -> Animator:
+                    checkpoint: str | None = None, device: str = "cpu", **emo_options: Any) -> Animator[Any]:
     """Make the animator for ``backend``; the emo backend is imported only when asked for.
 
     ``emo_options`` go to ``EmoAnimator.from_checkpoint`` (e.g. ``decoder="vae", realtime=False`` for offline

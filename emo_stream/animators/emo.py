@@ -1,4 +1,4 @@
-"""The emo backend: the EMO diffusion model behind the Animator protocol, streaming clip by clip.
+"""The emo backend: the EMO diffusion model behind the Animator contract, streaming clip by clip.
 
 Per portrait (``prepare``): one VAE encode, one ReferenceNet pass and one face-locator pass, cached on the
 device by ``Avatar.cache_key`` in a byte-bounded LRU (``emo_cache``). Every window after that pays only for
@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from emo_stream.animators.base import check_avatar_size
+from emo_stream.animators.base import Animator, check_avatar_size
 from emo_stream.animators.emo_audio import AudioReach, AudioTrack, audio_reach
 from emo_stream.animators.emo_cache import ByteLRU, CacheStats
 from emo_stream.animators.emo_fallback import LITE_MIN_SIZE, LiteShadow, resize_square, scaled_avatar
@@ -149,8 +149,8 @@ class _Clip:
     idle: bool = False
 
 
-class EmoAnimator:
-    """The Animator protocol over an EMO checkpoint. One instance serves many sessions (one worker thread).
+class EmoAnimator(Animator[EmoState]):
+    """The Animator contract over an EMO checkpoint. One instance serves many sessions (one worker thread).
 
     Args:
         pipeline: the loaded models (``EmoPipeline.from_checkpoint`` / ``from_components``).

@@ -14,7 +14,7 @@ import threading
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
-from emo_stream.animators.base import check_avatar_size
+from emo_stream.animators.base import Animator, check_avatar_size
 from emo_stream.animators.lite_motion import MotionController
 from emo_stream.animators.lite_rig import AvatarRig, build_rig
 from emo_stream.animators.lite_warp import FaceParams, LiteRenderer
@@ -40,8 +40,8 @@ class LiteState:
     last_params: FaceParams = field(default_factory=FaceParams)
 
 
-class LiteAnimator:
-    """The Animator protocol on the CPU. One instance serves many sessions.
+class LiteAnimator(Animator[LiteState]):
+    """The Animator contract on the CPU. One instance serves many sessions.
 
     Args:
         size: output side in pixels (the avatar must have been prepared at this size).
@@ -113,10 +113,6 @@ class LiteAnimator:
         state.frame_pts.append(window.start_pts)
         state.pending.extend(state.extractor.push(window.samples))
         return self._drain(state, keep=CONTROLLER_LOOKAHEAD_FRAMES)
-
-    def feed_batch(self, items: list[tuple[AudioWindow, LiteState]]) -> list[list[Frame]]:
-        # On the CPU there is nothing to gain from batching: one by one is the batch.
-        return [self.feed(window, state) for window, state in items]
 
     def idle(self, state: LiteState, pts: int) -> Frame:
         params = state.controller.step(None)
