@@ -17,7 +17,15 @@ from emo_stream.face import FaceMesh
 from emo_stream.metrics import compute_video_metrics
 from emo_stream.metrics.face_measures import mouth_opening
 from tests import media
-from tests.live_client import RATE, LivePeer, audio_timeline, received_fps, run_peers, write_recording
+from tests.live_client import (
+    RATE,
+    LivePeer,
+    audio_timeline,
+    received_fps,
+    run_peers,
+    wait_for_voice,
+    write_recording,
+)
 from tests.servers import run_server
 
 pytestmark = pytest.mark.timeout(240)
@@ -133,7 +141,8 @@ def interrupted(server):
     async def run():
         peer = LivePeer(server, samples)
         await peer.connect()
-        await asyncio.sleep(2.5)  # mid-sentence
+        await wait_for_voice(peer.received, seconds=1.0)  # (a busy machine may take a while to start)
+        await asyncio.sleep(0.5)  # mid-sentence
         t_interrupt = time.monotonic()
         peer.mic.silence_from_now()
         await peer.interrupt()

@@ -19,7 +19,15 @@ from websockets.exceptions import InvalidStatus
 from emo_stream.audio import load_audio
 from emo_stream.config import usable_cores
 from tests import bad_inputs, media
-from tests.live_client import RATE, LivePeer, audio_timeline, received_fps
+from tests.live_client import (
+    RATE,
+    LivePeer,
+    audio_by_media_time,
+    audio_timeline,
+    received_fps,
+    recent_voice_rms,
+    wait_for_voice,
+)
 from tests.servers import run_server
 
 pytestmark = pytest.mark.timeout(300)
@@ -69,6 +77,10 @@ def agent_utterance(server):
             await audio_ws.send(json.dumps({"type": "flush"}))
             assert json.loads(await audio_ws.recv())["for"] == "flush"
             await asyncio.sleep(len(tts) / 24_000 + 2.5)
+            for _ in range(200):  # a busy machine may play it later: until the voice has ended, and a second
+                if recent_voice_rms(peer.received, 1.0) < 0.01:
+                    break
+                await asyncio.sleep(0.1)
             collector.cancel()
         await peer.close()
         return peer, sent_at, events
@@ -125,7 +137,8 @@ def pcm_interrupted(server):
             await audio_ws.send(json.dumps({"type": "start", "sample_rate": 16_000, "channels": 1}))
             await audio_ws.recv()
             await audio_ws.send(_pcm_s16(tts))
-            await asyncio.sleep(1.5)
+            await wait_for_voice(peer.received, seconds=1.0)  # (a busy machine may take a while to start)
+            await asyncio.sleep(0.5)
             async with websockets.connect(ws_url(server.base, f"/v1/sessions/{answer['session_id']}/events"
                                                               f"?control_token={token}")) as events_ws:
                 await events_ws.send(json.dumps({"type": "interrupt"}))
@@ -410,11 +423,15 @@ def test_agent_wav_in_bursts_returns_the_same_voice_lip_synced(server, tmp_path)
             await ws.send(json.dumps({"type": "flush"}))
             await ws.recv()
             await asyncio.sleep(len(speech) / 22_050 - 1.5 + 1.5)
+            for _ in range(200):  # a busy machine may play it later: until the voice has ended
+                if recent_voice_rms(peer.received, 1.0) < 0.01:
+                    break
+                await asyncio.sleep(0.1)
         await peer.close()
         return peer
 
     peer = asyncio.run(run())
-    _, received = audio_timeline(peer.received)
+    received = audio_by_media_time(peer.received)
     reference = load_audio(media.sox("agent-ref.wav", "-q", *map(str, parts), "-r", "48000", "{out}"),
                            sample_rate=RATE)[: RATE * 8]
     hop = RATE // 100
