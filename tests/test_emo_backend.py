@@ -311,6 +311,7 @@ def sixty_second_stream(checkpoint, avatars):
     return animator, state, frames, marks, clip_times
 
 
+@pytest.mark.timeout(900)  # ~20 s on 2 quiet cores; the safety net against a hang must not trip on a busy machine
 def test_sixty_second_stream_flat_memory(sixty_second_stream):
     animator, state, frames, marks, _ = sixty_second_stream
     assert frames == 60 * FPS and animator.stats.fallback_frames == 0
@@ -324,6 +325,7 @@ def test_sixty_second_stream_flat_memory(sixty_second_stream):
 
 
 @pytest.mark.realtime
+@pytest.mark.timeout(900)
 def test_sixty_second_stream_flat_latency(sixty_second_stream):
     clip_times = sixty_second_stream[-1]
     # Per-clip latency has no upward trend: the last quarter's median against the first quarter's
