@@ -1,6 +1,7 @@
 # Two commands set everything up on a fresh Debian machine with Python 3.11:
 #   make serve   venv + install + start the server (lite backend, bundled portrait)
 #   make test    venv + install + test packages (Debian and PyPI) + run the tests
+#                (behaviour only; `make test-realtime` runs the rate and latency tests)
 # Both are idempotent: stamp files make a second run install nothing.
 
 PYTHON ?= python3.11
@@ -24,7 +25,7 @@ STAMP_BASE := $(VENV)/.stamp-install
 STAMP_TEST := $(VENV)/.stamp-test
 STAMP_DEB  := $(VENV)/.stamp-deb
 
-.PHONY: serve test lint install install-test deb clean distclean train-tiny
+.PHONY: serve test test-realtime lint install install-test deb clean distclean train-tiny
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (needs Python 3.11)"; exit 2; }
@@ -57,8 +58,13 @@ deb: $(STAMP_DEB)
 serve: $(STAMP_BASE)
 	$(VENV)/bin/emo-stream serve --config $(CONFIG) --host $(HOST) --port $(PORT)
 
+# `make test` asserts behaviour only, so a busy machine does not turn it red. Rates, latencies and A/V offsets
+# on the real clock are the `realtime` tests: `make test-realtime`, on a quiet machine (CI runs both).
 test: install-test
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not realtime" $(PYTEST_ARGS)
+
+test-realtime: install-test
+	$(PY) -m pytest -m realtime $(PYTEST_ARGS)
 
 # A small EMO model trained here on 2 CPU cores (< 60 min; not part of `make test`): lite-teacher videos ->
 # data prepare -> autoencoder -> stage 1 -> stage 2 -> distill -> held-out metrics. Checkpoint in

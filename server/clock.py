@@ -65,10 +65,14 @@ class MediaClock:
         source: where ticks come from (the session).
         fps: ticks per second.
         on_lag: called with the lateness in seconds of each tick (for metrics).
+        worker_clock: the inference worker's clock, which ``tick_time`` answers on (tests pass a fake one;
+            the clock's own schedule is the event loop's, which tests replace with a virtual-time loop).
     """
 
-    def __init__(self, source: TickSource, fps: int = 25, on_lag: Callable[[float], None] | None = None) -> None:
+    def __init__(self, source: TickSource, fps: int = 25, on_lag: Callable[[float], None] | None = None,
+                 worker_clock: Callable[[], float] = time.perf_counter) -> None:
         self.source = source
+        self.worker_clock = worker_clock
         self.fps = fps
         self.period = 1.0 / fps
         # Equal bounds: if one sender falls behind, its oldest ticks go, so the two tracks
@@ -100,11 +104,11 @@ class MediaClock:
         return max(0, math.ceil(ahead / self.period - 1e-9))
 
     def tick_time(self, index: int) -> float:
-        """When tick ``index`` is due, on ``time.perf_counter``'s clock (the worker's)."""
+        """When tick ``index`` is due, on the worker's clock (``time.perf_counter`` unless one was passed)."""
         if self._start is None:
             return float("inf")
         loop_now = asyncio.get_running_loop().time()
-        return time.perf_counter() + (self._start + index * self.period - loop_now)
+        return self.worker_clock() + (self._start + index * self.period - loop_now)
 
     def start(self) -> None:
         if self._task is None:

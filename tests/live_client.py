@@ -180,6 +180,34 @@ def audio_timeline(received: Received) -> tuple[float, np.ndarray]:
     return first_t - len(first) / RATE, samples
 
 
+def audio_by_media_time(received: Received) -> np.ndarray:
+    """All received samples placed by their RTP media times, silence where a frame is missing: a tick the
+    sender dropped on a busy machine leaves a gap instead of pulling the rest of the voice earlier."""
+    if not received.audio_pts or any(m is None for m in received.audio_pts):
+        return audio_timeline(received)[1]
+    first = received.audio_pts[0]
+    starts = [int(round((m - first) * RATE)) for m in received.audio_pts]
+    out = np.zeros(starts[-1] + len(received.audio[-1][1]), np.float32)
+    for start, (_, samples) in zip(starts, received.audio, strict=True):
+        out[start: start + len(samples)] = samples
+    return out
+
+
+def recent_voice_rms(received: Received, seconds: float) -> float:
+    """The RMS of the last ``seconds`` of received audio (0 before any came)."""
+    recent = [a for _, a in received.audio[-int(seconds / PTIME):]]
+    return float(np.sqrt(np.mean(np.concatenate(recent) ** 2))) if recent else 0.0
+
+
+async def wait_for_voice(received: Received, seconds: float = 0.5, level: float = 0.02, timeout_s: float = 30) -> None:
+    """Wait until the last ``seconds`` of received audio are voice (RMS above ``level``)."""
+    for _ in range(int(timeout_s / 0.05)):
+        if recent_voice_rms(received, seconds) > level:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no voice came back in {timeout_s:.0f} s")
+
+
 def _smoothed_arrivals(arrivals: list[float], media_s: list[float | None]) -> list[float]:
     """Arrival times without their jitter: each frame at its media time (from the RTP timestamps)
     plus the track's median arrival-minus-media offset. The offset is a constant of the track."""

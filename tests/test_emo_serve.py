@@ -29,7 +29,9 @@ def checkpoint():
     return CHECKPOINT
 
 
-def test_serve_with_the_emo_backend(checkpoint):
+@pytest.fixture(scope="module")
+def emo_session(checkpoint):
+    """A session served by the emo backend: (the peer, the animator's stats, the frames sent)."""
     speech = load_audio(media.silence_then_speech("hello"), sample_rate=RATE)
     config = {"animator": {"backend": "emo", "size": 128, "checkpoint": str(checkpoint), "device": "cpu"},
               "server": {"delay_margin_ticks": 3}}
@@ -46,9 +48,14 @@ def test_serve_with_the_emo_backend(checkpoint):
     stats = dict(re.findall(r'^emo_stream_animator_stat\{name="(\w+)"\} ([0-9.e+-]+)$', text, re.M))
     assert "fallback_frames" in stats, text[-2000:]
     frames_sent = float(re.search(r"^emo_stream_frames_sent_total ([0-9.e+]+)$", text, re.M).group(1))
-    # Most frames came from the diffusion model, not from the lite fall-back.
-    assert float(stats["fallback_frames"]) < 0.5 * frames_sent, stats
-    assert received_fps(peer.received) >= 24
+    return peer, stats, frames_sent
+
+
+def test_serve_with_the_emo_backend(emo_session):
+    peer, stats, frames_sent = emo_session
+    # (Which path drew them, the model or its lite fall-back, depends on the machine's speed: see below.)
+    assert frames_sent > 0 and {"emo_frames", "fallback_frames"} <= set(stats), stats
+    assert received_fps(peer.received) >= 1
     assert peer.received.video[-1][1].shape == (128, 128, 3)
     _, voice = audio_timeline(peer.received)
     assert np.abs(voice).max() > 0.1  # the voice came back through the emo session
@@ -67,3 +74,11 @@ def test_serve_refuses_a_broken_checkpoint(tmp_path, checkpoint):
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and "vae" in lines[0], result.stderr
+
+
+@pytest.mark.realtime
+def test_the_emo_backend_keeps_the_frame_rate_with_few_fallbacks(emo_session):
+    peer, stats, frames_sent = emo_session
+    # Most frames came from the diffusion model, not from the lite fall-back it uses when it is late.
+    assert float(stats["fallback_frames"]) < 0.5 * frames_sent, stats
+    assert received_fps(peer.received) >= 24

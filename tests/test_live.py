@@ -17,7 +17,15 @@ from emo_stream.face import FaceMesh
 from emo_stream.metrics import compute_video_metrics
 from emo_stream.metrics.face_measures import mouth_opening
 from tests import media
-from tests.live_client import RATE, LivePeer, audio_timeline, received_fps, run_peers, write_recording
+from tests.live_client import (
+    RATE,
+    LivePeer,
+    audio_timeline,
+    received_fps,
+    run_peers,
+    wait_for_voice,
+    write_recording,
+)
 from tests.servers import run_server
 
 pytestmark = pytest.mark.timeout(240)
@@ -63,16 +71,29 @@ def one_session(server, speech48, tmp_path_factory):
     return peer, answer, recording
 
 
-def test_frame_rate_and_lip_sync(one_session):
-    peer, _, recording = one_session
-    assert received_fps(peer.received) >= 24
-    m = compute_video_metrics(recording)
+@pytest.fixture(scope="module")
+def one_session_metrics(one_session):
+    return compute_video_metrics(one_session[2])
+
+
+def test_the_portrait_comes_back_lip_synced(one_session, one_session_metrics):
+    peer, _, _ = one_session
+    m = one_session_metrics
+    assert received_fps(peer.received) >= 1  # frames flow (their rate is test_frame_rate_and_av_offset's)
     assert m.face_found >= 0.95
     assert m.lipsync_r >= 0.4, m
-    assert abs(m.av_offset_ms) <= 40, m
 
 
-def test_returned_voice_is_the_sent_voice_at_the_declared_delay(one_session, speech48):
+@pytest.mark.realtime
+def test_frame_rate_and_av_offset(one_session, one_session_metrics):
+    peer, _, _ = one_session
+    assert received_fps(peer.received) >= 24
+    assert abs(one_session_metrics.av_offset_ms) <= 40, one_session_metrics
+
+
+def _returned_voice_lag(one_session, speech48, max_lag_s: float) -> tuple[float, float, float]:
+    """(the returned voice's best correlation with the sent one, its lag behind it on the wall clock in
+    seconds, the declared delay in seconds), searching lags up to ``max_lag_s``."""
     peer, answer, _ = one_session
     declared_s = answer["latency_ms"] / 1000
     recv_t0, received = audio_timeline(peer.received)
@@ -87,36 +108,70 @@ def test_returned_voice_is_the_sent_voice_at_the_declared_delay(one_session, spe
     # lag (in hops) of received behind sent, on the shared wall clock
     base = int(round((recv_t0 - sent_t0) * 100))
     scores = {}
-    for lag in range(0, 60):
+    for lag in range(0, int(max_lag_s * 100)):
         start = lag - base  # index in recv_env of sent sample 0 shifted by lag
         if start < 0 or start + len(sent_env) > len(recv_env):
             continue
         scores[lag] = np.corrcoef(sent_env, recv_env[start: start + len(sent_env)])[0, 1]
     best = max(scores, key=scores.get)
-    assert scores[best] >= 0.9, scores[best]
+    return scores[best], best / 100, declared_s
+
+
+def test_returned_voice_is_the_sent_voice_no_sooner_than_the_declared_delay(one_session, speech48):
+    score, lag_s, declared_s = _returned_voice_lag(one_session, speech48, max_lag_s=3.0)
+    assert score >= 0.9, score
+    assert lag_s >= declared_s, (lag_s, declared_s)
+
+
+@pytest.mark.realtime
+def test_returned_voice_is_the_sent_voice_at_the_declared_delay(one_session, speech48):
+    score, lag_s, declared_s = _returned_voice_lag(one_session, speech48, max_lag_s=0.6)
+    assert score >= 0.9, score
     # the server adds exactly its declared delay; both peers' receive buffers add a little more
-    assert declared_s <= best / 100 <= declared_s + 0.3, (best, declared_s)
+    assert declared_s <= lag_s <= declared_s + 0.3, (lag_s, declared_s)
 
 
-def test_interrupt_silences_voice_and_closes_mouth(server):
+@pytest.fixture(scope="module")
+def interrupted(server):
+    """A session interrupted mid-sentence: (the peer, when the interrupt was asked, when the server had done
+    it), on the peer's clock."""
     long_speech = load_audio(media.espeak_wav("story"), sample_rate=RATE)
     samples = np.concatenate([np.zeros(RATE // 2, np.float32), long_speech])
 
     async def run():
         peer = LivePeer(server, samples)
         await peer.connect()
-        await asyncio.sleep(2.5)  # mid-sentence
+        await wait_for_voice(peer.received, seconds=1.0)  # (a busy machine may take a while to start)
+        await asyncio.sleep(0.5)  # mid-sentence
         t_interrupt = time.monotonic()
         peer.mic.silence_from_now()
         await peer.interrupt()
-        await asyncio.sleep(1.5)
+        t_done = time.monotonic()
+        await asyncio.sleep(2.5)
         await peer.close()
-        return peer, t_interrupt
+        return peer, t_interrupt, t_done
 
-    peer, t_int = asyncio.run(run())
+    return asyncio.run(run())
+
+
+def test_interrupt_silences_voice_and_closes_mouth(interrupted):
+    """What an interrupt does, with room for a busy machine: read from well after the server answered it."""
+    peer, t_asked, t_done = interrupted
+    _assert_silenced(peer, t_asked, t_done + 0.6, t_done + 2.0, t_done + 2.0)
+
+
+@pytest.mark.realtime
+def test_interrupt_silences_voice_and_closes_mouth_within_a_few_ticks(interrupted):
+    peer, t_int, _ = interrupted
     transport = 0.25  # both peers' receive buffers and the network on loopback
+    _assert_silenced(peer, t_int, t_int + transport + 0.08, t_int + 1.2, t_int + 1.0)
+
+
+def _assert_silenced(peer: LivePeer, t_int: float, quiet_from: float, quiet_to: float, rest_to: float) -> None:
+    """Loud voice and a moving mouth in the second before ``t_int``; from ``quiet_from``, no voice until
+    ``quiet_to`` and the mouth at rest until ``rest_to``."""
     before = [a for t, a in peer.received.audio if t_int - 1.0 < t < t_int]
-    after = [a for t, a in peer.received.audio if t_int + transport + 0.08 < t < t_int + 1.2]
+    after = [a for t, a in peer.received.audio if quiet_from < t < quiet_to]
     rms_before = float(np.sqrt(np.mean(np.concatenate(before) ** 2)))
     rms_after = float(np.sqrt(np.mean(np.concatenate(after) ** 2)))
     assert rms_before > 0.02 and rms_after < 0.1 * rms_before, (rms_before, rms_after)
@@ -125,7 +180,7 @@ def test_interrupt_silences_voice_and_closes_mouth(server):
     rest = np.median([mouth_opening(mesh.detect(f)[0].points) for t, f in peer.received.video[:10]])
     talking = [mouth_opening(mesh.detect(f)[0].points) for t, f in peer.received.video if t_int - 1.0 < t < t_int]
     closed = [mouth_opening(mesh.detect(f)[0].points) for t, f in peer.received.video
-              if t_int + transport + 0.08 < t < t_int + 1.0]
+              if quiet_from < t < rest_to]
     assert max(talking) - rest > 0.03
     assert max(abs(m - rest) for m in closed) < 0.25 * (max(talking) - rest), (rest, closed)
 
@@ -144,8 +199,11 @@ def test_datachannel_interrupt(server):
         before = metric(server, "emo_stream_interrupts_total")
         peer.mic.silence_from_now()
         peer.channel.send('{"type": "interrupt"}')
-        await asyncio.sleep(0.5)
-        after = metric(server, "emo_stream_interrupts_total")
+        for _ in range(100):  # (a busy machine may take a while: only the count is asserted)
+            await asyncio.sleep(0.1)
+            after = metric(server, "emo_stream_interrupts_total")
+            if after > before:
+                break
         await peer.close()
         return before, after
 
@@ -153,6 +211,7 @@ def test_datachannel_interrupt(server):
     assert after == before + 1
 
 
+@pytest.mark.realtime
 def test_four_sessions_hold_the_frame_rate(server, speech48):
     peers = asyncio.run(run_peers(server, speech48, 4, 6.0))
     rates = [received_fps(p.received) for p in peers]
@@ -173,8 +232,11 @@ asyncio.run(main())
 """
 
 
-def test_killed_client_is_reaped_without_leaks(server, speech48):
-    wait_sessions(server, 0, 20)
+@pytest.fixture(scope="module")
+def killed_client(server, speech48):
+    """A client killed without a goodbye: (seconds until its session was reaped, asyncio tasks and threads
+    before and after, the peer of a session opened afterwards)."""
+    wait_sessions(server, 0, 30)
     time.sleep(1.0)
     tasks_before = metric(server, "emo_stream_asyncio_tasks")
     threads_before = metric(server, "emo_stream_threads")
@@ -184,11 +246,10 @@ def test_killed_client_is_reaped_without_leaks(server, speech48):
     time.sleep(1.0)
     proc.kill()  # no goodbye, no RTCP BYE
     proc.wait()
-    reaped_after = wait_sessions(server, 0, 12)
-    assert reaped_after <= 10.5
+    reaped_after = wait_sessions(server, 0, 40)
     time.sleep(1.0)
-    assert metric(server, "emo_stream_asyncio_tasks") <= tasks_before
-    assert metric(server, "emo_stream_threads") <= threads_before
+    tasks_after = metric(server, "emo_stream_asyncio_tasks")
+    threads_after = metric(server, "emo_stream_threads")
 
     async def again():
         peer = LivePeer(server, speech48[: RATE * 2])
@@ -197,7 +258,21 @@ def test_killed_client_is_reaped_without_leaks(server, speech48):
         await peer.close()
         return peer
 
-    assert received_fps(asyncio.run(again()).received, skip_s=0.5) >= 20
+    return reaped_after, (tasks_before, tasks_after), (threads_before, threads_after), asyncio.run(again())
+
+
+def test_killed_client_is_reaped_without_leaks(killed_client):
+    _, (tasks_before, tasks_after), (threads_before, threads_after), peer = killed_client
+    assert tasks_after <= tasks_before
+    assert threads_after <= threads_before
+    assert received_fps(peer.received, skip_s=0.5) >= 1  # and the server serves the next session
+
+
+@pytest.mark.realtime
+def test_killed_client_is_reaped_in_ten_seconds_and_the_next_session_has_its_rate(killed_client):
+    reaped_after, _, _, peer = killed_client
+    assert reaped_after <= 10.5
+    assert received_fps(peer.received, skip_s=0.5) >= 20
 
 
 def _offer_sdp(with_audio: bool = True) -> str:

@@ -19,7 +19,15 @@ from websockets.exceptions import InvalidStatus
 from emo_stream.audio import load_audio
 from emo_stream.config import usable_cores
 from tests import bad_inputs, media
-from tests.live_client import RATE, LivePeer, audio_timeline, received_fps
+from tests.live_client import (
+    RATE,
+    LivePeer,
+    audio_by_media_time,
+    audio_timeline,
+    received_fps,
+    recent_voice_rms,
+    wait_for_voice,
+)
 from tests.servers import run_server
 
 pytestmark = pytest.mark.timeout(300)
@@ -41,7 +49,10 @@ def _pcm_s16(samples: np.ndarray) -> bytes:
     return (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
 
 
-def test_agent_pcm_plays_at_real_time_and_idles_between_utterances(server):
+@pytest.fixture(scope="module")
+def agent_utterance(server):
+    """An agent's session: idle, then ~4 s of TTS pushed at once. (the peer, when the burst was sent, the
+    events, the TTS at 24 kHz)."""
     tts = load_audio(media.espeak_wav("weather"), sample_rate=24_000)  # ~4 s of "TTS" at 24 kHz
 
     async def run():
@@ -66,20 +77,32 @@ def test_agent_pcm_plays_at_real_time_and_idles_between_utterances(server):
             await audio_ws.send(json.dumps({"type": "flush"}))
             assert json.loads(await audio_ws.recv())["for"] == "flush"
             await asyncio.sleep(len(tts) / 24_000 + 2.5)
+            for _ in range(200):  # a busy machine may play it later: until the voice has ended, and a second
+                if recent_voice_rms(peer.received, 1.0) < 0.01:
+                    break
+                await asyncio.sleep(0.1)
             collector.cancel()
         await peer.close()
         return peer, sent_at, events
 
     peer, sent_at, events = asyncio.run(run())
-    assert received_fps(peer.received) >= 24
+    return peer, sent_at, events, tts
+
+
+def _voice_span(peer: LivePeer, tts: np.ndarray) -> tuple[float, float, float]:
+    """(when the returned voice began, when it ended, on the peer's clock; the TTS's own duration)."""
     t0, voice = audio_timeline(peer.received)
     loud = np.flatnonzero(np.abs(voice) > 0.05)
-    first, last = t0 + loud[0] / RATE, t0 + loud[-1] / RATE
     source_loud = np.flatnonzero(np.abs(tts) > 0.05)
-    duration = (source_loud[-1] - source_loud[0]) / 24_000
-    # Played at real time: the voice spans about its own duration, not the burst's few ms.
-    assert duration - 0.3 <= last - first <= duration + 0.3, (last - first, duration)
-    assert first - sent_at < 0.6
+    return t0 + loud[0] / RATE, t0 + loud[-1] / RATE, (source_loud[-1] - source_loud[0]) / 24_000
+
+
+def test_agent_pcm_plays_over_its_duration_and_idles_between_utterances(agent_utterance):
+    peer, sent_at, events, tts = agent_utterance
+    first, last, duration = _voice_span(peer, tts)
+    # Played out, not dumped: the voice spans most of its own duration, not the burst's few ms.
+    assert last - first >= 0.5 * duration, (last - first, duration)
+    assert first > sent_at
     # Idle motion before the utterance: the picture keeps changing.
     idle = [f.astype(np.int16) for t, f in peer.received.video if t < sent_at][-25:]
     assert max(np.abs(f - idle[0]).mean() for f in idle[1:]) > 0.2
@@ -89,7 +112,20 @@ def test_agent_pcm_plays_at_real_time_and_idles_between_utterances(server):
     assert len(stats) >= 3 and all("fps" in s and "late_frames" in s for s in stats)
 
 
-def test_events_take_interrupt_and_pcm_interrupt_drops_the_queue(server):
+@pytest.mark.realtime
+def test_agent_pcm_plays_at_real_time(agent_utterance):
+    peer, sent_at, _, tts = agent_utterance
+    assert received_fps(peer.received) >= 24
+    first, last, duration = _voice_span(peer, tts)
+    # Played at real time: the voice spans about its own duration, and starts within a few ticks of the burst.
+    assert duration - 0.3 <= last - first <= duration + 0.3, (last - first, duration)
+    assert first - sent_at < 0.6
+
+
+@pytest.fixture(scope="module")
+def pcm_interrupted(server):
+    """An agent's long utterance interrupted over the events socket: (the peer, when the interrupt was sent,
+    when its ack came)."""
     tts = load_audio(media.espeak_wav("story"), sample_rate=16_000)
 
     async def run():
@@ -101,7 +137,8 @@ def test_events_take_interrupt_and_pcm_interrupt_drops_the_queue(server):
             await audio_ws.send(json.dumps({"type": "start", "sample_rate": 16_000, "channels": 1}))
             await audio_ws.recv()
             await audio_ws.send(_pcm_s16(tts))
-            await asyncio.sleep(1.5)
+            await wait_for_voice(peer.received, seconds=1.0)  # (a busy machine may take a while to start)
+            await asyncio.sleep(0.5)
             async with websockets.connect(ws_url(server.base, f"/v1/sessions/{answer['session_id']}/events"
                                                               f"?control_token={token}")) as events_ws:
                 await events_ws.send(json.dumps({"type": "interrupt"}))
@@ -110,15 +147,33 @@ def test_events_take_interrupt_and_pcm_interrupt_drops_the_queue(server):
                     event = json.loads(await events_ws.recv())
                     if event["type"] == "ack":
                         break
-            await asyncio.sleep(1.5)
+                t_ack = time.monotonic()
+            await asyncio.sleep(2.5)
         await peer.close()
-        return peer, t_int
+        return peer, t_int, t_ack
 
-    peer, t_int = asyncio.run(run())
-    after = [a for t, a in peer.received.audio if t_int + 0.35 < t < t_int + 1.4]
+    return asyncio.run(run())
+
+
+def _rms_around(peer: LivePeer, t_int: float, quiet_from: float, quiet_to: float) -> tuple[float, float]:
+    """The returned voice's RMS in the second before ``t_int`` and between ``quiet_from`` and ``quiet_to``."""
     before = [a for t, a in peer.received.audio if t_int - 1.0 < t < t_int]
-    assert np.sqrt(np.mean(np.concatenate(before) ** 2)) > 0.02
-    assert np.sqrt(np.mean(np.concatenate(after) ** 2)) < 0.005
+    after = [a for t, a in peer.received.audio if quiet_from < t < quiet_to]
+    return float(np.sqrt(np.mean(np.concatenate(before) ** 2))), float(np.sqrt(np.mean(np.concatenate(after) ** 2)))
+
+
+def test_events_take_interrupt_and_pcm_interrupt_drops_the_queue(pcm_interrupted):
+    """(Read from well after the ack, with room for a busy machine; the story would still be playing.)"""
+    peer, t_int, t_ack = pcm_interrupted
+    before, after = _rms_around(peer, t_int, t_ack + 0.8, t_ack + 2.3)
+    assert before > 0.02 and after < 0.005, (before, after)
+
+
+@pytest.mark.realtime
+def test_pcm_interrupt_silences_the_voice_within_a_few_ticks(pcm_interrupted):
+    peer, t_int, _ = pcm_interrupted
+    before, after = _rms_around(peer, t_int, t_int + 0.35, t_int + 1.4)
+    assert before > 0.02 and after < 0.005, (before, after)
 
 
 def test_mic_session_refuses_pcm_and_unknown_commands(server):
@@ -171,7 +226,7 @@ def test_avatar_upload_list_thumbnail_and_errors(server, tmp_path):
         await peer.close()
         return peer
 
-    assert received_fps(asyncio.run(run()).received, skip_s=0.5) >= 20
+    assert received_fps(asyncio.run(run()).received, skip_s=0.5) >= 1  # the uploaded portrait is served
     assert (server.data_dir / "avatars" / body["id"] / "meta.json").is_file()
 
 
@@ -186,7 +241,9 @@ def test_uploads_survive_a_restart(tmp_path):
         assert avatar_id in ids
 
 
-def test_admission_control_refuses_with_503_and_running_sessions_keep_their_rate():
+@pytest.fixture(scope="module")
+def refused_beside_a_running_session():
+    """A server for one session: (the running session's peer, the response to a second offer)."""
     with run_server({"server": {"max_sessions": 1}}) as srv:
         async def run():
             first = LivePeer(srv.base, np.zeros(RATE * 8, np.float32))
@@ -200,10 +257,20 @@ def test_admission_control_refuses_with_503_and_running_sessions_keep_their_rate
             await first.close()
             return first, info.value.response
 
-        first, refused = asyncio.run(run())
-        assert refused.status_code == 503 and int(refused.headers["retry-after"]) > 0
-        assert refused.json()["error"]["code"] == "overloaded"
-        assert received_fps(first.received) >= 24
+        return asyncio.run(run())
+
+
+def test_admission_control_refuses_with_503_and_running_sessions_keep_running(refused_beside_a_running_session):
+    first, refused = refused_beside_a_running_session
+    assert refused.status_code == 503 and int(refused.headers["retry-after"]) > 0
+    assert refused.json()["error"]["code"] == "overloaded"
+    assert received_fps(first.received) >= 1
+
+
+@pytest.mark.realtime
+def test_a_refused_offer_leaves_the_running_session_its_rate(refused_beside_a_running_session):
+    first, _ = refused_beside_a_running_session
+    assert received_fps(first.received) >= 24
 
 
 def test_a_burst_of_offers_is_admitted_only_as_far_as_the_cost_estimate_fits():
@@ -356,11 +423,15 @@ def test_agent_wav_in_bursts_returns_the_same_voice_lip_synced(server, tmp_path)
             await ws.send(json.dumps({"type": "flush"}))
             await ws.recv()
             await asyncio.sleep(len(speech) / 22_050 - 1.5 + 1.5)
+            for _ in range(200):  # a busy machine may play it later: until the voice has ended
+                if recent_voice_rms(peer.received, 1.0) < 0.01:
+                    break
+                await asyncio.sleep(0.1)
         await peer.close()
         return peer
 
     peer = asyncio.run(run())
-    _, received = audio_timeline(peer.received)
+    received = audio_by_media_time(peer.received)
     reference = load_audio(media.sox("agent-ref.wav", "-q", *map(str, parts), "-r", "48000", "{out}"),
                            sample_rate=RATE)[: RATE * 8]
     hop = RATE // 100
@@ -489,6 +560,6 @@ def test_killed_pcm_client_is_reaped(server):
     proc.kill()
     proc.wait()
     killed = time.monotonic()
-    while active() != before:
-        assert time.monotonic() - killed < 15, "the dead PCM peer was not reaped"
+    while active() != before:  # (reaped about 10 s after its last report; a busy machine is given more)
+        assert time.monotonic() - killed < 40, "the dead PCM peer was not reaped"
         time.sleep(0.5)

@@ -149,6 +149,7 @@ def _run_session(render_margin_ms: int, utterances):
     return asyncio.run(main())
 
 
+@pytest.mark.realtime  # paced by real sleeps, asserted to a few ms (the decisions are InputPhase's tests)
 @pytest.mark.parametrize("render_margin_ms", [20, 50])
 def test_each_window_goes_to_the_first_tick_its_frame_can_make(render_margin_ms):
     """Whatever the phase of the microphone's packets against the clock, a window is shown between the
@@ -165,6 +166,7 @@ def test_each_window_goes_to_the_first_tick_its_frame_can_make(render_margin_ms)
     assert leads.max() - leads.min() >= 0.5 * PERIOD_S, leads
 
 
+@pytest.mark.realtime  # paced by real sleeps, asserted to a few ms (the decisions are InputPhase's tests)
 def test_a_pause_brings_the_lead_back_to_the_least():
     """A second of quiet before speech: where the phase left the lead a packet or more above the least, one
     quiet packet is dropped; the rest of a packet is taken back by advancing the clock; and the speech that
@@ -326,6 +328,7 @@ class SlowPortraitAnimator(LookaheadAnimator):
         return super().prepare(avatar, seed)
 
 
+@pytest.mark.realtime  # how soon the worker answers, on the real clock; the behaviour is the test below's
 def test_a_new_portrait_is_warmed_beside_the_worker_not_on_it():
     """A session's per-portrait work runs on a thread of its own before its prepare job: meanwhile the worker
     keeps serving (here: an idle frame of another session, due within a tick)."""
@@ -364,6 +367,66 @@ def test_a_new_portrait_is_warmed_beside_the_worker_not_on_it():
     assert len(warm) == 1 and warm[0][1] != "inference-worker"
     assert len(prepares) == 2 and all(c[1] == "inference-worker" for c in prepares)
     assert prepares[1][2] >= warm[0][2] + 0.3  # the session's prepare came after its warm-up
+
+
+class GatedPortraitAnimator(LookaheadAnimator):
+    """A portrait whose per-portrait work (``warm``) lasts until the test opens ``gate``; records the order and
+    thread of each call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.calls: list[tuple[str, str]] = []
+
+    def warm(self, avatar):
+        self.calls.append(("warm", threading.current_thread().name))
+        assert self.gate.wait(30), "the test never opened the gate"
+        self.calls.append(("warmed", threading.current_thread().name))
+
+    def prepare(self, avatar, seed=0):
+        self.calls.append(("prepare", threading.current_thread().name))
+        return super().prepare(avatar, seed)
+
+
+def test_the_worker_serves_other_sessions_while_a_new_portrait_warms():
+    """A session's per-portrait work runs on a thread of its own before its prepare job: while it lasts (here
+    until the test says so, whatever the machine's speed) the worker serves another session's idle frame."""
+
+    animator = GatedPortraitAnimator()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        worker = InferenceWorker(animator, loop)
+        session = Session(_avatar(), SessionOptions(size=8, fps=FPS), worker, Telemetry(), [],
+                          latency_frames=animator.latency_frames, vad_factory=EnergyVAD)
+        try:
+            await session.start()
+            while not animator.calls:  # the warm-up has begun
+                await asyncio.sleep(0.01)
+            served = loop.create_future()
+            worker.submit(Job(session_id="other", generation=0, kind="prepare", avatar=_avatar()))
+            worker.submit(Job(session_id="other", generation=0, kind="idle", pts=0,
+                              done=lambda frame: served.set_result(frame)))
+            frame = await asyncio.wait_for(served, 30)  # would wait for ever if the warm-up held the worker
+            ready_while_warming = session._ready
+            animator.gate.set()
+            for _ in range(3000):
+                if session._ready:
+                    break
+                await asyncio.sleep(0.01)
+            return frame, ready_while_warming, session._ready
+        finally:
+            animator.gate.set()
+            await session.close(reason="test")
+            worker.stop()
+
+    frame, ready_while_warming, ready = asyncio.run(main())
+    assert frame is not None and not ready_while_warming and ready
+    kinds = [kind for kind, _ in animator.calls]
+    # The other session's prepare ran during the warm-up; this session's only after it.
+    assert kinds == ["warm", "prepare", "warmed", "prepare"], animator.calls
+    assert animator.calls[0][1] != "inference-worker"
+    assert animator.calls[1][1] == animator.calls[3][1] == "inference-worker"
 
 
 def test_a_calm_with_plenty_of_spare_time_takes_back_a_start_up_raise_in_one_step():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import numpy as np
@@ -24,6 +25,10 @@ class RecordingAnimator(Animator[dict]):
         self.idle_batches: list[int] = []
         self.resets = 0
         self.delay_s = delay_s
+        # The first feed_batch says it has begun (``entered``) and then waits for ``gate``, if the test closed it.
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        self.gate.set()
 
     def prepare(self, avatar: Avatar, seed: int = 0) -> dict:
         return {"seed": seed}
@@ -33,6 +38,8 @@ class RecordingAnimator(Animator[dict]):
 
     def feed_batch(self, items: list[tuple[AudioWindow, dict]]) -> list[list[Frame]]:
         self.batches.append(len(items))
+        self.entered.set()
+        assert self.gate.wait(10), "the test never opened the gate"
         time.sleep(self.delay_s)
         return super().feed_batch(items)
 
@@ -55,15 +62,22 @@ def _window(pts: int) -> AudioWindow:
 
 
 def _run(animator, jobs_for):
+    """Prepare sessions a, b and c, hand the worker ``jobs_for``'s jobs, and wait until it has done them all."""
+
     async def main():
         loop = asyncio.get_running_loop()
         worker = InferenceWorker(animator, loop)
         results: list = []
-        for sid in ("a", "b", "c"):
-            worker.submit(Job(session_id=sid, generation=0, kind="prepare", avatar=None))
-        await asyncio.sleep(0.05)
+        prepared = [loop.create_future() for _ in range(3)]
+        for sid, future in zip(("a", "b", "c"), prepared, strict=True):
+            worker.submit(Job(session_id=sid, generation=0, kind="prepare", avatar=None, done=future.set_result))
+        await asyncio.wait_for(asyncio.gather(*prepared), 30)
         jobs_for(worker, results)
-        await asyncio.sleep(0.3)
+        # A job of another kind queued after them (never batched with them): when it is done, so are they, and
+        # their results, handed to the loop before its own, are in.
+        drained = loop.create_future()
+        worker.submit(Job(session_id="drain", generation=0, kind="reset", done=drained.set_result))
+        await asyncio.wait_for(drained, 30)
         worker.stop()
         return results
 
@@ -71,14 +85,16 @@ def _run(animator, jobs_for):
 
 
 def test_feed_jobs_of_several_sessions_share_one_batch():
-    animator = RecordingAnimator(delay_s=0.05)
+    animator = RecordingAnimator()
+    animator.gate.clear()
 
     def jobs(worker, results):
         worker.submit(Job(session_id="a", generation=0, kind="feed", window=_window(0), done=results.append))
         # while "a" is being animated, three more arrive: one window of each session, one batch
-        time.sleep(0.01)
+        assert animator.entered.wait(10)
         for sid in ("b", "c", "a"):
             worker.submit(Job(session_id=sid, generation=0, kind="feed", window=_window(3600), done=results.append))
+        animator.gate.set()
 
     results = _run(animator, jobs)
     assert len(results) == 4
@@ -89,11 +105,12 @@ def test_late_windows_are_skipped_and_stale_generations_dropped():
     animator = RecordingAnimator()
 
     def jobs(worker, results):
-        worker.submit(Job(session_id="a", generation=0, kind="feed", window=_window(0), done=results.append,
-                          deadline=time.perf_counter() - 1))
-        worker.submit(Job(session_id="b", generation=0, kind="feed", window=_window(0), done=results.append))
-        worker.invalidate("b", 1)  # barge-in: b's queued window is dropped
-        worker.submit(Job(session_id="c", generation=0, kind="feed", window=_window(0), done=results.append))
+        with worker._cv:  # all queued before the worker wakes: b's window is still queued when it is invalidated
+            worker.submit(Job(session_id="a", generation=0, kind="feed", window=_window(0), done=results.append,
+                              deadline=time.perf_counter() - 1))
+            worker.submit(Job(session_id="b", generation=0, kind="feed", window=_window(0), done=results.append))
+            worker.invalidate("b", 1)  # barge-in: b's queued window is dropped
+            worker.submit(Job(session_id="c", generation=0, kind="feed", window=_window(0), done=results.append))
 
     results = _run(animator, jobs)
     assert len(results) == 1  # only c's window was animated
@@ -122,8 +139,11 @@ class OneByOneAnimator(RecordingAnimator):
     def __init__(self, delay_s: float) -> None:
         super().__init__(delay_s)
         self.made: dict[int, float] = {}
+        self.first_delivered = threading.Event()
 
     def feed_batch(self, items: list[tuple[AudioWindow, dict]]) -> list[list[Frame]]:
+        if items[0][0].start_pts == 2:  # the last session's window waits (a while at most) for the first's frame
+            self.first_delivered.wait(10)
         frames = super().feed_batch(items)
         for window, _ in items:
             self.made[window.start_pts] = time.perf_counter()
@@ -136,6 +156,8 @@ def test_a_backend_without_batching_hands_each_sessions_frames_on_at_once():
 
     def done(result):
         delivered[result.frames[0].pts] = time.perf_counter()
+        if result.frames[0].pts == 0:
+            animator.first_delivered.set()
 
     def jobs(worker, results):
         with worker._cv:  # three sessions' windows queued together, as one tick's would be
