@@ -97,7 +97,10 @@ class _AudioTrack:
     then trims the encoder's priming samples, docs/platform.md)."""
 
     def __init__(self, container: av.container.OutputContainer, audio: Path, fps: int, codec: str = "aac") -> None:
-        self.stream = container.add_stream(codec, rate=OUTPUT_SAMPLE_RATE, layout="mono")
+        stream = container.add_stream(codec, rate=OUTPUT_SAMPLE_RATE, layout="mono")
+        if not isinstance(stream, av.audio.stream.AudioStream):
+            raise ValueError(f"{codec} is not an audio codec")
+        self.stream = stream
         self.stream.bit_rate = 96_000
         self._source = iter_audio(audio, sample_rate=OUTPUT_SAMPLE_RATE,
                                   chunk_samples=samples_per_frame(OUTPUT_SAMPLE_RATE, fps))

@@ -39,6 +39,8 @@ from aiortc.codecs.vpx import Vp8Encoder, number_of_threads
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.utils import uint16_add
+from av.frame import Frame
+from av.video.codeccontext import VideoCodecContext
 
 from emo_stream.errors import EmoStreamError
 
@@ -89,18 +91,22 @@ def install_aiortc_workarounds() -> None:
 class PortraitVp8Encoder(Vp8Encoder):
     """``Vp8Encoder`` whose libvpx context is opened with ``NOISE_SENSITIVITY`` and ``CPU_USED``."""
 
-    def encode(self, frame: av.VideoFrame, force_keyframe: bool = False) -> tuple[list[bytes], int]:
+    def encode(self, frame: Frame, force_keyframe: bool = False) -> tuple[list[bytes], int]:
+        if not isinstance(frame, av.VideoFrame):
+            raise TypeError(f"a video encoder encodes video frames, not {type(frame).__name__}")
         # Open the context ourselves whenever the base class would (first frame, new size, bitrate moved
         # > 10 %); it then reuses ours.
         codec = self.codec
-        if codec is None or (frame.width, frame.height) != (codec.width, codec.height) or \
+        if codec is None or (frame.width, frame.height) != (codec.width, codec.height) or not codec.bit_rate or \
                 abs(self.target_bitrate - codec.bit_rate) / codec.bit_rate > 0.1:
             self.codec = self._open(frame.width, frame.height)
         return super().encode(frame, force_keyframe)
 
-    def _open(self, width: int, height: int) -> av.codec.context.CodecContext:
+    def _open(self, width: int, height: int) -> VideoCodecContext:
         bitrate = self.target_bitrate
         codec = av.CodecContext.create("libvpx", "w")
+        if not isinstance(codec, VideoCodecContext):
+            raise TypeError("libvpx opened as a non-video codec")
         codec.width, codec.height = width, height
         codec.bit_rate = bitrate
         codec.pix_fmt = "yuv420p"
@@ -127,7 +133,7 @@ def install_portrait_encoders() -> None:
 
     aiortc offers no per-sender encoder option; its sender looks ``get_encoder`` up in its own module.
     """
-    rtcrtpsender.get_encoder = _portrait_encoder  # type: ignore[attr-defined]
+    rtcrtpsender.get_encoder = _portrait_encoder
 
 
 class InOrderAudioBuffer(JitterBuffer):
@@ -139,19 +145,26 @@ class InOrderAudioBuffer(JitterBuffer):
         self.skipped = 0  # packets given up (never arrived in time) or dropped to catch up
 
     def _remove_frame(self, sequence_number: int) -> JitterFrame | None:
-        # aiortc calls this from add() with the packet just stored.
-        queued = [seq for seq in (uint16_add(self._origin, i) for i in range(self._capacity))
+        # aiortc calls this from add() with the packet just stored, so the origin is set.
+        origin = self._origin
+        if origin is None:
+            return None
+        queued = [seq for seq in (uint16_add(origin, i) for i in range(self._capacity))
                   if self._packets[seq % self._capacity] is not None]
         if not queued:
             return None
-        if queued[0] != self._origin:  # the head is missing
+        if queued[0] != origin:  # the head is missing
             if len(queued) <= self.patience:
                 return None
-            self.skipped += uint16_add(queued[-1], -self._origin)
-            self.remove(uint16_add(queued[-1], -self._origin))  # the gap and all but the newest packet go
-        packet = self._packets[self._origin % self._capacity]
+            self.skipped += uint16_add(queued[-1], -origin)
+            self.remove(uint16_add(queued[-1], -origin))  # the gap and all but the newest packet go
+            origin = queued[-1]  # remove(n) moved the origin n packets on
+        packet = self._packets[origin % self._capacity]
+        if packet is None:  # not reached: origin is a queued packet
+            return None
         self.remove(1)
-        return JitterFrame(data=packet._data, timestamp=packet.timestamp)
+        # aiortc's receiver stores each packet's payload as ``_data`` before add(); its own buffer reads it so.
+        return JitterFrame(data=packet._data, timestamp=packet.timestamp)  # type: ignore[attr-defined]
 
 
 def hand_on_audio_at_once(receiver: Any) -> InOrderAudioBuffer | None:

@@ -139,12 +139,18 @@ class MediaClock:
         self.video.clear()
         self.audio.clear()
 
+    def _due(self, index: int) -> float:
+        """When tick ``index`` is due on the loop's clock; only once started (``_run`` runs from ``start``)."""
+        if self._start is None:
+            raise RuntimeError("the media clock has not started")
+        return self._start + index * self.period
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         index = 0
         advanced_at = -math.inf
         while True:
-            deadline = self._start + index * self.period
+            deadline = self._due(index)
             if deadline > loop.time():
                 self._sleep = loop.create_future()
                 wake = loop.call_at(deadline, _resolve, self._sleep)
@@ -152,7 +158,7 @@ class MediaClock:
                     await self._sleep
                 finally:
                     wake.cancel()
-                if self._start + index * self.period != deadline:
+                if self._due(index) != deadline:
                     advanced_at = loop.time()  # a tick the advance left in the past is due now, not late
                     continue
             lag = loop.time() - max(deadline, advanced_at)

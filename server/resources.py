@@ -66,6 +66,12 @@ class EngineResources:
         await asyncio.to_thread(self.animator.warm, default)
         await asyncio.to_thread(self.vad_factory)
 
+    def running(self) -> tuple[InferenceWorker, Animator[Any]]:
+        """The worker and the animator of a started engine (sessions open only after ``start``)."""
+        if self.worker is None or self.animator is None:
+            raise RuntimeError("the engine has not started")
+        return self.worker, self.animator
+
     async def stop(self) -> None:
         """Stop the worker (its thread) and close the animator; the sessions are closed before this."""
         if self.worker is not None:

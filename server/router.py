@@ -270,6 +270,8 @@ def create_router_app(config: Config, pool: ShardPool) -> FastAPI:
                     if name is not None:
                         names[name] = shard.index
                 return answer
+        if answer is None:  # unreachable: ranked is not empty, so some process answered
+            raise ShardUnavailableError("no session process answered; try again in a few seconds")
         return answer
 
     @app.api_route("/v1/sessions/{session_key}", methods=["GET", "DELETE"])

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Annotated
 
+from aiortc import RTCSessionDescription
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.requests import HTTPConnection
@@ -107,6 +108,13 @@ _offer_schema = OfferBody.model_json_schema()
 _offer_schema["properties"]["options"] = SessionOptionsBody.model_json_schema()  # inline: no $defs
 
 
+def _answer_of(session: Session) -> RTCSessionDescription:
+    """The answer to the session's offer (``create_session`` returns only sessions that answered)."""
+    if session.answer is None:
+        raise RuntimeError(f"session {session.id[:8]} has no answer")
+    return session.answer
+
+
 @router.post("/v1/sessions", status_code=201, openapi_extra={"requestBody": {"required": True, "content": {
     "application/json": {"schema": {k: v for k, v in _offer_schema.items() if k != "$defs"}},
     "application/sdp": {"schema": {"type": "string"}}}}})
@@ -115,9 +123,9 @@ async def create_session(request: Request, service: Service) -> Response:
     if content_type == "application/sdp":  # WHIP
         sdp = (await request.body()).decode("utf-8", errors="replace")
         query = request.query_params
-        options = SessionOptionsBody(**{k: v for k, v in query.items() if k in SessionOptionsBody.model_fields})
+        options = SessionOptionsBody.model_validate({k: v for k, v in query.items() if k in SessionOptionsBody.model_fields})
         session = await service.create_session(sdp, "offer", query.get("avatar_id") or query.get("avatar"), options)
-        return Response(session.answer.sdp, status_code=201, media_type="application/sdp",
+        return Response(_answer_of(session).sdp, status_code=201, media_type="application/sdp",
                         headers={"Location": f"/v1/sessions/{session.id}", "X-Control-Token": session.control_token,
                                  "X-Latency-Ms": str(session.latency_ms)})
     try:
@@ -125,7 +133,8 @@ async def create_session(request: Request, service: Service) -> Response:
     except ValueError as exc:
         raise RequestError(f"the body must be JSON with sdp and type: {str(exc).splitlines()[0]}") from None
     session = await service.create_session(body.sdp, body.type, body.avatar_id or body.avatar, body.options)
-    return JSONResponse({"session_id": session.id, "sdp": session.answer.sdp, "type": session.answer.type,
+    answer = _answer_of(session)
+    return JSONResponse({"session_id": session.id, "sdp": answer.sdp, "type": answer.type,
                          "control_token": session.control_token,
                          "latency_ms": session.latency_ms}, status_code=201)
 

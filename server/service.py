@@ -145,10 +145,10 @@ class SessionService:
         options = SessionOptions(size=a.size, fps=a.fps, backend=a.backend, background=body.background,
                                  audio_source=body.audio_source, name=body.name,
                                  seed=body.seed if body.seed is not None else a.seed)
-        session = Session(avatar, options, resources.worker, self.telemetry, server.ice_servers,
-                          latency_frames=resources.animator.latency_frames, vad_factory=resources.vad_factory,
-                          delay_margin_ticks=max(server.delay_margin_ticks,
-                                                 resources.animator.margin_ticks),
+        worker, animator = resources.running()
+        session = Session(avatar, options, worker, self.telemetry, server.ice_servers,
+                          latency_frames=animator.latency_frames, vad_factory=resources.vad_factory,
+                          delay_margin_ticks=max(server.delay_margin_ticks, animator.margin_ticks),
                           render_margin_ms=server.render_margin_ms,
                           id_prefix=self.shard.session_prefix if self.shard else "")
         try:

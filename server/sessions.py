@@ -220,10 +220,15 @@ class Session:
             await asyncio.to_thread(self.worker.animator.warm, self.avatar)
         except Exception:  # prepare meets the same fault on the worker, which handles it
             logger.exception("warming the avatar failed", extra={"session_id": self.id[:8]})
-        prepared = asyncio.get_running_loop().create_future()
+        prepared: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+
+        def settle(ok: object) -> None:
+            if not prepared.done():
+                prepared.set_result(ok)
+
         self.worker.submit(Job(session_id=self.id, generation=self.generation, kind="prepare", avatar=self.avatar,
                                seed=self.options.seed, vad_factory=self._vad_factory, background=self.background,
-                               done=lambda ok: prepared.done() or prepared.set_result(ok)), urgent=True)
+                               done=settle), urgent=True)
         await prepared
         self._ready = True
 
@@ -234,6 +239,8 @@ class Session:
                 frame = await track.recv()
             except MediaStreamError:
                 return
+            if not isinstance(frame, av.AudioFrame):  # a remote audio track yields decoded audio only
+                continue
             self.stats.last_input = time.monotonic()
             t0 = time.perf_counter()
             self.push_audio_frame(frame)

@@ -202,6 +202,8 @@ class InferenceWorker:
             self._sessions.pop(first.session_id, None)
             return
         if first.kind == "prepare":
+            if first.avatar is None:
+                raise ValueError("a prepare job carries the session's avatar")
             state = self.animator.prepare(first.avatar, seed=first.seed)
             vad = first.vad_factory() if first.vad_factory else None
             self._sessions[first.session_id] = EngineSession(state=state, vad=vad, background=first.background)
@@ -245,16 +247,17 @@ class InferenceWorker:
         now = time.perf_counter()
         for job in batch:
             engine = self._sessions.get(job.session_id)
-            if engine is None or self._stale(job):
+            if engine is None or self._stale(job) or job.window is None:
                 continue
             if job.deadline < now:
                 self.jobs_skipped += 1
                 continue
             t0 = time.perf_counter()
-            prob = engine.vad.speech_probability(job.window.samples) if engine.vad is not None else 1.0
+            heard = job.window
+            prob = engine.vad.speech_probability(heard.samples) if engine.vad is not None else 1.0
             speaking = engine.gate.update(prob)
-            window = AudioWindow(samples=job.window.samples, sample_rate=job.window.sample_rate,
-                                 start_pts=job.window.start_pts, is_speech=speaking)
+            window = AudioWindow(samples=heard.samples, sample_rate=heard.sample_rate,
+                                 start_pts=heard.start_pts, is_speech=speaking)
             vad_info.append((speaking, prob, time.perf_counter() - t0))
             items.append((window, engine.state))
             jobs.append(job)

@@ -9,7 +9,7 @@ import time
 import numpy as np
 
 from emo_stream.animators.base import Animator
-from emo_stream.types import AudioWindow, Avatar, Frame
+from emo_stream.types import AudioWindow, Avatar, FaceLandmarks, Frame
 from server.worker import InferenceWorker, Job
 
 
@@ -57,6 +57,12 @@ class RecordingAnimator(Animator[dict]):
         self.resets += 1
 
 
+def _avatar() -> Avatar:
+    points = np.zeros((478, 3), np.float32)
+    return Avatar(image=np.zeros((8, 8, 3), np.uint8), landmarks=FaceLandmarks(points=points, image_size=(8, 8)),
+                  cache_key="worker", source_size=(8, 8))
+
+
 def _window(pts: int) -> AudioWindow:
     return AudioWindow(samples=np.zeros(640, np.float32), sample_rate=16_000, start_pts=pts)
 
@@ -70,7 +76,7 @@ def _run(animator, jobs_for):
         results: list = []
         prepared = [loop.create_future() for _ in range(3)]
         for sid, future in zip(("a", "b", "c"), prepared, strict=True):
-            worker.submit(Job(session_id=sid, generation=0, kind="prepare", avatar=None, done=future.set_result))
+            worker.submit(Job(session_id=sid, generation=0, kind="prepare", avatar=_avatar(), done=future.set_result))
         await asyncio.wait_for(asyncio.gather(*prepared), 30)
         jobs_for(worker, results)
         # A job of another kind queued after them (never batched with them): when it is done, so are they, and

@@ -40,14 +40,14 @@ def create_animator(backend: str = "lite", *, size: int = 512, fps: int = 25, mo
 
         return LiteAnimator(size=size, fps=fps, motion=motion)
     if backend == "emo":
-        check_checkpoint_folder(checkpoint)
+        folder = check_checkpoint_folder(checkpoint)
         try:
             from emo_stream.animators.emo import EmoAnimator  # torch: imported only here
         except ModuleNotFoundError as exc:
             if exc.name != "emo_stream.animators.emo":
                 raise
             raise UnknownBackendError("the emo backend is not available in this build; use --backend lite") from None
-        return EmoAnimator.from_checkpoint(checkpoint, size=size, fps=fps, device=device, **emo_options)
+        return EmoAnimator.from_checkpoint(folder, size=size, fps=fps, device=device, **emo_options)
     raise UnknownBackendError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
 
 

@@ -298,7 +298,8 @@ class EmoAnimator(Animator[EmoState]):
 
         # A fitted PatchAutoencoder has no separate decoder module: compile the whole part.
         decoder = self.pipe.small_decoder if self.decoder == "small" else getattr(self.pipe.vae, "decoder", self.pipe.vae)
-        decoder.compile()
+        if decoder is not None:
+            decoder.compile()
         for module in self.pipe.denoiser.modules():
             if isinstance(module, ResnetBlock2D | MotionModule):
                 module.compile()
@@ -445,6 +446,8 @@ class EmoAnimator(Animator[EmoState]):
         for clip in clips:
             state = clip.state
             portrait = state.portrait if self.cache_reference else self.encode_portrait(state.avatar)
+            if portrait is None:
+                raise RuntimeError("a session without an encoded portrait is rendered by lite, not sampled")
             requests.append(ClipRequest(portrait, self._tokens(clip), state.carry, state.generator))
         latents, carries = denoise_batch(self.pipe, requests, self.steps, self.guidance_scale, self.motion_frames,
                                          self.noise_correlation)
@@ -472,7 +475,7 @@ class EmoAnimator(Animator[EmoState]):
     def _lite_frames(self, clip: _Clip) -> list[Frame]:
         state = clip.state
         if clip.idle:
-            frames = [state.lite.idle(slot.pts) for slot in clip.slots[:1]]
+            frames = [state.lite.idle(slot.pts) for slot in clip.slots[:1] if slot.pts is not None]
         else:
             frames = [state.lite.frame(slot.index, slot.pts) for slot in clip.slots if slot.pts is not None]
         state.fallback_frames += len(frames)

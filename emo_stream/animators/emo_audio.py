@@ -20,8 +20,10 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
+from torch import nn
 
 from emo_stream.models.speech_encoder import MEL_FFT, MEL_HOP, SAMPLE_RATE, SpeechEncoder
 
@@ -71,7 +73,7 @@ def audio_reach(encoder: SpeechEncoder, fps: int, context_s: float = 2.0) -> Aud
     state_hop = 2 * MEL_HOP  # both mel encoders have a stride-2 stem: 50 Hz states
     half = MEL_FFT // 2
     if cfg.kind == "logmel":
-        layers = len(encoder.encoder.layers)
+        layers = len(cast(nn.ModuleList, encoder.encoder.layers))
         stem = MEL_HOP * (1 + 2 * layers) + half  # conv_in k3/s2 then `layers` k3 convs on the states
     else:  # whisper: conv1 k3, conv2 k3/s2
         stem = 2 * MEL_HOP + half

@@ -316,7 +316,7 @@ class EmoPipeline(DiffusionPipeline):
         frame, so a new mouth also moves its output far from the mouth (on a portrait unlike the training ones,
         the whole frame); outside the region the portrait's own pixels are what the sampler kept anyway."""
         base = self.residual_base(state, decoder)
-        if base is None:
+        if base is None or state is None or state.pixels is None:  # residual_base gives a base only with both
             return images
         images = images + base
         if state.generate_mask is None:
