@@ -60,7 +60,7 @@ from tests import media  # noqa: E402
 
 CLIP_FRAMES = 4
 FPS = 25
-ECHOMIMIC_PUBLISHED_S_PER_FRAME = 50 / 240  # README: ~50 s per 240 frames with acc, V100 (docs/importing.md)
+ECHOMIMIC_PUBLISHED_S_PER_FRAME = 50 / 240  # EchoMimic's README, acc on a V100 (docs/importing.md)
 
 
 def set_source(source: str) -> None:

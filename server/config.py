@@ -30,13 +30,14 @@ class ServerConfig:
     delay_margin_ticks: int = 0
     render_margin_ms: int = 20
     # Session processes: each runs its own sessions' peers, worker and animator, so sessions on different
-    # processes do not share one interpreter's lock (README "The live server"). 1: all in the server's own
-    # process; 0: one per core the server may use, at most 4 (the lite backend only: a GPU backend keeps one
-    # worker per device).
+    # processes do not share one interpreter's lock (docs/server.md, "Session processes"). 1: all in the
+    # server's own process; 0: one per core the server may use, at most 4 (the lite backend only: a GPU
+    # backend keeps one worker per device).
     processes: int = 0
     # Cores a session is counted at until the running ones have been measured (3 s in): a burst of offers to
     # a fresh server gets in only as far as this fits. 0.35: four 512² lite sessions used 1.2–1.35 of this
-    # machine's 2 cores (README "The live server"). 0: no estimate, only measured load is refused.
+    # machine's 2 cores (docs/benchmarks.md, "Four sessions, 40 s rounds"). 0: no estimate, only measured
+    # load is refused.
     session_cost_cores: float = 0.35
 
     def validate(self, prefix: str) -> None:

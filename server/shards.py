@@ -2,10 +2,11 @@
 
 One interpreter runs every session's peer, clock and encoder on one event loop and the animator on one
 worker thread, all under one GIL: on 2 cores it holds 2 × 512² sessions on time, with a core to spare
-(README "Live capacity"). With ``server.processes`` > 1 the server starts that many children, each the
-ordinary app (``create_app(shard=ShardRole(k, n))``) on a loopback socket of its own, and routes requests
-to them (``server.router``): a session lives in one child from offer to close, so nothing per frame crosses
-a process boundary. A child's session ids start with ``s<k>-``, which is how the router finds it again.
+(docs/benchmarks.md, "The server alone on two dedicated cores"). With ``server.processes`` > 1 the server
+starts that many children, each the ordinary app (``create_app(shard=ShardRole(k, n))``) on a loopback socket
+of its own, and routes requests to them (``server.router``): a session lives in one child from offer to
+close, so nothing per frame crosses a process boundary. A child's session ids start with ``s<k>-``, which is
+how the router finds it again.
 """
 
 from __future__ import annotations

@@ -188,7 +188,7 @@ def tiny_face_patch() -> dict[str, dict[str, Any]]:
 
     It carries far more of the mouth's motion than the trained VAE (``scripts/ae_ceiling.py``: r 0.55 against
     0.22), but the tiny denoiser, trained as long as ``make train-tiny`` allows, leaves visible noise in the
-    generated lower face on it (README "A tiny model trained here"); kept for longer runs.
+    generated lower face on it (docs/research/tiny-model.md, "Autoencoders tried"); kept for longer runs.
     """
     configs = tiny_face()
     configs["denoiser"].update(in_channels=PATCH_LATENTS, out_channels=PATCH_LATENTS)
@@ -202,8 +202,8 @@ def tiny_face_f4() -> dict[str, dict[str, Any]]:
     """``tiny_face`` with an f = 4 VAE (16 → 64 channels, 32 × 32 × 4 latents): the mouth spans four times the
     latent cells. The denoiser's first stage is a plain 16-channel one at 32 × 32; its attention (reference,
     audio) stays at 16 × 16. Its VAE reconstructs faces far better than ``tiny_face``'s, but ``make train-tiny``'s
-    budget leaves colour noise in the generated lower face on it, in silence as in speech (README "A tiny model
-    trained here", session 9); kept for longer runs.
+    budget leaves colour noise in the generated lower face on it, in silence as in speech
+    (docs/research/tiny-model.md, "Autoencoders tried"); kept for longer runs.
     """
     configs = tiny_face()
     configs["denoiser"].update(sample_size=32, block_out_channels=[16, 32, 64],

@@ -14,8 +14,8 @@ blurred faces with the mouth shut; the held-out mouth motion it carries (``scrip
 own videos through it) is r 0.22–0.34 with a speech mouth range of 0.03–0.04 eye spans. A 32-component patch PCA
 (12× compression at f = 8) carries r 0.63 and 0.085 — near the teacher's 0.78 and 0.088 — and the tiny denoiser
 costs the same: only its first and last convolutions see the channel count. But the tiny denoiser, trained as
-long as ``make train-tiny`` allows, leaves visible noise in a lower face generated on it (README), so
-``tiny_face`` keeps its trained VAE and this is ``tiny_face_patch``.
+long as ``make train-tiny`` allows, leaves visible noise in a lower face generated on it
+(docs/research/tiny-model.md), so ``tiny_face`` keeps its trained VAE and this is ``tiny_face_patch``.
 """
 
 from __future__ import annotations
