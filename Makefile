@@ -1,4 +1,4 @@
-# Two commands set everything up on a fresh Debian machine with Python 3.11:
+# Two commands set everything up on a fresh Debian machine with Python 3.11 or 3.12 (PYTHON=python3.12):
 #   make serve   venv + install + start the server (lite backend, bundled portrait)
 #   make test    venv + install + test packages (Debian and PyPI) + run the tests
 #                (behaviour only; `make test-realtime` runs the rate and latency tests)
@@ -28,7 +28,7 @@ STAMP_DEB  := $(VENV)/.stamp-deb
 .PHONY: serve test test-realtime lint install install-test deb clean distclean train-tiny
 
 $(PY):
-	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (needs Python 3.11)"; exit 2; }
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (needs Python 3.11 or 3.12)"; exit 2; }
 	$(PYTHON) -m venv $(VENV)
 
 # torch is pinned to the CPU wheel on these machines (a range would pull a CUDA build);
