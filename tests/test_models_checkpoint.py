@@ -174,54 +174,15 @@ def test_pickled_weights_are_refused(folder):
     expect_error(folder, "'speech_encoder'", "safetensors")
 
 
-def test_patch_autoencoder_answers_like_autoencoder_kl_fits_and_round_trips(tmp_path):
-    """``PatchAutoencoder`` (tiny_face_patch's): the calls of ``AutoencoderKL`` — a point posterior (sample = mean, KL 0),
-    f = 8 — a fit that reconstructs what it was fitted on far better than the unfitted code, components in
-    order of variance (or whitened), the same fit for the same data, and a checkpoint that saves and loads it by its own class."""
-    from emo_stream.models import build_components, configs, save_checkpoint
+def test_load_part_reads_one_part_alone(tiny_folder):
+    """``load_part`` (``scripts/ae_ceiling.py`` reads a VAE this way): the part as the whole load has it, and an
+    absent part named in the error."""
     from emo_stream.models.checkpoint import load_part
-    from emo_stream.models.factory import TINY_SETTINGS
-    from emo_stream.models.patch_autoencoder import PatchAutoencoder
 
-    parts = build_components(configs.tiny_face_patch(), TINY_SETTINGS, seed=3)
-    assert isinstance(parts.vae, PatchAutoencoder)
-    # Smooth random images (a face's statistics are not needed: a PCA of any correlated patches).
-    g = torch.Generator().manual_seed(0)
-    x = torch.nn.functional.interpolate(torch.rand(8, 3, 16, 16, generator=g) * 2 - 1, size=128, mode="bicubic")
-    x = x.clamp(-1, 1)
-
-    def error(vae):
-        with torch.no_grad():
-            return float((vae.decode(vae.encode(x).latent_dist.mean).sample - x).abs().mean())
-
-    unfitted = error(parts.vae)
-    weights = torch.ones(8, 1, 128, 128)
-    assert parts.vae.fit([(x[:4], weights[:4]), (x[4:], None)]) == 8 * 256
-    assert error(parts.vae) < 0.2 * unfitted
-    with torch.no_grad():
-        posterior = parts.vae.encode(x).latent_dist
-        z = posterior.mean
-        assert z.shape == (8, configs.PATCH_LATENTS, 16, 16)
-        assert torch.equal(posterior.sample(torch.Generator().manual_seed(0)), z)
-        assert float(posterior.kl().abs().sum()) == 0.0
-        spread = z.std(dim=(0, 2, 3))
-        assert bool((spread[:-1] >= spread[1:] - 1e-4).all())  # natural scales: the first component varies most
-        decoded = parts.vae.decode(z).sample
-    again = PatchAutoencoder(**{k: v for k, v in parts.vae.config.items() if not k.startswith("_")})
-    again.fit([(x, None)])
-    assert torch.allclose(again.basis, parts.vae.basis, atol=1e-5)
-    white = PatchAutoencoder(latent_channels=configs.PATCH_LATENTS, whiten=True)
-    white.fit([(x, None)])
-    with torch.no_grad():
-        w = white.encode(x).latent_dist.mean
-    assert torch.allclose(w.std(dim=(0, 2, 3)), torch.ones(configs.PATCH_LATENTS), atol=0.05)
-    save_checkpoint(parts, tmp_path / "ckpt")
-    index = json.loads((tmp_path / "ckpt" / "model_index.json").read_text())
-    assert index["vae"] == ["emo_stream.models", "PatchAutoencoder"]
-    loaded = load_checkpoint(tmp_path / "ckpt")
-    alone = load_part(tmp_path / "ckpt", "vae")
-    with torch.no_grad():
-        assert torch.equal(loaded.vae.decode(z).sample, decoded)
-        assert torch.equal(alone.encode(x).latent_dist.mean, z)
-    with pytest.raises(CheckpointError, match="no part 'audio_projection'"):
-        load_part(tmp_path / "ckpt", "audio_projection")
+    alone = load_part(tiny_folder, "vae")
+    whole = load_checkpoint(tiny_folder).vae
+    assert type(alone) is type(whole)
+    got, want = alone.state_dict(), whole.state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    with pytest.raises(CheckpointError, match="no part 'image_projection'"):
+        load_part(tiny_folder, "image_projection")

@@ -133,26 +133,3 @@ def test_renders_from_a_tiny_checkpoint_folder(tmp_path, portrait, audio):
     assert pipeline.settings.num_inference_steps == 2
     out = pipeline(portrait, audio[:6400], generator=seeded())
     assert out.frames.shape == (10, 64, 64, 3)
-
-
-def test_renders_with_an_f4_autoencoder(tmp_path, audio):
-    """``tiny_face_f4``: 32 × 32 latents of a 128 px frame (f = 4), a plain first denoiser stage, a face locator and
-    small decoder of f = 4; saved, loaded and rendered through the same pipeline as the f = 8 models."""
-    import dataclasses
-
-    from emo_stream.models import build_components, configs, load_checkpoint, save_checkpoint
-    from emo_stream.models.factory import TINY_SETTINGS, liven_zero_init
-
-    parts = build_components(configs.tiny_face_f4(), dataclasses.replace(TINY_SETTINGS, sample_size=128), seed=0)
-    liven_zero_init(parts, seed=0)
-    with torch.no_grad():
-        z = parts.vae.encode(torch.zeros(1, 3, 128, 128)).latent_dist.mean
-        assert z.shape == (1, 4, 32, 32)
-        assert parts.small_decoder(z).sample.shape == (1, 3, 128, 128)
-    save_checkpoint(parts, tmp_path / "f4")
-    pipeline = EmoPipeline.from_components(load_checkpoint(tmp_path / "f4"))
-    pipeline.set_progress_bar_config(disable=True)
-    portrait = (np.random.default_rng(0).random((128, 128, 3)) * 255).astype(np.uint8)
-    out = pipeline(portrait, audio[:6400], generator=seeded())
-    assert out.frames.shape == (10, 128, 128, 3)
-    assert out.frames.std() > 0

@@ -65,21 +65,6 @@ def test_autoencoder_stage_trains_sets_scale_and_writes_a_checkpoint(tmp_path: P
     assert first.losses == second.losses and first.scaling_factor == second.scaling_factor
 
 
-def test_patch_autoencoder_is_fitted_not_trained(tmp_path: Path) -> None:
-    """``model.init: tiny_face_patch``: the autoencoder stage fits the PatchAutoencoder on ``steps`` batches (no
-    gradient steps), lowers the loss on a batch it did not fit on, and writes a checkpoint that loads."""
-    config = load_autoencoder_config(REPO / "configs" / "train" / "tiny-autoencoder.yaml", {
-        "output_dir": str(tmp_path / "ae"), "data.root": None, "data.synthetic": True, "data.synthetic_clips": 4,
-        "data.size": 64, "model.init": "tiny_face_patch", "steps": 3, "batch_size": 2, "scale_batches": 2})
-    result = train_autoencoder(config)
-    before, after = result.losses
-    assert after < 0.5 * before
-    loaded = load_checkpoint(result.final_dir)
-    assert type(loaded.vae).__name__ == "PatchAutoencoder"
-    assert loaded.vae.config.scaling_factor == pytest.approx(result.scaling_factor)
-    assert (tmp_path / "ae" / "log.csv").read_text().splitlines()[0] == "step,loss,loss_before_fit,patches"
-
-
 def test_autoencoder_config_refuses_clips() -> None:
     with pytest.raises(ConfigError, match="clip_frames"):
         load_autoencoder_config(None, {"data.synthetic": True, "data.size": 64, "data.clip_frames": 4})

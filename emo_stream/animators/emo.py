@@ -296,7 +296,7 @@ class EmoAnimator(Animator[EmoState]):
 
         from emo_stream.models.temporal import MotionModule
 
-        # A fitted PatchAutoencoder has no separate decoder module: compile the whole part.
+        # Frames are only decoded per tick: compile the VAE's decoder, not its encoder.
         decoder = self.pipe.small_decoder if self.decoder == "small" else getattr(self.pipe.vae, "decoder", self.pipe.vae)
         if decoder is not None:
             decoder.compile()

@@ -31,7 +31,6 @@ from emo_stream.models.audio_projection import AudioProjection
 from emo_stream.models.denoiser import EmoDenoiser
 from emo_stream.models.face_locator import FaceLocator
 from emo_stream.models.image_projection import ImageProjection
-from emo_stream.models.patch_autoencoder import PatchAutoencoder
 from emo_stream.models.reference_net import ReferenceNet
 from emo_stream.models.schedulers import SCHEDULERS, STEP_RULES
 from emo_stream.models.small_decoder import SmallDecoder
@@ -50,8 +49,7 @@ PART_CLASSES: dict[str, tuple[dict[tuple[str, str], type[Any]], bool]] = {
     "audio_projection": ({("emo_stream.models", "AudioProjection"): AudioProjection}, False),
     "image_projection": ({("emo_stream.models", "ImageProjection"): ImageProjection}, False),
     "speech_encoder": ({("emo_stream.models", "SpeechEncoder"): SpeechEncoder}, True),
-    "vae": ({("diffusers", "AutoencoderKL"): AutoencoderKL,
-             ("emo_stream.models", "PatchAutoencoder"): PatchAutoencoder}, True),
+    "vae": ({("diffusers", "AutoencoderKL"): AutoencoderKL}, True),
     "small_decoder": ({("emo_stream.models", "SmallDecoder"): SmallDecoder}, False),
     "scheduler": ({("diffusers", name): cls for name, cls in SCHEDULERS.items()}, True),
 }
@@ -137,7 +135,7 @@ class EmoComponents:
     denoiser: EmoDenoiser
     face_locator: FaceLocator
     speech_encoder: SpeechEncoder
-    vae: AutoencoderKL | PatchAutoencoder
+    vae: AutoencoderKL
     scheduler: SchedulerMixin
     audio_projection: AudioProjection | None = None
     image_projection: ImageProjection | None = None

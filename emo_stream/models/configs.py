@@ -10,8 +10,6 @@ checkpoint's ``model_index.json``. Full sizes reproduce the upstream key layouts
 - ``emo``: our own full-size layout — EchoMimic's audio slot plus speed buckets;
 - ``tiny``: the ``emo`` layout at toy widths, forward well under a second on CPU;
 - ``tiny_face``: ``tiny`` at 128 px (16 × 16 latents), a VAE narrow enough to train on a CPU (``make train-tiny``).
-- ``tiny_face_patch``: ``tiny_face`` with a fitted ``PatchAutoencoder`` (16 × 16 × 32 latents).
-- ``tiny_face_f4``: ``tiny_face`` with an f = 4 VAE (32 × 32 × 4 latents).
 """
 
 from __future__ import annotations
@@ -176,44 +174,6 @@ def tiny_face() -> dict[str, dict[str, Any]]:
     configs["vae"].update(block_out_channels=[8, 16, 32, 64], norm_num_groups=8, sample_size=128)
     configs["small_decoder"] = {"latent_channels": 4, "block_out_channels": [32, 32, 16, 8],
                                 "num_blocks": [1, 1, 1, 1]}
-    return configs
-
-
-# Principal components per 8 × 8 RGB patch of tiny_face_patch (12x compression).
-PATCH_LATENTS = 32
-
-
-def tiny_face_patch() -> dict[str, dict[str, Any]]:
-    """``tiny_face`` with a fitted ``PatchAutoencoder`` (PCA of 8 × 8 patches, 16 × 16 × 32 latents) for a VAE.
-
-    It carries far more of the mouth's motion than the trained VAE (``scripts/ae_ceiling.py``: r 0.55 against
-    0.22), but the tiny denoiser, trained as long as ``make train-tiny`` allows, leaves visible noise in the
-    generated lower face on it (docs/research/tiny-model.md, "Autoencoders tried"); kept for longer runs.
-    """
-    configs = tiny_face()
-    configs["denoiser"].update(in_channels=PATCH_LATENTS, out_channels=PATCH_LATENTS)
-    configs["reference_net"] = reference_config(configs["denoiser"], cross_attention_dim=None)
-    configs["vae"] = {"kind": "patch", "patch_size": 8, "latent_channels": PATCH_LATENTS, "sample_size": 128}
-    configs["small_decoder"] = dict(configs["small_decoder"], latent_channels=PATCH_LATENTS)
-    return configs
-
-
-def tiny_face_f4() -> dict[str, dict[str, Any]]:
-    """``tiny_face`` with an f = 4 VAE (16 → 64 channels, 32 × 32 × 4 latents): the mouth spans four times the
-    latent cells. The denoiser's first stage is a plain 16-channel one at 32 × 32; its attention (reference,
-    audio) stays at 16 × 16. Its VAE reconstructs faces far better than ``tiny_face``'s, but ``make train-tiny``'s
-    budget leaves colour noise in the generated lower face on it, in silence as in speech
-    (docs/research/tiny-model.md, "Autoencoders tried"); kept for longer runs.
-    """
-    configs = tiny_face()
-    configs["denoiser"].update(sample_size=32, block_out_channels=[16, 32, 64],
-                               down_block_types=["DownBlock", "CrossAttnDownBlock", "DownBlock"],
-                               up_block_types=["UpBlock", "CrossAttnUpBlock", "UpBlock"])
-    configs["reference_net"] = reference_config(configs["denoiser"], cross_attention_dim=None)
-    configs["face_locator"] = {"embedding_channels": 16, "conditioning_channels": 1, "block_out_channels": [4, 8, 16]}
-    configs["vae"].update(down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3,
-                          block_out_channels=[16, 32, 64])
-    configs["small_decoder"] = {"latent_channels": 4, "block_out_channels": [32, 16, 8], "num_blocks": [1, 1, 1]}
     return configs
 
 

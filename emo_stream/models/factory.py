@@ -14,7 +14,6 @@ from emo_stream.models.checkpoint import EmoComponents, InferenceSettings
 from emo_stream.models.denoiser import EmoDenoiser
 from emo_stream.models.face_locator import FaceLocator
 from emo_stream.models.image_projection import ImageProjection
-from emo_stream.models.patch_autoencoder import PatchAutoencoder
 from emo_stream.models.reference_net import ReferenceNet
 from emo_stream.models.schedulers import make_scheduler
 from emo_stream.models.small_decoder import SmallDecoder
@@ -29,14 +28,12 @@ TINY_SETTINGS = InferenceSettings(num_inference_steps=2, guidance_scale=2.0, fps
                                   sample_size=64, clip_frames=4, motion_frames=2, noise_correlation=0.0)
 
 
-def _vae(config: dict[str, Any]) -> torch.nn.Module:
-    """``AutoencoderKL`` (every relative's), or ``PatchAutoencoder`` for a config with ``"kind": "patch"``."""
+def _vae(config: dict[str, Any]) -> AutoencoderKL:
+    """``AutoencoderKL`` (every relative's); an optional ``"kind"`` key must say ``"kl"``."""
     config = dict(config)
     kind = config.pop("kind", "kl")
-    if kind == "patch":
-        return PatchAutoencoder(**config)
     if kind != "kl":
-        raise ValueError(f"vae kind must be 'kl' or 'patch', got {kind!r}")
+        raise ValueError(f"vae kind must be 'kl', got {kind!r}")
     return AutoencoderKL(**config)
 
 

@@ -6,10 +6,6 @@ sample of the posterior, decoded) plus a small KL term, on single frames of a ``
 the latents' scaling factor is set to 1 / std of the latents of a few batches (as SD's 0.18215 was chosen), so
 the diffusion stages see unit-variance latents. The output is a whole checkpoint folder (``final/``): the
 start model with the trained VAE, which stage 1 loads through ``model.checkpoint``.
-
-A ``PatchAutoencoder`` (``tiny_face_patch``'s) is fitted instead of trained: ``steps`` batches give its patch PCA, with the
-lower face weighted by ``mouth_loss_weight`` as the loss would weigh it; ``log.csv`` has the loss on one batch
-before and after the fit.
 """
 
 from __future__ import annotations
@@ -30,7 +26,6 @@ import torch.nn.functional as F
 
 from emo_stream.config_reader import check, load
 from emo_stream.models.checkpoint import EmoComponents, save_checkpoint
-from emo_stream.models.patch_autoencoder import PatchAutoencoder
 from emo_stream.training.run_log import RunLog
 from emo_stream.training.sample import TrainingBatch
 from emo_stream.training.samples import _to_uint8, save_png
@@ -128,7 +123,7 @@ def pixel_weights(batch: TrainingBatch, mouth_weight: float) -> torch.Tensor | N
     return torch.cat([weight, weight])
 
 
-def reconstruction_loss(vae: AutoencoderKL | PatchAutoencoder, frames: torch.Tensor, config: AutoencoderConfig,
+def reconstruction_loss(vae: AutoencoderKL, frames: torch.Tensor, config: AutoencoderConfig,
                         generator: torch.Generator, weights: torch.Tensor | None = None) -> torch.Tensor:
     """L1 + MSE of the decoded posterior sample against ``frames`` (in [-1, 1]), per pixel times ``weights``
     [N, 1, S, S] if given, plus the weighted KL."""
@@ -147,7 +142,7 @@ def reconstruction_loss(vae: AutoencoderKL | PatchAutoencoder, frames: torch.Ten
 
 
 @torch.no_grad()
-def latent_scale(vae: AutoencoderKL | PatchAutoencoder, batches: Iterator[TrainingBatch], count: int) -> float:
+def latent_scale(vae: AutoencoderKL, batches: Iterator[TrainingBatch], count: int) -> float:
     """1 / std of the posterior means of ``count`` batches (the factor that makes the latents unit-variance)."""
     means = [vae.encode(_frames(next(batches))).latent_dist.mean for _ in range(count)]
     return float(1.0 / torch.cat(means).std().clamp(min=1e-6))
@@ -176,8 +171,6 @@ def train_autoencoder(config: AutoencoderConfig, components: EmoComponents | Non
         dataset = build_dataset(config.data, config.seed)
         batches = iter_batches(dataset, config.batch_size, runtime, config.seed, 0, config.data.num_workers)
     stream = iter(batches)
-    if isinstance(components.vae, PatchAutoencoder):  # fitted, not trained: no gradient steps
-        return _fit_autoencoder(config, components, stream, progress)
     vae = components.vae.float().train().requires_grad_(True)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(config.seed)
@@ -211,35 +204,6 @@ def train_autoencoder(config: AutoencoderConfig, components: EmoComponents | Non
         log.close()
     vae.eval().requires_grad_(False)
     return _finish(config, components, stream, losses)
-
-
-def _fit_autoencoder(config: AutoencoderConfig, components: EmoComponents, stream: Iterator[TrainingBatch],
-                     progress: bool) -> AutoencoderResult:
-    """``steps`` batches fit a ``PatchAutoencoder`` (its frames weighted as the loss would weigh them); the
-    losses returned are the config's reconstruction loss on one batch before and after the fit."""
-    from tqdm import tqdm
-
-    vae = components.vae.float().eval()
-    probe = next(stream)
-    probe_frames, probe_weights = _frames(probe), pixel_weights(probe, config.mouth_loss_weight)
-    generator = torch.Generator().manual_seed(config.seed)
-    with torch.no_grad():
-        before = float(reconstruction_loss(vae, probe_frames, config, generator, probe_weights))
-    bar = tqdm(range(config.steps), desc="autoencoder fit", unit="batch", file=sys.stderr, disable=not progress,
-               dynamic_ncols=True)
-    try:
-        patches = vae.fit((_frames(batch), pixel_weights(batch, config.mouth_loss_weight))
-                          for batch in (next(stream) for _ in bar))
-    finally:
-        bar.close()
-    with torch.no_grad():
-        after = float(reconstruction_loss(vae, probe_frames, config, generator, probe_weights))
-    out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    log = RunLog(out, tensorboard=False)
-    log.write(config.steps, loss=after, loss_before_fit=before, patches=patches)
-    log.close()
-    return _finish(config, components, stream, [before, after])
 
 
 def _finish(config: AutoencoderConfig, components: EmoComponents, stream: Iterator[TrainingBatch],

@@ -24,7 +24,6 @@ from torch import nn
 
 from emo_stream.models.checkpoint import EmoComponents
 from emo_stream.models.denoiser import speed_to_buckets
-from emo_stream.models.patch_autoencoder import PatchAutoencoder
 from emo_stream.models.reference_net import ReferenceBank
 from emo_stream.models.speech_encoder import SpeechEncoder
 from emo_stream.training.sample import TrainingBatch
@@ -75,7 +74,7 @@ def set_trainable(components: EmoComponents, groups: list[str]) -> dict[str, int
 class FrozenParts:
     """The parts a stage never trains (kept out of the trained module, the optimizer and DDP)."""
 
-    vae: AutoencoderKL | PatchAutoencoder
+    vae: AutoencoderKL
     speech_encoder: SpeechEncoder
     scheduler: SchedulerMixin
 
@@ -107,9 +106,9 @@ class StepInputs:
 
 
 @torch.no_grad()
-def vae_latents(vae: AutoencoderKL | PatchAutoencoder, pixels: torch.Tensor, chunk: int = 16) -> torch.Tensor:
+def vae_latents(vae: AutoencoderKL, pixels: torch.Tensor, chunk: int = 16) -> torch.Tensor:
     """[N, 3, S, S] pixels in [-1, 1] → [N, C, S/8, S/8] scaled latents (the distribution's mean, as inference)."""
-    dtype = vae.dtype  # ModelMixin: of its parameters, else its buffers (a fitted PatchAutoencoder has only buffers)
+    dtype = vae.dtype
     out = [vae.encode(pixels[i:i + chunk].to(dtype)).latent_dist.mean for i in range(0, pixels.shape[0], chunk)]
     return torch.cat(out).float() * vae.config.scaling_factor
 

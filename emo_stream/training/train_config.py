@@ -18,7 +18,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 # Parameter groups a stage can train (see ``stages.parameter_group``).
 GROUPS = ("reference_net", "backbone", "face_locator", "temporal", "audio", "speed")
 STAGE_GROUPS = {1: ["reference_net", "backbone", "face_locator"], 2: ["temporal", "audio", "speed", "face_locator"]}
-MODEL_INITS = ("tiny", "tiny_separate", "tiny_face", "tiny_face_patch", "tiny_face_f4", "emo_full", "echomimic_v1", "hallo_v1")
+MODEL_INITS = ("tiny", "tiny_separate", "tiny_face", "emo_full", "echomimic_v1", "hallo_v1")
 
 
 @dataclass
