@@ -297,7 +297,7 @@ class EmoAnimator(Animator[EmoState]):
         from emo_stream.models.temporal import MotionModule
 
         # Frames are only decoded per tick: compile the VAE's decoder, not its encoder.
-        decoder = self.pipe.small_decoder if self.decoder == "small" else getattr(self.pipe.vae, "decoder", self.pipe.vae)
+        decoder = self.pipe.small_decoder if self.decoder == "small" else self.pipe.vae.decoder
         if decoder is not None:
             decoder.compile()
         for module in self.pipe.denoiser.modules():
