@@ -25,7 +25,7 @@ STAMP_BASE := $(VENV)/.stamp-install
 STAMP_TEST := $(VENV)/.stamp-test
 STAMP_DEB  := $(VENV)/.stamp-deb
 
-.PHONY: serve test test-realtime lint install install-test deb clean distclean train-tiny
+.PHONY: serve test test-realtime lint install install-test deb clean distclean train-tiny train-lite-motion
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (needs Python 3.11 or 3.12)"; exit 2; }
@@ -72,6 +72,16 @@ test-realtime: install-test
 TRAIN_TINY_ARGS ?=
 train-tiny: install-test
 	$(PY) scripts/train_tiny.py $(TRAIN_TINY_ARGS)
+
+# The lite animator's learned motion from real talking clips (not in the repository: TALKING defaults to the
+# team's folder beside the checkout). Writes the weights the package ships; the held-out speakers are scored.
+TALKING ?= ../shared/data/talking
+LITE_MOTION_HELD_OUT ?= 03_,10_,13_,16_,22_,21_
+LITE_MOTION_OUT ?= emo_stream/assets/lite_motion.safetensors
+train-lite-motion: $(STAMP_BASE)
+	@[ -d "$(TALKING)" ] || { echo "error: no talking clips at $(TALKING) (set TALKING=DIR, a folder of talking-head videos)"; exit 2; }
+	$(PY) -m emo_stream data prepare --videos $(TALKING) --out .cache/talking --size 64
+	$(PY) -m emo_stream train-lite-motion --data .cache/talking --out $(LITE_MOTION_OUT) --held-out $(LITE_MOTION_HELD_OUT)
 
 lint: $(STAMP_TEST)
 	$(VENV)/bin/ruff check .

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from emo_stream.config_reader import check, validate_sections
 
 BACKENDS = ("lite", "emo")
+LITE_MOTIONS = ("learned", "rules")
 
 
 @dataclass
@@ -22,6 +23,7 @@ class AnimatorConfig:
     fps: int = 25
     seed: int = 0
     motion: float = 1.0
+    lite_motion: str = "learned"  # the lite mouth, blinks and head: fitted to real video, or the hand-tuned rules
     checkpoint: str | None = None
     device: str = "cpu"
 
@@ -31,6 +33,8 @@ class AnimatorConfig:
               f"must be an even number of pixels in 64..2048, got {self.size}")
         check(1 <= self.fps <= 60, f"{prefix}.fps", f"must be 1..60, got {self.fps}")
         check(0.0 <= self.motion <= 3.0, f"{prefix}.motion", f"must be 0..3, got {self.motion}")
+        check(self.lite_motion in LITE_MOTIONS, f"{prefix}.lite_motion",
+              f"must be one of {LITE_MOTIONS}, got {self.lite_motion!r}")
 
 
 @dataclass

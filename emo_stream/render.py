@@ -27,6 +27,7 @@ from emo_stream.animators import Animator, create_animator
 from emo_stream.audio.decode import OUTPUT_SAMPLE_RATE, iter_audio, probe_audio
 from emo_stream.avatar import AvatarLimits, prepare_avatar
 from emo_stream.compositing import Background, composite, parse_background, rgba
+from emo_stream.config import LITE_MOTIONS
 from emo_stream.errors import ConfigError, OutputError
 from emo_stream.streaming import AudioWindowBuffer, samples_per_frame
 
@@ -42,6 +43,7 @@ class RenderOptions:
     backend: str = "lite"
     seed: int = 0
     motion: float = 1.0
+    lite_motion: str = "learned"
     background: str = "original"
     checkpoint: Path | None = None
     crf: int = 20
@@ -54,6 +56,8 @@ class RenderOptions:
             raise ConfigError(f"--fps must divide 16000 (e.g. 25, 20, 40, 50), got {self.fps}")
         if not 0.0 <= self.motion <= 3.0:
             raise ConfigError(f"--motion must be in 0..3, got {self.motion}")
+        if self.lite_motion not in LITE_MOTIONS:
+            raise ConfigError(f"--lite-motion must be one of {', '.join(LITE_MOTIONS)}, got {self.lite_motion!r}")
         background = parse_background(self.background)
         if background.kind == "transparent" and not self.alpha:
             raise ConfigError("--background transparent needs --alpha (ProRes 4444 .mov or VP9 .webm)")
@@ -220,7 +224,7 @@ def render_file(image: str | Path, audio: str | Path, output: str | Path,
     # Offline, the emo backend uses the full VAE decoder and never trades quality for time.
     offline: dict[str, Any] = {"decoder": "vae", "realtime": False} if options.backend == "emo" else {}
     animator = create_animator(options.backend, size=options.size, fps=options.fps, motion=options.motion,
-                               checkpoint=str(options.checkpoint) if options.checkpoint else None, **offline)
+                               lite_motion=options.lite_motion, checkpoint=str(options.checkpoint) if options.checkpoint else None, **offline)
     avatar = prepare_avatar(image, size=options.size, limits=limits)
     state = animator.prepare(avatar, seed=options.seed)
     expected_frames = math.ceil(info.duration_s * options.fps) if info.duration_s else None

@@ -23,8 +23,8 @@ SWITCH_INTERVAL_S = 0.001
 def build_animator(config: Config) -> Animator[Any]:
     """The configured backend (loads an emo checkpoint: raises CheckpointError naming a bad part)."""
     a = config.animator
-    return create_animator(a.backend, size=a.size, fps=a.fps, motion=a.motion, checkpoint=a.checkpoint,
-                           device=a.device)
+    return create_animator(a.backend, size=a.size, fps=a.fps, motion=a.motion, lite_motion=a.lite_motion,
+                           checkpoint=a.checkpoint, device=a.device)
 
 
 class EngineResources:

@@ -29,16 +29,18 @@ def check_checkpoint_folder(checkpoint: str | Path | None) -> Path:
 
 
 def create_animator(backend: str = "lite", *, size: int = 512, fps: int = 25, motion: float = 1.0,
-                    checkpoint: str | None = None, device: str = "cpu", **emo_options: Any) -> Animator[Any]:
+                    lite_motion: str = "learned", checkpoint: str | None = None, device: str = "cpu",
+                    **emo_options: Any) -> Animator[Any]:
     """Make the animator for ``backend``; the emo backend is imported only when asked for.
 
-    ``emo_options`` go to ``EmoAnimator.from_checkpoint`` (e.g. ``decoder="vae", realtime=False`` for offline
-    renders); the lite backend takes none.
+    ``lite_motion`` (``learned`` or ``rules``) picks the lite animator's motion, and the emo backend's lite
+    fallback's. ``emo_options`` go to ``EmoAnimator.from_checkpoint`` (e.g. ``decoder="vae", realtime=False`` for
+    offline renders); the lite backend takes none.
     """
     if backend == "lite":
         from emo_stream.animators.lite import LiteAnimator
 
-        return LiteAnimator(size=size, fps=fps, motion=motion)
+        return LiteAnimator(size=size, fps=fps, motion=motion, lite_motion=lite_motion)
     if backend == "emo":
         folder = check_checkpoint_folder(checkpoint)
         try:
@@ -47,7 +49,8 @@ def create_animator(backend: str = "lite", *, size: int = 512, fps: int = 25, mo
             if exc.name != "emo_stream.animators.emo":
                 raise
             raise UnknownBackendError("the emo backend is not available in this build; use --backend lite") from None
-        return EmoAnimator.from_checkpoint(folder, size=size, fps=fps, device=device, **emo_options)
+        return EmoAnimator.from_checkpoint(folder, size=size, fps=fps, device=device, lite_motion=lite_motion,
+                                           **emo_options)
     raise UnknownBackendError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
 
 

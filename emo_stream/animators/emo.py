@@ -172,6 +172,7 @@ class EmoAnimator(Animator[EmoState]):
         audio_context_s: past audio for speech encoders with a global receptive field.
         max_gap_frames: pts gaps filled with silence up to this many windows (default ``latency_frames``).
         motion: the lite fall-back's motion strength.
+        lite_motion: the lite fall-back's motion, ``learned`` or ``rules``.
         compile: ``torch.compile`` the decoder and the denoiser's resnet/temporal blocks (GPU).
         warmup: run one clip at start so the first real clip is not slowed by lazy initialisation.
     """
@@ -183,7 +184,7 @@ class EmoAnimator(Animator[EmoState]):
                  decoder: str | None = None, idle_mode: str = "denoise", cache_bytes: int | None = None,
                  cache_reference: bool = True, realtime: bool = True, budget_s: float | None = None,
                  audio_context_s: float = 2.0, max_gap_frames: int | None = None, motion: float = 1.0,
-                 compile: bool = False, warmup: bool = False) -> None:
+                 lite_motion: str = "learned", compile: bool = False, warmup: bool = False) -> None:
         settings = pipeline.settings
         self.pipe = pipeline
         self.settings = settings
@@ -228,7 +229,8 @@ class EmoAnimator(Animator[EmoState]):
         self.reach: AudioReach = audio_reach(pipeline.speech_encoder, self.fps, audio_context_s)
         self.lookahead_frames = self.reach.lookahead_frames(self.spf)
         self.context_frames = self.reach.context_frames(self.spf)
-        self._lite = LiteAnimator(size=max(self.size, LITE_MIN_SIZE), fps=self.fps, motion=motion)
+        self._lite = LiteAnimator(size=max(self.size, LITE_MIN_SIZE), fps=self.fps, motion=motion,
+                                  lite_motion=lite_motion)
         # The protocol's bound: the first frame of a clip waits for the rest of its clip and the lookahead.
         self.latency_frames = self.clip_frames - 1 + max(self.lookahead_frames, self._lite.latency_frames)
         self.max_gap_frames = self.latency_frames if max_gap_frames is None else int(max_gap_frames)

@@ -15,10 +15,15 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 from emo_stream.animators.base import Animator, check_avatar_size
+from emo_stream.animators.learned_motion import LearnedMotionController, MouthGeometry
 from emo_stream.animators.lite_motion import MotionController
 from emo_stream.animators.lite_rig import AvatarRig, build_rig
 from emo_stream.animators.lite_warp import FaceParams, LiteRenderer
+from emo_stream.animators.motion_filter import DEFAULT_WEIGHTS, MotionFilter
 from emo_stream.audio.features import FeatureExtractor, FrameFeatures, lookahead_frames
+from emo_stream.config import LITE_MOTIONS
+from emo_stream.errors import ConfigError
+from emo_stream.face import eye_span
 from emo_stream.streaming import frame_pts
 from emo_stream.types import AudioWindow, Avatar, Frame
 
@@ -33,7 +38,7 @@ class LiteState:
     avatar: Avatar
     renderer: LiteRenderer
     extractor: FeatureExtractor
-    controller: MotionController
+    controller: MotionController | LearnedMotionController
     pending: deque[FrameFeatures] = field(default_factory=deque)
     frame_pts: deque[int] = field(default_factory=deque)
     last_pts: int | None = None
@@ -47,15 +52,26 @@ class LiteAnimator(Animator[LiteState]):
         size: output side in pixels (the avatar must have been prepared at this size).
         fps: frames per second.
         motion: head, brow and gaze motion strength (0..3).
+        lite_motion: ``learned`` (mouth, blinks and head fitted to real talking video, ``learned_motion``) or
+            ``rules`` (the hand-tuned ``lite_motion``).
+        motion_weights: the learned motion's file (default: the one shipped in the package).
+
+    Raises:
+        ConfigError: an unknown ``lite_motion``, or learned motion whose weights cannot be read.
     """
 
     name = "lite"
     batches_feeds = False  # feed_batch is feed one by one: a server need not hold one session's frames for another's
 
-    def __init__(self, size: int = 512, fps: int = 25, motion: float = 1.0) -> None:
+    def __init__(self, size: int = 512, fps: int = 25, motion: float = 1.0, lite_motion: str = "learned",
+                 motion_weights: str | None = None) -> None:
+        if lite_motion not in LITE_MOTIONS:
+            raise ConfigError(f"lite motion must be one of {LITE_MOTIONS}, got {lite_motion!r}")
         self.size = size
         self.fps = fps
         self.motion = motion
+        self.lite_motion = lite_motion
+        self._model = MotionFilter.load(motion_weights or DEFAULT_WEIGHTS) if lite_motion == "learned" else None
         # The extractor's lookahead, counted from the frame's time, is covered by the frame's own
         # window for the first frame of it.
         self.latency_frames = max(0, lookahead_frames(fps) - 1) + CONTROLLER_LOOKAHEAD_FRAMES
@@ -86,9 +102,16 @@ class LiteAnimator(Animator[LiteState]):
     def prepare(self, avatar: Avatar, seed: int = 0) -> LiteState:
         """A session on ``avatar`` (its rig built once per portrait and cached)."""
         check_avatar_size(avatar, self.size)
-        return LiteState(avatar=avatar, renderer=LiteRenderer(self._rig(avatar)),
-                         extractor=FeatureExtractor(sample_rate=16_000, fps=self.fps),
-                         controller=MotionController(fps=self.fps, motion=self.motion, seed=seed))
+        rig = self._rig(avatar)
+        controller: MotionController | LearnedMotionController
+        if self._model is not None:
+            geometry = MouthGeometry(eye_span_px=eye_span(avatar.landmarks.points),
+                                     mouth_half_width_px=rig.mouth.half_width)
+            controller = LearnedMotionController(self._model, geometry, fps=self.fps, motion=self.motion, seed=seed)
+        else:
+            controller = MotionController(fps=self.fps, motion=self.motion, seed=seed)
+        return LiteState(avatar=avatar, renderer=LiteRenderer(rig), extractor=FeatureExtractor(sample_rate=16_000,
+                         fps=self.fps), controller=controller)
 
     def _frame(self, state: LiteState, feat: FrameFeatures | None, ahead: FrameFeatures | None) -> Frame:
         params = state.controller.step(feat, ahead)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import astuple, dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -58,6 +58,11 @@ _LPC_BAND_HZ = 4000.0
 _LPC_ORDER = 10
 _PRE_EMPHASIS = 0.97
 
+# Log-mel bands for the learned lite motion: 40 bands from 60 Hz to 7.6 kHz of the 32 ms spectrum.
+MEL_BANDS = 40
+MEL_RANGE_DB = 60.0
+_MEL_FMIN_HZ, _MEL_FMAX_HZ = 60.0, 7600.0
+
 _PITCH_REF_TAU_S = 2.0
 _LEVEL_MEAN_TAU_S = 1.5
 _SINGING_WINDOW_S = 0.8
@@ -91,6 +96,9 @@ class FrameFeatures:
         closure: 0..1 lips-closed cue: a quiet gap right before a burst (b, p, m before a vowel) or a
             voiced nasal murmur (quiet, low-band only).
         singing: 0..1: sustained voicing with stable pitch over the last ~0.8 s.
+        mel: ``MEL_BANDS`` log-mel energies of the 32 ms window around the centre, in dB against the adaptive
+            speech level (so the same for a quiet and a loud speaker), floored at ``-MEL_RANGE_DB`` and divided
+            by 20; not one of ``FEATURE_NAMES`` (the learned lite motion reads it).
     """
 
     index: int
@@ -113,9 +121,10 @@ class FrameFeatures:
     stress: float
     closure: float
     singing: float
+    mel: np.ndarray = field(default_factory=lambda: np.zeros(MEL_BANDS, np.float32), compare=False, repr=False)
 
 
-FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in fields(FrameFeatures))
+FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in fields(FrameFeatures) if f.name != "mel")
 
 
 def lookahead_frames(fps: float = DEFAULT_FPS) -> int:
@@ -125,10 +134,29 @@ def lookahead_frames(fps: float = DEFAULT_FPS) -> int:
 
 def features_to_arrays(frames: list[FrameFeatures]) -> dict[str, np.ndarray]:
     """Struct of arrays: one float64 array per field (``index`` as int64), in frame order."""
-    table = np.array([astuple(f) for f in frames], dtype=np.float64).reshape(len(frames), len(FEATURE_NAMES))
+    table = np.array([[getattr(f, name) for name in FEATURE_NAMES] for f in frames],
+                     dtype=np.float64).reshape(len(frames), len(FEATURE_NAMES))
     out = {name: table[:, i] for i, name in enumerate(FEATURE_NAMES)}
     out["index"] = out["index"].astype(np.int64)
     return out
+
+
+def mel_filterbank(n_fft: int, sample_rate: int, bands: int = MEL_BANDS) -> np.ndarray:
+    """(bands, n_fft // 2 + 1) triangular filters on the HTK mel scale, ``_MEL_FMIN_HZ`` to ``_MEL_FMAX_HZ``."""
+    def mel(hz: np.ndarray) -> np.ndarray:
+        return 2595.0 * np.log10(1.0 + hz / 700.0)
+
+    top = min(_MEL_FMAX_HZ, sample_rate / 2.0)
+    edges_mel = np.linspace(mel(np.array(_MEL_FMIN_HZ)), mel(np.array(top)), bands + 2)
+    edges = 700.0 * (10.0 ** (edges_mel / 2595.0) - 1.0)
+    freqs = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)
+    bank = np.zeros((bands, len(freqs)))
+    for b in range(bands):
+        lo, mid, hi = edges[b], edges[b + 1], edges[b + 2]
+        bank[b] = np.clip(np.minimum((freqs - lo) / (mid - lo), (hi - freqs) / (hi - mid)), 0.0, None)
+        if bank[b].sum() == 0:  # narrower than a bin at low rates: take the nearest bin
+            bank[b, int(np.argmin(np.abs(freqs - mid)))] = 1.0
+    return bank
 
 
 def _db(power: float) -> float:
@@ -197,6 +225,7 @@ class FeatureExtractor:
         self._nasal_all = (freqs >= 100.0) & (freqs < 8000.0)
         # Scale that maps a full-scale sine's FFT peak to its RMS: makes the log spectrum comparable to dBFS.
         self._spec_scale = 1.0 / (np.sum(self._spec_win) / (2.0 * math.sqrt(2.0)))
+        self._mel_bank = mel_filterbank(self._spec_n, sr) * self._spec_scale ** 2
 
         # Pitch (Boersma 1993): autocorrelation of the windowed frame divided by the window's own.
         self._pitch_win = np.hanning(self._pitch_n + 2)[1:-1]
@@ -351,11 +380,16 @@ class FeatureExtractor:
         # 7. Lips closed: a quiet gap right before a burst, or a nasal murmur.
         closure = self._closure(seg, c, level_db, loudness, voicing, pspec)
 
+        # 8. Log-mel against the speech level (after this frame's update, as loudness is).
+        mel_db = 10.0 * np.log10(np.maximum(self._mel_bank @ pspec, 1e-20)) - self._level_db
+        mel = (np.maximum(mel_db, -MEL_RANGE_DB) / 20.0).astype(np.float32)
+
         return FrameFeatures(
             index=n, time_s=self._centre(n) / self.sample_rate, rms=rms, level_db=level_db,
             loudness=loudness, band_low=bands[0], band_mid=bands[1], band_high=bands[2],
             f1_hz=f1_hz, f2_hz=f2_hz, jaw=jaw, spread=spread, flux=flux, onset=onset,
             voicing=voicing, f0_hz=f0_hz, pitch_st=pitch_st, stress=stress, closure=closure, singing=singing,
+            mel=mel,
         )
 
     def _update_level(self, level_db: float, voiced: bool) -> float:

@@ -12,7 +12,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
     from emo_stream.render import RenderOptions, render_file
 
     options = RenderOptions(size=args.size, fps=args.fps, backend=args.backend, seed=args.seed,
-                            motion=args.motion, background=args.background, checkpoint=args.checkpoint,
+                            motion=args.motion, lite_motion=args.lite_motion, background=args.background, checkpoint=args.checkpoint,
                             alpha=args.alpha)
     summary = render_file(args.image, args.audio, args.output, options,
                           progress=sys.stderr.isatty() and not args.json)
@@ -35,6 +35,8 @@ def add_render_parser(sub: argparse._SubParsersAction) -> None:
     render.add_argument("--checkpoint", type=Path, help="emo backend: checkpoint folder")
     render.add_argument("--seed", type=int, default=0, help="random seed (same seed, same frames)")
     render.add_argument("--motion", type=float, default=1.0, help="head/face motion strength, 0..3 (default 1)")
+    render.add_argument("--lite-motion", default="learned", help="lite mouth, blinks and head: learned (fitted to "
+                        "real talking video, the default) or rules (hand-tuned)")
     render.add_argument("--background", default="original", help="original | green | #rrggbb (| transparent "
                         "with --alpha)")
     render.add_argument("--alpha", action="store_true", help="keep the background transparent: ProRes 4444 "

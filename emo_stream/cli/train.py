@@ -67,6 +67,31 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _cmd_train_lite_motion(args: argparse.Namespace) -> int:
+    import json
+
+    from emo_stream.training.lite_motion import LiteMotionOptions, train_lite_motion
+
+    held_out = tuple(p for p in args.held_out.split(",") if p) if args.held_out else ()
+    options = LiteMotionOptions(held_out=held_out, past=args.past, ridge=args.ridge, seed=args.seed)
+    show = not args.quiet and sys.stderr.isatty()
+
+    def progress(clip_id: str) -> None:
+        if show:
+            print(f"features: {clip_id}", file=sys.stderr, flush=True)
+
+    report = train_lite_motion(args.data, args.out, options, progress=progress)
+    if args.json:
+        print(json.dumps(report.to_dict()))
+    learned = sum(report.r_learned.values()) / max(len(report.r_learned), 1)
+    rules = sum(report.r_rules.values()) / max(len(report.r_rules), 1)
+    scored = (f"held-out speakers ({len(report.held_out)} clips): mouth r learned {learned:.3f}, rules {rules:.3f}"
+              if report.held_out else "no held-out speakers (nothing scored)")
+    print(f"wrote {args.out}: trained on {len(report.trained_on)} clips in {report.seconds:.0f} s; {scored}; "
+          f"blinks {report.blink_stats['per_minute']:.1f}/min", file=sys.stderr)
+    return 0
+
+
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser("train", help="train an EMO model: stage 1 (image) or stage 2 (video), as the config says",
                            description="Multi-GPU: torchrun --nproc-per-node N -m emo_stream.cli train --config F")
@@ -87,3 +112,16 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     dist.add_argument("--decoder-steps", type=int, help="override decoder.train_steps (0: keep the teacher's)")
     _run_options(dist)
     dist.set_defaults(func=_cmd_distill)
+
+    lite = sub.add_parser("train-lite-motion", help="fit the lite animator's mouth, blinks and head to real talking "
+                          "video prepared by `data prepare` (seconds on a CPU)")
+    lite.add_argument("--data", type=Path, required=True, help="a `data prepare` output folder")
+    lite.add_argument("--out", type=Path, required=True, help="the weights file to write (.safetensors)")
+    lite.add_argument("--held-out", default="", help="comma-separated clip-id prefixes of the speakers to keep out "
+                      "of training and score on")
+    lite.add_argument("--past", type=int, default=2, help="frames of audio context before the current one")
+    lite.add_argument("--ridge", type=float, default=10000.0, help="ridge penalty on standardised inputs")
+    lite.add_argument("--seed", type=int, default=0, help="seed of the augmentation noise")
+    lite.add_argument("--quiet", action="store_true", help="no progress lines")
+    lite.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    lite.set_defaults(func=_cmd_train_lite_motion)

@@ -9,6 +9,7 @@ Per video (``prepare_video``):
     3. one fixed crop for the whole clip (EMO-style stable crop): framed as ``prepare_avatar`` frames a portrait
        (so training crops look like the crops the model animates), zoomed out if the face would leave it;
     4. head rotation per frame from the rigid landmarks, lightly smoothed; speed = |Δ(yaw, pitch, roll)| per frame;
+       the lite rig's targets per frame (``rig_targets``: mouth, lips, eye closure, head pose, per speaker);
     5. decode the audio at 16 kHz, align it to the video (sample 0 plays with frame 0), trim both to the shorter
        (``ClipTooShortError`` under ``min_seconds``), compute the speech features;
     6. second pass: crop every frame from the full-resolution picture into a memory-mapped file, then write the
@@ -59,6 +60,7 @@ from emo_stream.errors import (
 from emo_stream.face import CHIN, FOREHEAD, RIGID_POINTS, FaceDetector, FaceMesh
 from emo_stream.media_io import ffmpeg_reason, open_media
 from emo_stream.metrics.face_measures import head_angles
+from emo_stream.training.rig_targets import RAW_NAMES, RIG_TARGET_NAMES, raw_measures, rig_targets
 from emo_stream.training.shards import (
     MANIFEST_NAME,
     SAMPLE_RATE,
@@ -162,6 +164,7 @@ class _Track:
     boxes: list[np.ndarray] = field(default_factory=list)  # (4,) landmark box
     frame_lines: list[np.ndarray] = field(default_factory=list)  # (4,) forehead xy, chin xy
     rigid: list[np.ndarray] = field(default_factory=list)  # (K, 3) rigid landmarks
+    measures: list[np.ndarray] = field(default_factory=list)  # rig_targets.RAW_NAMES
 
     @property
     def frames(self) -> int:
@@ -288,6 +291,7 @@ def _track_face(path: Path, options: PrepareOptions) -> tuple[_Track, float]:
     """First pass: landmarks of every output frame. Returns the track and the audio start time."""
     nan4 = np.full(4, np.nan, dtype=np.float64)
     nan_rigid = np.full((len(RIGID_POINTS), 3), np.nan)
+    nan_measures = np.full(len(RAW_NAMES), np.nan)
     with open_media(path, "video", CorruptVideoError, CorruptVideoError) as container:
         audio_start, source_fps, (w, h) = _source_info(container, path)
         scale = min(1.0, DETECT_SIDE / max(w, h, 1))
@@ -301,6 +305,7 @@ def _track_face(path: Path, options: PrepareOptions) -> tuple[_Track, float]:
                     track.boxes.append(nan4)
                     track.frame_lines.append(nan4)
                     track.rigid.append(nan_rigid)
+                    track.measures.append(nan_measures)
                     continue
                 sx, sy = w / rgb.shape[1], h / rgb.shape[0]  # detection pixels → source pixels
                 pts = points * np.array([sx, sy, sx])
@@ -309,6 +314,7 @@ def _track_face(path: Path, options: PrepareOptions) -> tuple[_Track, float]:
                 track.boxes.append(np.array([x0, y0, x1, y1]))
                 track.frame_lines.append(np.concatenate([pts[FOREHEAD, :2], pts[CHIN, :2]]))
                 track.rigid.append(pts[list(RIGID_POINTS)])
+                track.measures.append(raw_measures(pts))
     if track is None:
         raise CorruptVideoError(f"{path.name} holds no video frames")
     return track, audio_start
@@ -447,6 +453,7 @@ def prepare_video(path: str | Path, out_root: str | Path, clip_id: str, options:
     crop_boxes = np.concatenate([boxes[:, :2] * matrix[0, 0] + matrix[:, 2], boxes[:, 2:] * matrix[0, 0] + matrix[:, 2]],
                                 axis=1).astype(np.float32)
     speed = head_speed(rigid, found[:frames])
+    rig = rig_targets(np.stack(track.measures)[:frames], rigid, found[:frames])
     table = features_to_arrays(frame_features(audio, SAMPLE_RATE, options.fps))
     features = np.stack([table[name] for name in FEATURE_NAMES], axis=1).astype(np.float32)[:frames]
     shards = out_root / SHARDS_DIR
@@ -463,10 +470,12 @@ def prepare_video(path: str | Path, out_root: str | Path, clip_id: str, options:
                             source_fps=track.source_fps, source_size=track.source_size,
                             face_frames=float(found[:frames].mean()))
         meta = {"clip_id": clip_id, "fps": options.fps, "frames": frames, "crop_matrix": matrix.tolist(),
-                "feature_names": list(FEATURE_NAMES), "record": record.to_dict()}
+                "feature_names": list(FEATURE_NAMES), "rig_names": list(RIG_TARGET_NAMES),
+                "record": record.to_dict()}
         write_clip_shard(shards / f"{clip_id}.tar", clip_id,
                          {"frames": frames_npy, "audio": audio, "features": features, "head_speed": speed,
-                          "face_mask": face_mask(crop_boxes, options.size), "boxes": crop_boxes}, meta)
+                          "face_mask": face_mask(crop_boxes, options.size), "boxes": crop_boxes, "rig": rig,
+                          "face_found": found[:frames]}, meta)
     return record
 
 

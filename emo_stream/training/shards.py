@@ -37,9 +37,9 @@ from emo_stream.errors import DataError
 
 MANIFEST_NAME = "manifest.json"
 SHARDS_DIR = "shards"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the lite rig's targets (rig, face_found)
 SAMPLE_RATE = 16_000
-FIELDS = ("frames", "audio", "features", "head_speed", "face_mask", "boxes")
+FIELDS = ("frames", "audio", "features", "head_speed", "face_mask", "boxes", "rig", "face_found")
 
 
 @dataclass(frozen=True)
@@ -233,6 +233,8 @@ class ClipArrays:
     head_speed: np.ndarray
     face_mask: np.ndarray
     boxes: np.ndarray
+    rig: np.ndarray  # (T, len(rig_targets.RIG_TARGET_NAMES)) float32
+    face_found: np.ndarray  # (T,) bool: the mesh found the face in this frame
     meta: dict[str, Any]
 
 
