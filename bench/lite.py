@@ -3,7 +3,8 @@
 Measures, on this machine:
 1. animator frames/s on one core at 512² (OpenCV limited to one thread), alone and with
    H.264 encoding, against a baseline measured in the same run: one plain cv2.remap of the
-   frame per frame (the floor of any warp animator);
+   frame per frame (the floor of any warp animator); the learned motion (the default) and the
+   rules, interleaved;
 2. cold render time ÷ audio duration for a 30 s clip (process start to finished file), against
    a baseline process that only encodes the still portrait with the same audio;
 3. peak RSS of `emo-stream render` for 10 s and 120 s of audio (growth must stay small).
@@ -61,7 +62,7 @@ def _encoder(path: Path, size: int):
 def animator_fps(audio: Path, tmp: Path, size: int = 512) -> dict:
     cv2.setNumThreads(1)
     avatar = prepare_avatar(PORTRAIT, size=size)
-    animator = create_animator("lite", size=size)
+    animators = {motion: create_animator("lite", size=size, lite_motion=motion) for motion in ("learned", "rules")}
     windows = list(iter_windows([load_audio(audio)]))
 
     def timed(pictures, encode: bool, name: str) -> float:
@@ -82,7 +83,8 @@ def animator_fps(audio: Path, tmp: Path, size: int = 512) -> dict:
             container.close()
         return n / elapsed
 
-    def animated():
+    def animated(motion: str = "learned"):
+        animator = animators[motion]
         state = animator.prepare(avatar, seed=0)
         for w in windows:
             for frame in animator.feed(w, state):
@@ -101,7 +103,13 @@ def animator_fps(audio: Path, tmp: Path, size: int = 512) -> dict:
         return timed(remapped(), encode, "base")
 
     run(False)  # warm caches
-    result = {"animator_fps_per_core": run(False), "animator_with_encode_fps_per_core": run(True),
+    # The learned motion against the rules, interleaved: what the learned mouth, blinks and head cost.
+    learned, rules = [], []
+    for _ in range(2):
+        learned.append(timed(animated("learned"), False, "bench"))
+        rules.append(timed(animated("rules"), False, "bench"))
+    result = {"animator_fps_per_core": max(learned), "animator_rules_fps_per_core": max(rules),
+              "animator_with_encode_fps_per_core": run(True),
               "baseline_remap_fps_per_core": baseline(False), "baseline_remap_with_encode_fps_per_core": baseline(True)}
     cv2.setNumThreads(-1)
     return result

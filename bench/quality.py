@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -149,9 +148,7 @@ def main() -> int:
         tmp = Path(tmp_name)
         for v in held:
             portrait = _first_frame(v, tmp / f"{v.stem}.png")
-            audio = tmp / f"{v.stem}.wav"
-            subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(v), "-vn", "-ac", "1", "-ar", "16000",
-                            str(audio)], check=True)
+            audio = v  # the clip's own sound track drives the render
             result: dict = {"r": {}, "stats": {}, "silence_over_speech": {}}
             traces = {}
             for motion in MOTIONS:
@@ -165,6 +162,9 @@ def main() -> int:
                 sil, sp = metrics.mouth_open_range_silence, metrics.mouth_open_range_speech
                 result["silence_over_speech"][motion] = sil / sp if sil is not None and sp else None
                 traces[motion] = m.mouth[:n]
+            real_metrics = compute_video_metrics(v)
+            sil, sp = real_metrics.mouth_open_range_silence, real_metrics.mouth_open_range_speech
+            result["silence_over_speech"]["real"] = sil / sp if sil is not None and sp else None
             result["real"] = real_stats[v.name]
             clips[v.name] = result
             rows.append({"clip": v.name, "portrait": np.asarray(av.open(str(portrait)).decode(video=0).__next__().to_image()),
@@ -181,6 +181,8 @@ def main() -> int:
                       "yaw_std_mean": float(np.mean(yaws)) if yaws else None,
                       "pitch_std_mean": float(np.mean(pitches)) if pitches else None,
                       "silence_over_speech_mean": float(np.mean(ratio)) if ratio else None}
+    real_ratio = [c["silence_over_speech"]["real"] for c in clips.values() if c["silence_over_speech"]["real"]]
+    real["silence_over_speech_mean"] = float(np.mean(real_ratio)) if real_ratio else None
     lo, hi = real["blinks_per_min_iqr"]
     learned = summary["learned"]
     targets = {

@@ -155,8 +155,10 @@ def test_start_plays_the_portrait_and_it_moves_while_the_mic_speaks(server, hell
         assert "speaking" in states, states
         assert len(speaking) >= 5
         assert np.mean(speaking) > 0.8, speaking  # the picture changes while the voice comes back
-        if len(idle) >= 4:
-            assert np.mean(speaking) > 1.3 * np.mean(idle), (speaking, idle)
+        if len(idle) >= 6:
+            # Medians: on a loaded machine samples come ~0.5 s apart, and one idle pair holding a blink or a
+            # sway step can outweigh the rest in a mean of four (seen under stress-ng).
+            assert np.median(speaking) > 1.3 * np.median(idle), (speaking, idle)
         # The stats panel fills in from getStats() and the server's events.
         browser.wait_for(lambda: driver.find_element("id", "stat-fps").text not in ("", "—"), 20, "fps in the panel")
         fps = float(driver.find_element("id", "stat-fps").text)

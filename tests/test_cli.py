@@ -13,7 +13,7 @@ import pytest
 
 from tests.media import REPO
 
-ENGINE_COMMANDS = ["metrics", "render", "import", "train", "distill", "data"]
+ENGINE_COMMANDS = ["metrics", "render", "import", "train", "distill", "train-lite-motion", "data"]
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -22,7 +22,7 @@ def run(*args: str) -> subprocess.CompletedProcess:
 
 def listed_commands(help_text: str) -> list[str]:
     """The subcommands a ``--help`` lists (argparse indents each under ``COMMAND`` by four spaces)."""
-    return re.findall(r"^ {4}(\w+)", help_text, flags=re.MULTILINE)
+    return re.findall(r"^ {4}([\w-]+)", help_text, flags=re.MULTILINE)
 
 
 def test_python_m_emo_stream_lists_the_engine_commands_and_not_serve():

@@ -105,7 +105,8 @@ class LearnedMotionController:
 
     def _next_blink(self) -> int:
         seconds = float(self.rng.gamma(self._blink_shape, self._blink_mean_s / self._blink_shape))
-        return max(len(self._blink_profile) + 1, round(seconds * self.fps))
+        # At least a blink's length plus 0.2 s open between blinks, as in the real clips' shortest intervals.
+        return max(len(self._blink_profile) + round(0.2 * self.fps), round(seconds * self.fps))
 
     def reset_mouth(self) -> None:
         """Barge-in: the mouth closes at once (the filter forgets the audio); idle motion carries on."""

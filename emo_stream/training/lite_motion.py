@@ -181,8 +181,9 @@ def fit_blink_stats(clips: list[TalkingClip], fps: float) -> dict[str, Any]:
     mean_iv, var_iv = float(iv.mean()), float(iv.var()) if len(iv) > 1 else 1.0
     shape = float(np.clip(mean_iv ** 2 / max(var_iv, 1e-6), 0.8, 6.0))
     profile = np.mean(profiles, axis=0) if profiles else np.array([0.5, 1.0, 1.0, 0.6, 0.3, 0.1])
-    # The shape the animator plays: from the first frame above 0.15 to the last, peak scaled to a full close.
-    keep = np.flatnonzero(profile > 0.15)
+    # The shape the animator plays: the frames above 0.4 of the mean profile, peak scaled to a full close (the
+    # mean of blinks aligned on their start smears their ends into a long half-closed tail no single blink has).
+    keep = np.flatnonzero(profile > 0.4 * profile.max())
     shape_curve = profile[keep[0]: keep[-1] + 1] / max(float(profile.max()), 1e-6) if len(keep) else profile
     return {"per_minute": 60.0 * count / max(seconds, 1e-6), "per_minute_by_clip": per_minute,
             "interval_mean_s": mean_iv, "interval_gamma_shape": shape,
