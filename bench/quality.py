@@ -77,17 +77,21 @@ def _round(x):
     return x
 
 
-def _sheet(rows: list[dict], path: Path) -> None:
+def _sheet(rows: list[dict], path: Path, faces: bool) -> None:
+    """Per clip its mouth traces (and, with ``faces``, the portrait: keep those sheets out of the repository,
+    the clips' licences do not cover redistributing their frames)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(rows), 2, figsize=(12, 2.2 * len(rows)), gridspec_kw={"width_ratios": [1, 5]},
-                             squeeze=False)
-    for (ax_img, ax), row in zip(axes, rows, strict=True):
-        ax_img.imshow(row["portrait"])
-        ax_img.set_axis_off()
+    fig, axes = plt.subplots(len(rows), 2 if faces else 1, figsize=(12, 2.2 * len(rows)), squeeze=False,
+                             gridspec_kw={"width_ratios": [1, 5]} if faces else None)
+    for ax_row, row in zip(axes, rows, strict=True):
+        ax = ax_row[-1]
+        if faces:
+            ax_row[0].imshow(row["portrait"])
+            ax_row[0].set_axis_off()
         t = np.arange(len(row["real"])) / 25.0
 
         def z(x: np.ndarray) -> np.ndarray:
@@ -101,7 +105,7 @@ def _sheet(rows: list[dict], path: Path) -> None:
         ax.set_title(row["clip"], fontsize=9, loc="left")
         ax.set_yticks([])
         ax.legend(fontsize=7, loc="upper right", ncol=3)
-    axes[-1][1].set_xlabel("seconds (mouth opening, standardised)")
+    axes[-1][-1].set_xlabel("seconds (mouth opening measured by the face mesh, standardised per trace)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
@@ -116,6 +120,8 @@ def main() -> int:
                         "the weights were not trained on)")
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--sheet", type=Path, default=None, help="write the contact sheet PNG here")
+    parser.add_argument("--faces", action="store_true", help="put each clip's portrait on the sheet (not for the "
+                        "repository: the clips' licences do not cover their frames)")
     args = parser.parse_args()
     if not args.data.is_dir():
         print(f"error: no talking clips at {args.data} (pass --data DIR)", file=sys.stderr)
@@ -197,7 +203,7 @@ def main() -> int:
         and learned["silence_over_speech_mean"] <= 0.3,
     }
     if args.sheet:
-        _sheet(rows, args.sheet)
+        _sheet(rows, args.sheet, args.faces)
     report = {"machine": platform.node(), "weights": str(args.weights), "held_out": [v.name for v in held],
               "real": real, "summary": summary, "targets": targets, "clips": clips,
               "seconds": time.monotonic() - started}

@@ -18,12 +18,14 @@ import numpy as np
 import pytest
 import torch
 
+from emo_stream.animators.motion_filter import MotionFilter
 from emo_stream.audio.decode import load_audio
 from emo_stream.audio.features import FEATURE_NAMES
 from emo_stream.errors import ConfigError, DataError
 from emo_stream.face import RIGID_POINTS
 from emo_stream.training.dataset import ClipDataset
 from emo_stream.training.prepare import PrepareOptions, head_speed, prepare_videos, resample
+from emo_stream.training.rig_targets import RIG_TARGET_NAMES
 from emo_stream.training.sample import TrainingSample, collate
 from emo_stream.training.shards import MANIFEST_NAME, load_manifest, read_clip_shard
 from tests import training_media
@@ -114,6 +116,28 @@ def test_shard_contents(prepared, videos):
         assert arrays.meta["clip_id"] == clip.clip_id and arrays.meta["fps"] == 25
         assert clip.source_fps == (20.0 if clip.source.path.endswith(".mkv") else 25.0)
         assert clip.source_size == ((1024, 576) if clip.source.path.endswith(".mov") else (256, 256))
+        # The lite rig's targets: per frame, finite, per speaker (the lite renders open their mouths and blink).
+        assert arrays.meta["rig_names"] == list(RIG_TARGET_NAMES)
+        assert arrays.rig.shape == (t, len(RIG_TARGET_NAMES)) and np.isfinite(arrays.rig).all()
+        assert arrays.face_found.shape == (t,) and arrays.face_found.mean() > 0.9
+        mouth = arrays.rig[:, RIG_TARGET_NAMES.index("mouth_open")]
+        assert mouth.min() >= 0 and np.percentile(mouth, 95) > 0.02, "a speaking mouth opens above its floor"
+
+
+def test_train_lite_motion_is_deterministic_and_reports_bad_prefixes(prepared, tmp_path):
+    out, _, _, _ = prepared
+    first, second = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    for path in (first, second):
+        result = cli("train-lite-motion", "--data", str(out), "--out", str(path), "--held-out", "hopper", "--quiet")
+        assert result.returncode == 0, result.stderr
+    a, b = MotionFilter.load(first), MotionFilter.load(second)  # (the header's key order varies, not the data)
+    for name in ("weight", "bias", "in_mean", "in_std", "rest"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    assert a.stats == b.stats and a.stats["held_out"] == ["hopper"]
+    assert "held-out speakers (1 clips)" in result.stderr, result.stderr
+    bad = cli("train-lite-motion", "--data", str(out), "--out", str(tmp_path / "c.safetensors"), "--held-out", "nobody")
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "nobody" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
 
 
 def test_resume_is_per_video(videos, tmp_path):
