@@ -225,7 +225,11 @@ class FeatureExtractor:
         self._nasal_all = (freqs >= 100.0) & (freqs < 8000.0)
         # Scale that maps a full-scale sine's FFT peak to its RMS: makes the log spectrum comparable to dBFS.
         self._spec_scale = 1.0 / (np.sum(self._spec_win) / (2.0 * math.sqrt(2.0)))
-        self._mel_bank = mel_filterbank(self._spec_n, sr) * self._spec_scale ** 2
+        # Sparse: each bin feeds at most two bands. A dense (40 × 257) product would go to BLAS, whose threads
+        # then spin between frames (OpenBLAS splits products over ~9k elements): a whole core per session.
+        bank = mel_filterbank(self._spec_n, sr) * self._spec_scale ** 2
+        self._mel_band, self._mel_bin = np.nonzero(bank)
+        self._mel_weight = bank[self._mel_band, self._mel_bin]
 
         # Pitch (Boersma 1993): autocorrelation of the windowed frame divided by the window's own.
         self._pitch_win = np.hanning(self._pitch_n + 2)[1:-1]
@@ -381,7 +385,8 @@ class FeatureExtractor:
         closure = self._closure(seg, c, level_db, loudness, voicing, pspec)
 
         # 8. Log-mel against the speech level (after this frame's update, as loudness is).
-        mel_db = 10.0 * np.log10(np.maximum(self._mel_bank @ pspec, 1e-20)) - self._level_db
+        mel_power = np.bincount(self._mel_band, weights=self._mel_weight * pspec[self._mel_bin], minlength=MEL_BANDS)
+        mel_db = 10.0 * np.log10(np.maximum(mel_power, 1e-20)) - self._level_db
         mel = (np.maximum(mel_db, -MEL_RANGE_DB) / 20.0).astype(np.float32)
 
         return FrameFeatures(
