@@ -360,6 +360,7 @@ def test_cli_train_from_a_shard_folder(tmp_path, capsys):
 
 def shard_folder(root: Path, clips: int, frames: int) -> Path:
     from emo_stream.training import shards
+    from emo_stream.training.rig_targets import RIG_TARGET_NAMES
 
     shutil.rmtree(root, ignore_errors=True)
     (root / shards.SHARDS_DIR).mkdir(parents=True)
@@ -372,7 +373,8 @@ def shard_folder(root: Path, clips: int, frames: int) -> Path:
         arrays = {"frames": video, "audio": np.zeros(frames * 640, np.float32),
                   "features": np.zeros((frames, 1), np.float32), "head_speed": s.head_speed.numpy(),
                   "face_mask": s.face_mask[0].numpy().astype(np.uint8),
-                  "boxes": np.tile(np.array([8, 8, 56, 56], np.float32), (frames, 1))}
+                  "boxes": np.tile(np.array([8, 8, 56, 56], np.float32), (frames, 1)),
+                  "rig": np.zeros((frames, len(RIG_TARGET_NAMES)), np.float32), "face_found": np.ones(frames, bool)}
         src = root / f"src{i}.mp4"
         src.write_bytes(b"x")
         key = shards.SourceKey.of(src)
