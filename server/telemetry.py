@@ -55,6 +55,8 @@ class Telemetry:
                                    "(emo: fallback frames, late calls, device errors, cache)", ["name"], registry=r)
         self.asyncio_tasks = Gauge("emo_stream_asyncio_tasks", "Tasks alive on the server's loop", registry=r)
         self.threads = Gauge("emo_stream_threads", "Threads alive in the server process", registry=r)
+        self.pool_threads = Gauge("emo_stream_pool_threads", "Of those, workers of the loop's default executor "
+                                  "(grown on demand up to its max_workers, never shrunk)", registry=r)
         self.speaking = Gauge("emo_stream_sessions_speaking", "Sessions whose VAD says speaking", registry=r)
 
     def observe(self, stage: str, seconds: float) -> None:
