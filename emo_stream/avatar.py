@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import time
 import warnings as py_warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +41,12 @@ FACE_CENTER = (0.5, 0.47)
 CROP_VERSION = "crop-v1"
 # A mesh face smaller than this is measured again with the face detector.
 SMALL_MESH_FACE_PX = 128
+# The tile search for small faces (``_detector_boxes``): 384-px tiles, half overlapping, at most about 150 of
+# them (~2 s on one core) and at most 3 s; scaled down no further than keeps a usable face 24 px in a tile.
+TILE_PX = 384
+TILE_SEARCH_MAX_TILES = 150
+TILE_SEARCH_FACE_PX = 24
+TILE_SEARCH_BUDGET_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -170,18 +178,37 @@ def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def _detector_boxes(rgb: np.ndarray, detector: FaceDetector) -> list[tuple[float, float, float, float, float]]:
+def _tile_origins(h: int, w: int, tile: int) -> list[tuple[int, int]]:
+    step = tile // 2
+    return [(y, x) for y in range(0, max(1, h - step), step) for x in range(0, max(1, w - step), step)]
+
+
+def _detector_boxes(rgb: np.ndarray, detector: FaceDetector, min_face_px: int = 48,
+                    budget_s: float = TILE_SEARCH_BUDGET_S,
+                    clock: Callable[[], float] = time.monotonic) -> list[tuple[float, float, float, float, float]]:
     """Face boxes over the whole image, then over overlapping tiles (the detector works at 192²,
-    so a small face in a large photo is only seen in a tile). Duplicates are merged."""
+    so a small face in a large photo is only seen in a tile). Duplicates are merged.
+
+    The tile search is bounded, so one photo cannot take a server's CPU for long: a photo that would need more
+    than ``TILE_SEARCH_MAX_TILES`` tiles is searched scaled down (never so far that a face of ``min_face_px``
+    falls under ``TILE_SEARCH_FACE_PX``), and the search stops after ``budget_s``.
+    """
     h, w = rgb.shape[:2]
     boxes = list(detector.detect(rgb))
-    tile = 384
+    tile = TILE_PX
     if not boxes and max(h, w) > tile:
-        step = tile // 2
-        for y in range(0, max(1, h - step), step):
-            for x in range(0, max(1, w - step), step):
-                for x0, y0, x1, y1, score in detector.detect(rgb[y:y + tile, x:x + tile]):
-                    boxes.append((x0 + x, y0 + y, x1 + x, y1 + y, score))
+        scale = 1.0
+        needed = len(_tile_origins(h, w, tile))
+        if needed > TILE_SEARCH_MAX_TILES:
+            scale = max(TILE_SEARCH_FACE_PX / min_face_px, (TILE_SEARCH_MAX_TILES / needed) ** 0.5)
+        searched = rgb if scale >= 1.0 else cv2.resize(rgb, (round(w * scale), round(h * scale)),
+                                                       interpolation=cv2.INTER_AREA)
+        deadline = clock() + budget_s
+        for y, x in _tile_origins(searched.shape[0], searched.shape[1], tile):
+            if clock() > deadline:
+                break
+            for x0, y0, x1, y1, score in detector.detect(searched[y:y + tile, x:x + tile]):
+                boxes.append(((x0 + x) / scale, (y0 + y) / scale, (x1 + x) / scale, (y1 + y) / scale, score))
     merged: list[tuple[float, float, float, float, float]] = []
     for box in sorted(boxes, key=lambda b: b[4], reverse=True):
         if all(_iou(box, kept) < 0.3 for kept in merged):
@@ -205,7 +232,7 @@ def find_faces(rgb: np.ndarray, mesh: FaceMesh | None = None,
         return faces, []
     detector = FaceDetector()
     try:
-        boxes = _detector_boxes(rgb, detector)
+        boxes = _detector_boxes(rgb, detector, min_face_px)
     finally:
         detector.close()
     if faces:

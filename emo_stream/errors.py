@@ -23,7 +23,9 @@ Exception tree::
     ├── DataError                 training data that is missing, too short or unusable
     │   └── ClipTooShortError     a video too short to make a training clip
     ├── RequestError              a request the server cannot take
-    │   └── InvalidSdpError       an SDP offer that cannot be parsed or has no audio
+    │   ├── InvalidSdpError       an SDP offer that cannot be parsed or has no audio
+    │   ├── RequestTooLargeError  a body or message over its size limit
+    │   └── RateLimitedError      control messages faster than a session takes them
     ├── NotFoundError
     │   ├── AvatarNotFoundError   an unknown avatar id
     │   └── SessionNotFoundError  an unknown or closed session
@@ -137,6 +139,14 @@ class RequestError(EmoStreamError):
 
 class InvalidSdpError(RequestError):
     code = "invalid_sdp"
+
+
+class RequestTooLargeError(RequestError):
+    code = "request_too_large"
+
+
+class RateLimitedError(RequestError):
+    code = "rate_limited"
 
 
 class NotFoundError(EmoStreamError):

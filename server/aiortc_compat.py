@@ -15,10 +15,12 @@ aiortc offers no option for two things the live server needs, so they reach into
   loopback and LANs packets seldom arrive out of order, so both waits are latency for nothing: the first alone is
   one packet, 20 ms, between the speaker and the avatar's mouth. ``InOrderAudioBuffer`` hands on the packet at the
   head of the sequence at once. A missing head is waited for while at most ``patience`` later packets are queued
-  (a reordered packet arrives within them); past that the gap is given up and the *newest* packet is handed on,
-  the ones between dropped, so a loss never leaves the stream running behind for good. Its interface is aiortc's:
-  ``add(packet) -> (pli, frame or None)``, one frame per packet, which is all the receiver asks of it.
-  ``hand_on_audio_at_once`` swaps it into a receiver's private attribute.
+  (a reordered packet arrives within them); past that only the missing packets are given up. The packets queued
+  behind a hole then all leave at once: aiortc's interface is ``add(packet) -> (pli, frame or None)``, one frame
+  per packet, so the ones ahead of the returned frame go straight to the receiver's decoder queue, timestamped by
+  its mapper, as the receiver itself would (``_decoder_hand_on``). So a loss costs only what was lost, and
+  neither a loss nor a reorder leaves the stream running behind. ``hand_on_audio_at_once`` swaps it into a
+  receiver's private attribute.
 
 Both were written against aiortc ``SUPPORTED_AIORTC``; ``check_aiortc_version`` (run by
 ``install_aiortc_workarounds`` at start-up) refuses any other version with ``UnsupportedAiortcError``, a one-line
@@ -28,6 +30,7 @@ error before serving, rather than a session failing halfway on an internal that 
 from __future__ import annotations
 
 import multiprocessing
+from collections.abc import Callable
 from typing import Any
 
 import aiortc
@@ -137,12 +140,21 @@ def install_portrait_encoders() -> None:
 
 
 class InOrderAudioBuffer(JitterBuffer):
-    """An audio jitter buffer that hands each packet on as soon as it is next in order (see the module)."""
+    """An audio jitter buffer that hands each packet on as soon as it is next in order (see the module).
 
-    def __init__(self, capacity: int = CAPACITY, patience: int = PATIENCE) -> None:
+    Args:
+        capacity: packets kept (aiortc's for audio).
+        patience: later packets queued behind a missing one before it is given up.
+        hand_on: hands a frame to the decoder ahead of the one ``add`` returns (``(frame, payload type)``), so a
+            run of queued packets leaves at once after a reorder or a loss; None: one packet per ``add``.
+    """
+
+    def __init__(self, capacity: int = CAPACITY, patience: int = PATIENCE,
+                 hand_on: Callable[[JitterFrame, int], None] | None = None) -> None:
         super().__init__(capacity=capacity, prefetch=0, is_video=False)
         self.patience = patience
-        self.skipped = 0  # packets given up (never arrived in time) or dropped to catch up
+        self.hand_on = hand_on
+        self.skipped = 0  # packets given up: they never arrived in time
 
     def _remove_frame(self, sequence_number: int) -> JitterFrame | None:
         # aiortc calls this from add() with the packet just stored, so the origin is set.
@@ -156,15 +168,47 @@ class InOrderAudioBuffer(JitterBuffer):
         if queued[0] != origin:  # the head is missing
             if len(queued) <= self.patience:
                 return None
-            self.skipped += uint16_add(queued[-1], -origin)
-            self.remove(uint16_add(queued[-1], -origin))  # the gap and all but the newest packet go
-            origin = queued[-1]  # remove(n) moved the origin n packets on
-        packet = self._packets[origin % self._capacity]
-        if packet is None:  # not reached: origin is a queued packet
-            return None
-        self.remove(1)
+            lost = uint16_add(queued[0], -origin)  # only the missing packets are given up
+            self.skipped += lost
+            self.remove(lost)  # moves the origin on to the first queued packet
+            origin = queued[0]
+        run: list[Any] = []  # the packets queued in order from the head, up to the next hole
+        seq = origin
+        while len(run) < self._capacity and (packet := self._packets[seq % self._capacity]) is not None:
+            run.append(packet)
+            seq = uint16_add(seq, 1)
+        hand_on = self.hand_on
+        if hand_on is None:
+            run = run[:1]
+        else:
+            for packet in run[:-1]:  # ahead of the one returned, in order: the stream does not stay behind
+                hand_on(self._frame(packet), packet.payload_type)
+        self.remove(len(run))
+        return self._frame(run[-1])
+
+    @staticmethod
+    def _frame(packet: Any) -> JitterFrame:
         # aiortc's receiver stores each packet's payload as ``_data`` before add(); its own buffer reads it so.
-        return JitterFrame(data=packet._data, timestamp=packet.timestamp)  # type: ignore[attr-defined]
+        return JitterFrame(data=packet._data, timestamp=packet.timestamp)
+
+
+def _decoder_hand_on(receiver: Any) -> Callable[[JitterFrame, int], None] | None:
+    """What aiortc's receiver does with a frame its jitter buffer returns (map the timestamp, queue it for the
+    decoder thread with its codec), as a function; None where its private attributes are not there."""
+    mapper = getattr(receiver, "_RTCRtpReceiver__timestamp_mapper", None)
+    decoder_queue = getattr(receiver, "_RTCRtpReceiver__decoder_queue", None)
+    codecs = getattr(receiver, "_RTCRtpReceiver__codecs", None)
+    if mapper is None or decoder_queue is None or not isinstance(codecs, dict):
+        return None
+
+    def hand_on(frame: JitterFrame, payload_type: int) -> None:
+        codec = codecs.get(payload_type)
+        if codec is None or getattr(receiver, "_RTCRtpReceiver__decoder_thread", None) is None:
+            return
+        frame.timestamp = mapper.map(frame.timestamp)
+        decoder_queue.put((codec, frame))
+
+    return hand_on
 
 
 def hand_on_audio_at_once(receiver: Any) -> InOrderAudioBuffer | None:
@@ -172,6 +216,6 @@ def hand_on_audio_at_once(receiver: Any) -> InOrderAudioBuffer | None:
     when the receiver's layout is not the one this was written for, and nothing changed)."""
     if not isinstance(getattr(receiver, _RECEIVER_JITTER_BUFFER, None), JitterBuffer):
         return None
-    buffer = InOrderAudioBuffer()
+    buffer = InOrderAudioBuffer(hand_on=_decoder_hand_on(receiver))
     setattr(receiver, _RECEIVER_JITTER_BUFFER, buffer)
     return buffer

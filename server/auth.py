@@ -24,13 +24,18 @@ def bearer(connection: HTTPConnection) -> str | None:
     return header[7:].strip() if header.lower().startswith("bearer ") else None
 
 
+def same_token(given: str, expected: str) -> bool:
+    """Constant-time comparison of two tokens; any text compares (``compare_digest`` takes only ASCII str)."""
+    return secrets.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass"))
+
+
 def holds_server_token(connection: HTTPConnection, token: str | None) -> bool:
     """Whether the caller gives the server's ``token`` (``?token=`` or ``Authorization: Bearer``); any caller
     does when the server has none."""
     if not token:
         return True
     given = connection.query_params.get("token") or bearer(connection)
-    return given is not None and given != "" and secrets.compare_digest(given, token)
+    return given is not None and given != "" and same_token(given, token)
 
 
 def holds_control_token_for_path(connection: HTTPConnection, sessions: SessionRegistry) -> bool:
@@ -44,7 +49,7 @@ def holds_control_token_for_path(connection: HTTPConnection, sessions: SessionRe
     except EmoStreamError:
         return False
     given = connection.headers.get("x-control-token") or connection.query_params.get("control_token")
-    return given is not None and given != "" and secrets.compare_digest(given, session.control_token)
+    return given is not None and given != "" and same_token(given, session.control_token)
 
 
 def controlled_session(connection: HTTPConnection, session_id: str, sessions: SessionRegistry,
@@ -64,7 +69,7 @@ def controlled_session(connection: HTTPConnection, session_id: str, sessions: Se
         # token: the server's own token stands for it (and loopback without a token is open).
         if holds_server_token(connection, server_token):
             return session
-    if not given or not secrets.compare_digest(given, session.control_token):
+    if not given or not same_token(given, session.control_token):
         raise UnauthorizedError("this session needs its control_token (X-Control-Token header or "
                                 "?control_token=)")
     return session

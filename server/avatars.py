@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -26,6 +27,12 @@ from PIL import Image
 from emo_stream.avatar import AvatarLimits, prepare_avatar
 from emo_stream.errors import AvatarNotFoundError
 from emo_stream.types import Avatar
+
+Prepare = Callable[[bytes, int, AvatarLimits, str], Avatar]
+
+
+def _prepare_here(data: bytes, size: int, limits: AvatarLimits, name: str) -> Avatar:
+    return prepare_avatar(data, size=size, limits=limits, name=name)
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +64,12 @@ class AvatarStore:
     """Avatars by id at the server's output size. ``add`` and ``get`` are slow (face mesh,
     crop): call them off the event loop (``asyncio.to_thread``)."""
 
-    def __init__(self, size: int, limits: AvatarLimits | None = None, data_dir: str | Path | None = None) -> None:
+    def __init__(self, size: int, limits: AvatarLimits | None = None, data_dir: str | Path | None = None,
+                 prepare: Prepare | None = None) -> None:
+        """``prepare`` makes an uploaded photo's avatar (default: here, on the caller's thread; the server
+        passes ``PortraitPool.prepare``, a low-priority process)."""
         self.size = size
+        self._prepare: Prepare = prepare or _prepare_here
         self.limits = limits or AvatarLimits()
         self.folder = Path(data_dir).expanduser() / "avatars" if data_dir else None
         self._records: dict[str, AvatarRecord] = {}
@@ -88,7 +99,7 @@ class AvatarStore:
     def record(self, avatar_id: str) -> AvatarRecord:
         record = self._records.get(avatar_id)
         if record is None:
-            raise AvatarNotFoundError(f"no avatar with id {avatar_id!r}; GET /v1/avatars lists them")
+            raise AvatarNotFoundError(f"no avatar with id {avatar_id[:80]!r}; GET /v1/avatars lists them")
         return record
 
     def _source_bytes(self, avatar_id: str) -> bytes:
@@ -105,12 +116,18 @@ class AvatarStore:
             if avatar is not None:
                 self._prepared.move_to_end(avatar_id)
                 return avatar
-        avatar = prepare_avatar(self._source_bytes(avatar_id), size=self.size, limits=self.limits, name=record.name)
+        avatar = self._prepare_source(avatar_id, record.name)
         with self._lock:
             self._prepared[avatar_id] = avatar
             while len(self._prepared) > PREPARED_CACHE:
                 self._prepared.popitem(last=False)
         return avatar
+
+    def _prepare_source(self, avatar_id: str, name: str) -> Avatar:
+        data = self._source_bytes(avatar_id)
+        if avatar_id == DEFAULT_AVATAR_ID:  # the bundled portrait: small, and prepared once at start-up
+            return _prepare_here(data, self.size, self.limits, name)
+        return self._prepare(data, self.size, self.limits, name)
 
     def add(self, data: bytes, name: str = "") -> AvatarRecord:
         """Validate a photo, find its face, store it; the same bytes give the same record.
@@ -121,7 +138,7 @@ class AvatarStore:
         avatar_id = hashlib.sha256(data).hexdigest()[:32]
         if avatar_id in self._records:
             return self._records[avatar_id]
-        avatar = prepare_avatar(data, size=self.size, limits=self.limits, name=name)
+        avatar = self._prepare(data, self.size, self.limits, name)
         width, height = avatar.source_size
         record = AvatarRecord(id=avatar_id, name=name or f"Upload {len(self._records)}", width=width, height=height,
                               faces=avatar.faces, warnings=list(avatar.warnings))

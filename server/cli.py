@@ -9,19 +9,23 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from emo_stream.cli import add_engine_commands, new_parser, run
 
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
 REPO_DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 PROG = "emo-stream"
+WS_FRAMING_BYTES = 64 * 1024
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from emo_stream.errors import ConfigError
     from server.app import create_app
     from server.config import load_config, session_processes
@@ -46,7 +50,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
         single_threaded_kernels()
         app = create_app(config, animator=build_animator(config), shard=role)
-        uvicorn.run(app, fd=args.fd, log_level=args.log_level, log_config=None)
+        _run_until_stopped(app, fd=args.fd, log_level=args.log_level)
         return 0
     processes = session_processes(config)
     if processes > 1:
@@ -71,9 +75,26 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     print(f"emo-stream serving on {scheme}://{config.server.host}:{config.server.port} "
           f"(backend {config.animator.backend}{f', {processes} session processes' if processes > 1 else ''})",
           file=sys.stderr, flush=True)
-    uvicorn.run(app, host=config.server.host, port=config.server.port, log_level=args.log_level,
-                ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key, log_config=None)
+    _run_until_stopped(app, host=config.server.host, port=config.server.port, log_level=args.log_level,
+                       ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key)
     return 0
+
+
+def _stopped(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
+def _run_until_stopped(app: FastAPI, **options: Any) -> None:
+    """uvicorn until SIGTERM or Ctrl-C, then a graceful shutdown and exit status 0 (a service manager's stop is
+    not a failure). uvicorn re-raises a caught signal once it has shut down, into the handler it found: this one."""
+    import uvicorn
+
+    from server.pcm_source import MAX_MESSAGE_BYTES
+
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop_signal, _stopped)
+    # A WebSocket message larger than any route takes is refused by uvicorn (close 1009) before it is buffered.
+    uvicorn.run(app, log_config=None, ws_max_size=MAX_MESSAGE_BYTES + WS_FRAMING_BYTES, **options)
 
 
 def add_serve_parser(sub: argparse._SubParsersAction) -> None:

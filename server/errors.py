@@ -9,6 +9,8 @@ STATUS_BY_ERROR: list[tuple[type[e.EmoStreamError], int]] = [
     (e.NotFoundError, 404),
     (e.UnauthorizedError, 401),
     (e.OverloadedError, 503),
+    (e.RequestTooLargeError, 413),
+    (e.RateLimitedError, 429),
     (e.RequestError, 400),
     (e.UnknownBackendError, 400),
     (e.CheckpointError, 422),

@@ -1,15 +1,36 @@
 """Logging for the server: one line per event, plain text or JSON (``--log-json``).
 
-Fields that handlers pass in ``extra`` (request_id, session_id, status) are kept as JSON keys.
+Fields that handlers pass in ``extra`` (request_id, session_id, status) are kept as JSON keys. An exception's
+traceback is printed under its line (``traceback`` in JSON). Token values are replaced by ``***`` everywhere.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 
 EXTRA_FIELDS = ("session_process", "request_id", "session_id", "status", "reason")
+# ``token=`` and ``control_token=`` in a query (uvicorn logs WebSocket paths with theirs), and bearer headers.
+_SECRET = re.compile(r"((?:control_)?token=|bearer\s+)[^&\s\"'\]\)]+", re.IGNORECASE)
+REDACTED = "***"
+
+
+def redact(text: str) -> str:
+    """``text`` with every token value replaced by ``***``."""
+    return _SECRET.sub(lambda m: m.group(1) + REDACTED, text)
+
+
+class RedactSecrets(logging.Filter):
+    """Takes tokens out of every record: its message, its arguments, and the traceback text."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -21,7 +42,9 @@ class JsonFormatter(logging.Formatter):
             if value is not None:
                 entry[name] = value
         if record.exc_info:
-            entry["error"] = self.formatException(record.exc_info).splitlines()[-1]
+            trace = redact(self.formatException(record.exc_info))
+            entry["error"] = trace.splitlines()[-1]
+            entry["traceback"] = trace
         return json.dumps(entry, ensure_ascii=False)
 
 
@@ -29,7 +52,10 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = f"{self.formatTime(record, '%H:%M:%S')} {record.levelname:<7} {record.name}: {record.getMessage()}"
         extras = " ".join(f"{n}={getattr(record, n)}" for n in EXTRA_FIELDS if getattr(record, n, None) is not None)
-        return f"{line} [{extras}]" if extras else line
+        line = f"{line} [{extras}]" if extras else line
+        if record.exc_info:
+            line += "\n" + redact(self.formatException(record.exc_info))
+        return line
 
 
 class _ProcessTag(logging.Filter):
@@ -48,6 +74,7 @@ def configure(level: str = "info", as_json: bool = False, process: str | None = 
     """Route the app's and uvicorn's logs through one handler on stderr (``process``: a session process's tag)."""
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if as_json else TextFormatter())
+    handler.addFilter(RedactSecrets())
     if process is not None:
         handler.addFilter(_ProcessTag(process))
     root = logging.getLogger()

@@ -17,6 +17,9 @@ import numpy as np
 from emo_stream.errors import RequestError
 
 MAX_BUFFERED_S = 120  # more queued than this: the agent is sending far ahead of real time
+# One message's bytes: 1 MiB is 5.5 s of 48 kHz stereo. A larger one would cost its session process a
+# resampled copy many times its size (16 MiB at 8 kHz became ~200 MB of float32 at the voice rate).
+MAX_MESSAGE_BYTES = 1024 * 1024
 
 
 class PcmSource:
@@ -35,6 +38,7 @@ class PcmSource:
         self._resampler: av.AudioResampler | None = None
         self._format: tuple[int, int] | None = None  # (sample rate, channels) of what is pushed
         self._flushing = False
+        self._generation = 0  # bumped by clear(): audio resampled before it is not queued
 
     def start(self, sample_rate: int, channels: int) -> None:
         """Begin (or re-begin) PCM input: s16le at ``sample_rate`` with ``channels`` interleaved."""
@@ -42,31 +46,55 @@ class PcmSource:
         self._resampler = av.AudioResampler(format="flt", layout="mono", rate=self.voice_rate)
         self._flushing = False
 
-    def push(self, data: bytes) -> bool:
-        """Queue PCM; it plays at real time from the next tick, however fast it arrives. Returns whether any was
-        queued (a message shorter than one sample frame is ignored).
+    def check(self, data: bytes) -> None:
+        """Refuse a message before any of it is buffered: no ``start`` yet, not whole sample frames, over
+        ``MAX_MESSAGE_BYTES``, or more than ``MAX_BUFFERED_S`` queued with it.
 
         Raises:
-            RequestError: no ``start`` yet, or more than ``MAX_BUFFERED_S`` queued.
+            RequestError: the message is refused; nothing of it is kept.
         """
         if self._format is None or self._resampler is None:
             raise RequestError("send a start message before audio")
         rate, channels = self._format
-        usable = len(data) - len(data) % (2 * channels)
-        if usable <= 0:
-            return False
-        pcm = np.frombuffer(data[:usable], dtype="<i2").reshape(1, -1)
+        if len(data) > MAX_MESSAGE_BYTES:
+            raise RequestError(f"a PCM message carries at most {MAX_MESSAGE_BYTES // 1024} KiB; this one has "
+                               f"{len(data) // 1024} KiB: send the audio in smaller pieces")
+        if len(data) % (2 * channels):
+            raise RequestError(f"a PCM message carries whole s16le sample frames ({2 * channels} bytes each "
+                               f"with {channels} channel{'s' if channels > 1 else ''}); this one has {len(data)} "
+                               "bytes")
+        incoming_s = len(data) / (2 * channels) / rate
+        if self.buffered_s + incoming_s > MAX_BUFFERED_S:
+            raise RequestError(f"this message would queue {self.buffered_s + incoming_s:.0f} s of audio, over "
+                               f"{MAX_BUFFERED_S} s: send at most a little ahead of real time")
+
+    def resample(self, data: bytes) -> tuple[int, np.ndarray]:
+        """The message (already ``check``ed) as mono float32 at the voice rate, with the generation it belongs
+        to: CPU work that may run off the event loop (one message at a time per session)."""
+        if self._format is None or self._resampler is None:
+            raise RequestError("send a start message before audio")
+        generation = self._generation
+        rate, channels = self._format
+        pcm = np.frombuffer(data, dtype="<i2").reshape(1, -1)
         frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono" if channels == 1 else "stereo")
         frame.sample_rate = rate
-        for out in self._resampler.resample(frame):
-            samples = out.to_ndarray().reshape(-1).astype(np.float32)
-            self._queue.append(samples)
-            self._samples += len(samples)
-        if self._samples > MAX_BUFFERED_S * self.voice_rate:
-            raise RequestError(f"more than {MAX_BUFFERED_S} s of audio buffered: send at most a little "
-                               "ahead of real time")
+        parts = [out.to_ndarray().reshape(-1).astype(np.float32) for out in self._resampler.resample(frame)]
+        return generation, np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+    def enqueue(self, generation: int, samples: np.ndarray) -> bool:
+        """Queue resampled audio; it plays at real time from the next tick. Audio resampled before a ``clear``
+        (a barge-in) is dropped. Returns whether any was queued."""
+        if generation != self._generation or not len(samples):
+            return False
+        self._queue.append(samples)
+        self._samples += len(samples)
         self._flushing = False
         return True
+
+    def push(self, data: bytes) -> bool:
+        """``check``, ``resample`` and ``enqueue`` in one call (on the caller's thread)."""
+        self.check(data)
+        return self.enqueue(*self.resample(data))
 
     def flush(self) -> None:
         """End of an utterance: what is buffered plays out, the last tick padded with silence."""
@@ -82,6 +110,7 @@ class PcmSource:
         self._queue.clear()
         self._samples = 0
         self._flushing = False
+        self._generation += 1
 
     def utterance_played_out(self) -> bool:
         """Whether a flushed utterance has just played into the pipeline (once per flush): then the frames the

@@ -12,6 +12,7 @@ from emo_stream.avatar import AvatarLimits
 from server.aiortc_compat import install_aiortc_workarounds
 from server.avatars import DEFAULT_AVATAR_ID, AvatarStore
 from server.config import Config
+from server.portrait_pool import PortraitPool
 from server.telemetry import Telemetry
 from server.worker import InferenceWorker
 
@@ -34,6 +35,7 @@ class EngineResources:
         config: the server's configuration.
         telemetry: the process's metrics.
         avatars: the portrait store (uploads kept under ``server.data_dir``).
+        portraits: the low-priority process that prepares uploaded photos.
         animator: the backend; built in ``start`` unless one was given (so a bad checkpoint fails before serving).
         worker: the inference worker (its own thread), from ``start`` on.
         vad_factory: makes a session's voice-activity detector; Silero unless one was given.
@@ -44,9 +46,10 @@ class EngineResources:
         install_aiortc_workarounds()
         self.config = config
         self.telemetry = Telemetry()
+        self.portraits = PortraitPool()  # uploads are prepared in a low-priority process of their own
         self.avatars = AvatarStore(config.animator.size, AvatarLimits(
             max_pixels=config.limits.max_image_pixels, max_bytes=config.limits.max_image_bytes,
-            min_face_px=config.limits.min_face_px), data_dir=config.server.data_dir)
+            min_face_px=config.limits.min_face_px), data_dir=config.server.data_dir, prepare=self.portraits.prepare)
         self.animator: Animator[Any] | None = animator
         self.worker: InferenceWorker | None = None
         self.vad_factory: Callable[[], Any] | None = vad_factory
@@ -78,3 +81,4 @@ class EngineResources:
             await asyncio.to_thread(self.worker.stop)
         if self.animator is not None:
             self.animator.close()
+        self.portraits.close()

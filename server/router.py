@@ -31,10 +31,17 @@ from fastapi.responses import JSONResponse, Response
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from emo_stream.errors import EmoStreamError, ImageTooLargeError, OverloadedError
+from emo_stream.errors import (
+    EmoStreamError,
+    ImageTooLargeError,
+    OverloadedError,
+    RequestTooLargeError,
+    UnauthorizedError,
+)
 from server.auth import holds_server_token
 from server.config import Config
 from server.errors import error_body, status_for
+from server.request_limits import FULL_HEADER, MAX_OFFER_BODY_BYTES, MULTIPART_OVERHEAD_BYTES, read_limited
 from server.shards import Shard, ShardPool, shard_of_session
 
 logger = logging.getLogger(__name__)
@@ -45,6 +52,7 @@ _HOP_HEADERS = {"connection", "keep-alive", "proxy-authenticate", "proxy-authori
 # Gauges where the sum over children means nothing: the worst child is reported.
 _MAX_GAUGES = {"emo_stream_loop_lag_seconds", "emo_stream_worker_utilization"}
 WATCH_INTERVAL_S = 0.5
+SMALL_BODY_BYTES = 64 * 1024  # a session's own routes (interrupt, delete) carry no body to speak of
 
 
 class ShardUnavailableError(EmoStreamError):
@@ -150,6 +158,12 @@ def create_router_app(config: Config, pool: ShardPool) -> FastAPI:
         status = 503 if isinstance(exc, ShardUnavailableError) else status_for(exc)
         return JSONResponse(error_body(exc.code, exc.message), status_code=status, headers=headers)
 
+    @app.exception_handler(Exception)
+    async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+        logger.error("internal error on %s %s: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
+        return JSONResponse(error_body("internal", "the server failed on this request; it is logged"),
+                            status_code=500)
+
     def alive() -> list[Shard]:
         return [s for s in pool.shards if s.alive]
 
@@ -159,29 +173,27 @@ def create_router_app(config: Config, pool: ShardPool) -> FastAPI:
             raise ShardUnavailableError("no session process is running; try again in a few seconds")
         return shards[0]
 
-    max_body = config.limits.max_image_bytes + 1024 * 1024  # the largest request a child takes (an upload)
+    max_body = config.limits.max_image_bytes + MULTIPART_OVERHEAD_BYTES  # the largest request a child takes
 
-    async def read_body(request: Request) -> bytes:
-        """The request's body, refused (413) before it is buffered past what any child would accept."""
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > max_body:
-            raise ImageTooLargeError(f"the request is {int(length) / 2**20:.1f} MB; uploads are limited to "
-                                     f"{config.limits.max_image_bytes / 2**20:.0f} MB")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_body:
-                raise ImageTooLargeError(f"the request is over the {config.limits.max_image_bytes / 2**20:.0f} MB "
-                                         "upload limit")
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    async def forward(shard: Shard, request: Request, body: bytes | None = None) -> Response:
-        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS]
-        url = shard.base_url + request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    async def read_body(request: Request, limit: int) -> bytes:
+        """The request's body, refused (413) before it is buffered past what the child would accept."""
         try:
-            answer = await client_box["client"].request(
-                request.method, url, headers=headers, content=await read_body(request) if body is None else body)
+            return await read_limited(request, limit)
+        except RequestTooLargeError as exc:
+            if limit == max_body:
+                raise ImageTooLargeError(f"the upload is over the {config.limits.max_image_bytes / 2**20:.0f} MB "
+                                         "limit") from None
+            raise exc from None
+
+    async def forward(shard: Shard, request: Request, body: bytes | None = None,
+                      extra_headers: list[tuple[str, str]] | None = None) -> Response:
+        headers = [(k, v) for k, v in request.headers.items()
+                   if k.lower() not in _HOP_HEADERS and k.lower() != FULL_HEADER] + (extra_headers or [])
+        url = shard.base_url + request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        if body is None:  # a session's own routes (interrupt, delete, status) carry no real body
+            body = await read_body(request, SMALL_BODY_BYTES)
+        try:
+            answer = await client_box["client"].request(request.method, url, headers=headers, content=body)
         except httpx.TransportError as exc:
             raise ShardUnavailableError(f"session process {shard.index} did not answer ({type(exc).__name__}); "
                                         "try again in a few seconds") from None
@@ -242,9 +254,16 @@ def create_router_app(config: Config, pool: ShardPool) -> FastAPI:
                f"emo_stream_session_process_restarts_total {float(sum(s.restarts for s in pool.shards))!r}\n")
         return Response(merge_metrics([*texts, own]), media_type="text/plain; version=0.0.4")
 
+    def require_server_token(request: Request) -> None:
+        """Refuse (401) a caller without the server's token before any of its body is read: an upload or an
+        offer needs the server token (a session's control token opens only that session's routes)."""
+        if not holds_server_token(request, config.server.token):
+            raise UnauthorizedError("this server needs a token: Authorization: Bearer T or ?token=T")
+
     @app.post("/v1/sessions")
     async def create_session(request: Request) -> Response:
-        body = await read_body(request)
+        require_server_token(request)
+        body = await read_body(request, MAX_OFFER_BODY_BYTES)
         name = _session_name(request, body)
         if name is not None and name in names and pool.shards[names[name]].alive:
             return await forward(pool.shards[names[name]], request, body)  # a takeover adds no load
@@ -252,11 +271,9 @@ def create_router_app(config: Config, pool: ShardPool) -> FastAPI:
         if not ranked:
             raise ShardUnavailableError("no session process is running; try again in a few seconds")
         running = sum(n for n, _ in ranked)
-        limit = config.server.max_sessions
-        # Only a caller the children would let in learns that the server is full; others get their 401.
-        if running >= limit and holds_server_token(request, config.server.token):
-            raise OverloadedError(f"{running} sessions are running, the limit is {limit}: try again later",
-                                  retry_after_s=10)
+        if running >= config.server.max_sessions:
+            # The least loaded child checks the request, then refuses it: a bad request gets its 4xx, not 503.
+            return await forward(ranked[0][1], request, body, extra_headers=[(FULL_HEADER, "1")])
         answer = None
         for _, shard in ranked:
             starting[shard.index] = starting.get(shard.index, 0) + 1
@@ -284,7 +301,8 @@ def create_router_app(config: Config, pool: ShardPool) -> FastAPI:
 
     @app.post("/v1/avatars")
     async def upload_avatar(request: Request) -> Response:
-        body = await read_body(request)
+        require_server_token(request)
+        body = await read_body(request, max_body)
         primary = first_alive()
         first = await forward(primary, request, body)
         if first.status_code == 201:
@@ -297,6 +315,8 @@ def create_router_app(config: Config, pool: ShardPool) -> FastAPI:
 
     @app.websocket("/v1/sessions/{session_key}/{channel}")
     async def session_socket(websocket: WebSocket, session_key: str, channel: str) -> None:
+        # Accepted before any refusal: a close before the accept is an HTTP 403, with no code for the client.
+        await websocket.accept()
         try:
             shard = owner(session_key)
         except ShardUnavailableError as exc:
@@ -314,7 +334,6 @@ def create_router_app(config: Config, pool: ShardPool) -> FastAPI:
         except (OSError, TimeoutError):
             await websocket.close(code=4503, reason="the session's process did not answer")
             return
-        await websocket.accept()
         await _pump(websocket, upstream)
 
     @app.api_route("/{path:path}", methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"])
@@ -331,7 +350,7 @@ def _session_name(request: Request, body: bytes) -> str | None:
         return values[0] if values else None
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     options = data.get("options") if isinstance(data, dict) else None
     name = options.get("name") if isinstance(options, dict) else None
@@ -370,7 +389,8 @@ async def _pump(client: WebSocket, upstream) -> None:
                 await task
         with contextlib.suppress(Exception):
             await upstream.close()
-        # The child's close code and reason (4400: a microphone session refusing PCM, ...) reach the caller.
-        code = upstream.close_code if upstream.close_code not in (None, 1005, 1006) else 1000
+        # The child's close code and reason (4400: a microphone session refusing PCM, ...) reach the caller;
+        # a child that vanished without a close (it crashed: 1006) is a server error, 1011.
+        code = {None: 1011, 1005: 1000, 1006: 1011}.get(upstream.close_code, upstream.close_code)
         with contextlib.suppress(Exception):
             await client.close(code=code, reason=upstream.close_reason or "")

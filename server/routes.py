@@ -21,11 +21,10 @@ from starlette.requests import HTTPConnection
 from emo_stream.errors import ImageTooLargeError, NotFoundError, RequestError
 from server.auth import controlled_session
 from server.bodies import OfferBody, SessionOptionsBody
+from server.request_limits import FULL_HEADER, MAX_OFFER_BODY_BYTES, MULTIPART_OVERHEAD_BYTES, read_limited
 from server.service import SessionService
 from server.sessions import Session
 
-# An upload's Content-Length may exceed the image limit by this much (the multipart framing and its fields).
-MULTIPART_OVERHEAD_BYTES = 64 * 1024
 AVATAR_NAME_CHARS = 80
 THUMBNAIL_MAX_AGE_S = 3600
 
@@ -124,23 +123,37 @@ def _answer_of(session: Session) -> RTCSessionDescription:
     "application/sdp": {"schema": {"type": "string"}}}}})
 async def create_session(request: Request, service: Service) -> Response:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    body_bytes = await read_limited(request, MAX_OFFER_BODY_BYTES)
+    full = request.headers.get(FULL_HEADER) == "1"  # the router found the server full: check, then 503
     if content_type == "application/sdp":  # WHIP
-        sdp = (await request.body()).decode("utf-8", errors="replace")
+        sdp = body_bytes.decode("utf-8", errors="replace")
         query = request.query_params
-        options = SessionOptionsBody.model_validate({k: v for k, v in query.items() if k in SessionOptionsBody.model_fields})
-        session = await service.create_session(sdp, "offer", query.get("avatar_id") or query.get("avatar"), options)
+        try:
+            options = SessionOptionsBody.model_validate({k: v for k, v in query.items()
+                                                         if k in SessionOptionsBody.model_fields})
+        except ValueError as exc:
+            raise RequestError(f"a query option is not valid: {_first_error(exc)}") from None
+        session = await service.create_session(sdp, "offer", query.get("avatar_id") or query.get("avatar"), options,
+                                               full=full)
         return Response(_answer_of(session).sdp, status_code=201, media_type="application/sdp",
                         headers={"Location": f"/v1/sessions/{session.id}", "X-Control-Token": session.control_token,
                                  "X-Latency-Ms": str(session.latency_ms)})
     try:
-        body = OfferBody.model_validate_json(await request.body())
+        body = OfferBody.model_validate_json(body_bytes)
     except ValueError as exc:
-        raise RequestError(f"the body must be JSON with sdp and type: {str(exc).splitlines()[0]}") from None
-    session = await service.create_session(body.sdp, body.type, body.avatar_id or body.avatar, body.options)
+        raise RequestError(f"the body must be JSON with sdp and type: {_first_error(exc)}") from None
+    session = await service.create_session(body.sdp, body.type, body.avatar_id or body.avatar, body.options,
+                                           full=full)
     answer = _answer_of(session)
     return JSONResponse({"session_id": session.id, "sdp": answer.sdp, "type": answer.type,
                          "control_token": session.control_token,
                          "latency_ms": session.latency_ms}, status_code=201)
+
+
+def _first_error(exc: ValueError) -> str:
+    """A validation error's first line, short enough for a JSON error message."""
+    lines = str(exc).splitlines()
+    return " ".join(lines[:3])[:200] if lines else type(exc).__name__
 
 
 @router.delete("/v1/sessions/{session_id}", status_code=204)
@@ -152,7 +165,9 @@ async def delete_session(session_id: str, request: Request, service: Service) ->
 @router.post("/v1/sessions/{session_id}/interrupt", status_code=204)
 async def interrupt(session_id: str, request: Request, service: Service) -> Response:
     started = time.perf_counter()
-    controlled(request, service, session_id).interrupt()
+    session = controlled(request, service, session_id)
+    session.control_rate.take()  # 429 rate_limited past the session's control rate
+    session.interrupt()
     service.telemetry.observe("interrupt", time.perf_counter() - started)
     return Response(status_code=204)
 

@@ -11,14 +11,16 @@ import asyncio
 import contextlib
 import os
 
+from emo_stream.avatar import Avatar
 from emo_stream.compositing import parse_background
 from emo_stream.config import usable_cores
-from emo_stream.errors import RequestError
+from emo_stream.errors import OverloadedError, RequestError
 from server.admission import AdmissionLimits, ServerLoad, decide
 from server.avatars import DEFAULT_AVATAR_ID
 from server.bodies import SessionOptionsBody
 from server.config import Config
 from server.load import SETTLED_S, LoadMeter, LoadSample
+from server.offer_check import check_offer
 from server.resources import EngineResources
 from server.sessions import Session, SessionOptions, SessionRegistry
 from server.shards import ShardRole
@@ -97,12 +99,18 @@ class SessionService:
             raise refusal.error()
 
     async def create_session(self, offer_sdp: str, offer_type: str, avatar_id: str | None,
-                             body: SessionOptionsBody) -> Session:
-        """Check the offer's options, admit it, open its session and start it.
+                             body: SessionOptionsBody, full: bool = False) -> Session:
+        """Check the offer and its options, admit it, open its session and start it. Everything a request can
+        get wrong is checked before admission, so a bad request gets its 4xx however busy the server is.
+
+        Args:
+            full: the router found the server full: check the request, then refuse it (503).
 
         Raises:
             RequestError: an option this server does not offer (400).
+            InvalidSdpError: an offer no session can answer (400).
             ConfigError: a bad background (400).
+            AvatarNotFoundError: an unknown avatar (404).
             OverloadedError: no room for one more session (503).
         """
         a = self.config.animator
@@ -117,26 +125,33 @@ class SessionService:
         if body.name is not None and not (0 < len(body.name) <= 64 and body.name.replace("-", "").replace("_", "")
                                               .isalnum()):
             raise RequestError("options.name must be 1-64 letters, digits, '-' or '_'")
+        if body.seed is not None and not 0 <= body.seed < 2**32:
+            raise RequestError(f"options.seed must be 0..{2**32 - 1}, got {body.seed}")
         parse_background(body.background)  # a ConfigError (400) names a bad value
+        check_offer(offer_sdp, offer_type, body.audio_source)
+        self.resources.avatars.record(avatar_id or DEFAULT_AVATAR_ID)  # 404 before admission; prepared after it
         adds_load = not (body.name and self.sessions.by_name(body.name))  # a takeover adds none
+        if adds_load and full:
+            raise OverloadedError(f"{self.config.server.max_sessions} sessions are running, the limit: try again "
+                                  "later", retry_after_s=10)
         if adds_load:
             self.admit()
             self.starting += 1
         try:
-            session = await self._open_session(offer_sdp, offer_type, avatar_id, body)
+            avatar = await asyncio.to_thread(self.resources.avatars.get, avatar_id or DEFAULT_AVATAR_ID)
+            session = await self._open_session(offer_sdp, offer_type, avatar, body)
         finally:
             if adds_load:
                 self.starting -= 1
         await session.start()
         return session
 
-    async def _open_session(self, offer_sdp: str, offer_type: str, avatar_id: str | None,
+    async def _open_session(self, offer_sdp: str, offer_type: str, avatar: Avatar,
                             body: SessionOptionsBody) -> Session:
-        """The admitted offer's session: its portrait loaded, its answer made, registered."""
+        """The admitted offer's session: its answer made, registered."""
         a = self.config.animator
         server = self.config.server
         resources = self.resources
-        avatar = await asyncio.to_thread(resources.avatars.get, avatar_id or DEFAULT_AVATAR_ID)
         previous = self.sessions.by_name(body.name) if body.name else None
         if previous is not None:
             # A page that reloads (an OBS source, a server restart) takes its name back; the

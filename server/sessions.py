@@ -30,13 +30,15 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcrtpsender import RTCRtpSender
 
 from emo_stream.compositing import parse_background
-from emo_stream.errors import InvalidSdpError, SessionNotFoundError
+from emo_stream.errors import InvalidSdpError, RateLimitedError, SessionNotFoundError
 from emo_stream.types import AudioWindow, Avatar, Frame
 from server.aiortc_compat import InOrderAudioBuffer, hand_on_audio_at_once
 from server.clock import MediaClock
+from server.control_rate import ControlRate
 from server.event_hub import EventHub, SessionStats
 from server.input_timeline import InputTimeline, VoicePlacement, base_lead_s
 from server.input_windows import InputWindows
+from server.offer_check import check_offer
 from server.pcm_source import PcmSource
 from server.peer_watchdog import watch_peer
 from server.telemetry import Telemetry
@@ -98,6 +100,7 @@ class Session:
         self._silence = np.zeros(VOICE_RATE // options.fps, np.float32)
         self._input = InputWindows((VOICE_RATE, ENGINE_RATE), options.fps)
         self.pcm = PcmSource(VOICE_RATE, options.fps)
+        self.control_rate = ControlRate()
         self._ready = False
         self.mic_buffer: InOrderAudioBuffer | None = None  # its ``skipped`` packets go to /metrics
         self._tasks: list[asyncio.Task[None]] = []
@@ -140,13 +143,12 @@ class Session:
 
     # ------------------------------------------------------------------ signalling
     async def accept(self, offer_sdp: str, offer_type: str = "offer") -> RTCSessionDescription:
-        """Apply the browser's offer, attach our tracks, return the answer."""
-        if offer_type != "offer":
-            raise InvalidSdpError(f"expected an SDP offer, got type {offer_type!r}")
-        if "v=0" not in offer_sdp or "m=" not in offer_sdp:
-            raise InvalidSdpError("the body is not an SDP offer (no v= or m= lines)")
-        if self.options.audio_source == "mic" and "m=audio" not in offer_sdp:
-            raise InvalidSdpError("the offer has no audio: send the microphone (an m=audio line)")
+        """Apply the browser's offer, attach our tracks, return the answer.
+
+        Raises:
+            InvalidSdpError: the offer fails ``check_offer``, or aiortc cannot answer it.
+        """
+        check_offer(offer_sdp, offer_type, self.options.audio_source)
 
         @self.pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
@@ -161,8 +163,9 @@ class Session:
             @channel.on("message")
             def on_message(message) -> None:
                 if isinstance(message, str) and '"interrupt"' in message:
-                    with contextlib.suppress(ValueError):
+                    with contextlib.suppress(ValueError, AttributeError, RecursionError, RateLimitedError):
                         if json.loads(message).get("type") == "interrupt":
+                            self.control_rate.take()
                             self.interrupt()
 
         @self.pc.on("connectionstatechange")
@@ -172,11 +175,14 @@ class Session:
 
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
-        except (ValueError, KeyError, IndexError, AttributeError, TypeError) as exc:
-            raise InvalidSdpError(f"the SDP offer cannot be parsed: {str(exc) or type(exc).__name__}") from None
-        self._attach_tracks()
-        answer = await self.pc.createAnswer()
-        await self.pc.setLocalDescription(answer)
+            self._attach_tracks()
+            answer = await self.pc.createAnswer()
+            await self.pc.setLocalDescription(answer)
+        except Exception as exc:  # whatever an offer that parses trips in aiortc's negotiation
+            logger.info("offer refused by aiortc: %s: %s", type(exc).__name__, exc, exc_info=True,
+                        extra={"session_id": self.id})
+            raise InvalidSdpError(f"the SDP offer cannot be answered: {str(exc)[:120] or type(exc).__name__}") \
+                from None
         return self.pc.localDescription
 
     def _attach_tracks(self) -> None:
@@ -361,9 +367,16 @@ class Session:
         """Begin (or re-begin) PCM input: s16le at ``sample_rate`` with ``channels`` interleaved."""
         self.pcm.start(sample_rate, channels)
 
-    def pcm_push(self, data: bytes) -> None:
-        """Queue PCM; it plays at real time from the next tick, however fast it arrives."""
-        if self.pcm.push(data):
+    async def pcm_push(self, data: bytes) -> None:
+        """Queue PCM; it plays at real time from the next tick, however fast it arrives. Checked before
+        anything is buffered, resampled off the event loop (a long message would stall every session's ticks).
+
+        Raises:
+            RequestError: the message is refused (``PcmSource.check``); nothing of it is kept.
+        """
+        self.pcm.check(data)
+        generation, samples = await asyncio.to_thread(self.pcm.resample, data)
+        if self.pcm.enqueue(generation, samples):
             self.stats.last_input = time.monotonic()
 
     def pcm_flush(self) -> None:

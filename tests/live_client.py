@@ -250,3 +250,15 @@ def write_recording(received: Received, path: Path, audio_hold_s: float = 0.0, v
         out.mux(au.encode(af))
         out.mux(au.encode(None))
     return path
+
+
+async def websocket_close_code(url: str, timeout_s: float = 10.0) -> int | None:
+    """Connect to a WebSocket the server should refuse, read until it closes, return the close code."""
+    import websockets
+
+    async with websockets.connect(url, open_timeout=timeout_s) as ws:
+        with contextlib.suppress(websockets.ConnectionClosed):
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    await ws.recv()
+        return ws.close_code

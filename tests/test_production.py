@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import websockets
 from PIL import Image
-from websockets.exceptions import InvalidStatus
 
 from emo_stream.audio import load_audio
 from emo_stream.config import usable_cores
@@ -27,6 +26,7 @@ from tests.live_client import (
     received_fps,
     recent_voice_rms,
     wait_for_voice,
+    websocket_close_code,
 )
 from tests.servers import run_server
 
@@ -184,13 +184,13 @@ def test_mic_session_refuses_pcm_and_unknown_commands(server):
         async with websockets.connect(url) as ws:
             error = json.loads(await ws.recv())
         bad_token = ws_url(server.base, f"/v1/sessions/{answer['session_id']}/events?control_token=nope")
-        with pytest.raises(InvalidStatus):
-            async with websockets.connect(bad_token):
-                pass
+        code = await websocket_close_code(bad_token)
         await peer.close()
-        return error
+        return error, code
 
-    assert asyncio.run(run())["type"] == "error"
+    error, code = asyncio.run(run())
+    assert error["type"] == "error" and error["code"] == "bad_request"
+    assert code == 4401
 
 
 def _png(rgb) -> bytes:
@@ -489,10 +489,9 @@ def test_every_v1_route_needs_the_token_and_control_tokens_are_per_session():
                                           headers={"X-Control-Token": answer_b["control_token"]})
                 own = await client.post(f"/v1/sessions/{answer_a['session_id']}/interrupt",
                                         headers={"X-Control-Token": answer_a["control_token"]})
-            with pytest.raises(InvalidStatus):
-                async with websockets.connect(ws_url(srv.base, f"/v1/sessions/{answer_a['session_id']}/events"
-                                                               f"?token=t0ken&control_token={answer_b['control_token']}")):
-                    pass
+            assert await websocket_close_code(ws_url(srv.base, f"/v1/sessions/{answer_a['session_id']}/events"
+                                                               f"?token=t0ken&control_token={answer_b['control_token']}")) \
+                == 4401
             await a.close()
             await b.close()
             return other.status_code, own.status_code
@@ -507,9 +506,7 @@ def test_named_session_is_driven_by_name_with_the_server_token():
             peer = LivePeer(srv.base, samples=None, options={"audio_source": "pcm", "name": "studio"},
                             headers={"Authorization": "Bearer tk"})
             await peer.connect()
-            with pytest.raises(InvalidStatus):
-                async with websockets.connect(ws_url(srv.base, "/v1/sessions/studio/audio")):
-                    pass
+            assert await websocket_close_code(ws_url(srv.base, "/v1/sessions/studio/audio")) == 4401
             async with websockets.connect(ws_url(srv.base, "/v1/sessions/studio/audio?token=tk")) as ws:
                 await ws.send(json.dumps({"type": "start", "sample_rate": 16_000, "channels": 1}))
                 assert json.loads(await ws.recv())["for"] == "start"

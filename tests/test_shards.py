@@ -19,14 +19,13 @@ import numpy as np
 import pytest
 import websockets
 from fastapi.testclient import TestClient
-from websockets.exceptions import InvalidStatus
 
 from emo_stream.audio import load_audio
 from server.config import load_config, session_processes
 from server.router import create_router_app, merge_metrics
 from server.shards import Shard, ShardRole, shard_of_session
 from tests import media
-from tests.live_client import RATE, LivePeer, run_peers
+from tests.live_client import RATE, LivePeer, run_peers, websocket_close_code
 from tests.servers import run_server, stop
 
 pytestmark = pytest.mark.timeout(240)
@@ -259,15 +258,14 @@ def test_websockets_pass_the_process_answers_through(sharded):
             with pytest.raises(websockets.ConnectionClosed):
                 await ws.recv()
             code = ws.close_code
-        with pytest.raises(InvalidStatus):
-            async with websockets.connect(f"{base}/events?control_token=nope"):
-                pass
+        refused = await websocket_close_code(f"{base}/events?control_token=nope")
         await peer.close()
-        return error, code
+        return error, code, refused
 
-    error, code = asyncio.run(run())
+    error, code, refused = asyncio.run(run())
     assert error["type"] == "error" and "microphone" in error["message"]
     assert code == 4400  # the session process's close code, not the router's
+    assert refused == 4401
 
 
 def test_an_oversized_upload_is_refused_before_it_is_buffered(sharded):
