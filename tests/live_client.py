@@ -262,3 +262,20 @@ async def websocket_close_code(url: str, timeout_s: float = 10.0) -> int | None:
                 while True:
                     await ws.recv()
         return ws.close_code
+
+
+def offer_sdp(audio: str | None = "sendrecv", video: bool = True) -> str:
+    """A real aiortc offer: an audio transceiver in ``audio``'s direction (None: none) and a receiving video one."""
+
+    async def make() -> str:
+        pc = RTCPeerConnection()
+        if audio:
+            pc.addTransceiver("audio", direction=audio)
+        if video:
+            pc.addTransceiver("video", direction="recvonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        sdp = pc.localDescription.sdp
+        await pc.close()
+        return sdp
+
+    return asyncio.run(make())

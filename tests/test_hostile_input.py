@@ -22,7 +22,7 @@ import pytest
 import websockets
 
 from tests import bad_inputs
-from tests.live_client import RATE, LivePeer, received_fps, websocket_close_code
+from tests.live_client import RATE, LivePeer, offer_sdp, received_fps, websocket_close_code
 from tests.servers import run_server
 
 pytestmark = pytest.mark.timeout(300)
@@ -37,27 +37,10 @@ def server():
         yield running
 
 
-def _offer(audio: str | None = "sendrecv", video: bool = True) -> str:
-    from aiortc import RTCPeerConnection
-
-    async def make() -> str:
-        pc = RTCPeerConnection()
-        if audio:
-            pc.addTransceiver("audio", direction=audio)
-        if video:
-            pc.addTransceiver("video", direction="recvonly")
-        await pc.setLocalDescription(await pc.createOffer())
-        sdp = pc.localDescription.sdp
-        await pc.close()
-        return sdp
-
-    return asyncio.run(make())
-
-
 @pytest.fixture(scope="module")
 def offers() -> dict[str, str]:
-    return {"mic": _offer(), "recvonly": _offer("recvonly"), "video_only": _offer(None), "audio_only":
-            _offer(video=False)}
+    return {"mic": offer_sdp(), "recvonly": offer_sdp("recvonly"), "video_only": offer_sdp(None),
+            "audio_only": offer_sdp(video=False)}
 
 
 # (id, JSON body as a function of the offers, expected status, expected code)

@@ -22,6 +22,7 @@ from tests.live_client import (
     RATE,
     LivePeer,
     audio_timeline,
+    offer_sdp,
     received_fps,
     run_peers,
     wait_for_voice,
@@ -277,22 +278,6 @@ def test_killed_client_is_reaped_in_ten_seconds_and_the_next_session_has_its_rat
     assert received_fps(peer.received, skip_s=0.5) >= 20
 
 
-def _offer_sdp(with_audio: bool = True) -> str:
-    from aiortc import RTCPeerConnection
-
-    async def make():
-        pc = RTCPeerConnection()
-        if with_audio:
-            pc.addTransceiver("audio", direction="sendrecv")
-        pc.addTransceiver("video", direction="recvonly")
-        await pc.setLocalDescription(await pc.createOffer())
-        sdp = pc.localDescription.sdp
-        await pc.close()
-        return sdp
-
-    return asyncio.run(make())
-
-
 @pytest.mark.parametrize(
     ("body", "status", "code"),
     [
@@ -306,9 +291,9 @@ def _offer_sdp(with_audio: bool = True) -> str:
 )
 def test_bad_offers_get_json_errors_and_the_server_keeps_serving(server, body, status, code):
     if body == "no-audio":
-        body = {"sdp": _offer_sdp(with_audio=False), "type": "offer"}
+        body = {"sdp": offer_sdp(audio=None), "type": "offer"}
     elif body == "unknown-avatar":
-        body = {"sdp": _offer_sdp(), "type": "offer", "avatar_id": "nobody"}
+        body = {"sdp": offer_sdp(), "type": "offer", "avatar_id": "nobody"}
     if body == "not json":
         r = httpx.post(f"{server}/v1/sessions", content=b"{nope", headers={"content-type": "application/json"})
     else:
@@ -320,7 +305,7 @@ def test_bad_offers_get_json_errors_and_the_server_keeps_serving(server, body, s
 
 
 def test_whip_offer_and_routes(server):
-    r = httpx.post(f"{server}/v1/sessions", content=_offer_sdp(), headers={"content-type": "application/sdp"},
+    r = httpx.post(f"{server}/v1/sessions", content=offer_sdp(), headers={"content-type": "application/sdp"},
                    timeout=30)
     assert r.status_code == 201, r.text
     assert r.headers["content-type"].startswith("application/sdp") and r.text.startswith("v=0")
