@@ -23,7 +23,7 @@ class Telemetry:
         self.frames_dropped = Counter("emo_stream_frames_dropped_total",
                                       "Ticks dropped from a track queue whose sender fell behind", ["track"], registry=r)
         self.mic_packets_skipped = Counter("emo_stream_mic_packets_skipped_total",
-                                           "Microphone packets given up (never arrived in time) or dropped to catch up",
+                                           "Microphone packets given up: lost, or too late",
                                            registry=r)
         self.windows_skipped = Counter("emo_stream_windows_skipped_total",
                                        "Audio windows the worker skipped because their frame was already due",

@@ -19,6 +19,8 @@ import numpy as np
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from tests.impairment import UdpRelay, first_host_candidate, through
+
 RATE = 48_000
 PTIME = 0.02
 
@@ -72,8 +74,10 @@ class LivePeer:
     """Connects to a running server, sends the microphone, records the answer's tracks."""
 
     def __init__(self, base_url: str, samples: np.ndarray | None = None, avatar_id: str | None = None,
-                 options: dict | None = None, headers: dict | None = None) -> None:
+                 options: dict | None = None, headers: dict | None = None, relay: UdpRelay | None = None) -> None:
+        """``relay``: a started ``tests.impairment.UdpRelay`` that every packet of the session crosses."""
         self.base_url = base_url
+        self.relay = relay
         self.options = options
         self.headers = headers or {}
         self.mic = WavMicrophone(samples) if samples is not None else None
@@ -99,7 +103,11 @@ class LivePeer:
             self._tasks.append(asyncio.create_task(self._record(track)))
 
         await self.pc.setLocalDescription(await self.pc.createOffer())
-        body = {"sdp": self.pc.localDescription.sdp, "type": "offer"}
+        offer = self.pc.localDescription.sdp
+        if self.relay is not None:
+            self.relay.client = first_host_candidate(offer)
+            offer = through(offer, self.relay.server_facing)
+        body = {"sdp": offer, "type": "offer"}
         if self.avatar_id:
             body["avatar_id"] = self.avatar_id
         if self.options:
@@ -110,7 +118,11 @@ class LivePeer:
         data = answer.json()
         self.session_id = data["session_id"]
         self.control_token = data["control_token"]
-        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=data["sdp"], type=data["type"]))
+        answer_sdp = data["sdp"]
+        if self.relay is not None:
+            self.relay.server = first_host_candidate(answer_sdp)
+            answer_sdp = through(answer_sdp, self.relay.client_facing)
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer_sdp, type=data["type"]))
         return data
 
     def keep_video(self, frame: av.VideoFrame) -> np.ndarray:
