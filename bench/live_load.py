@@ -46,6 +46,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 
+from tests.impairment import Impairment, UdpRelay  # noqa: E402
 from tests.live_client import RATE, LivePeer, Received, received_fps, write_recording  # noqa: E402
 
 FRAME_SAMPLES = RATE // 50          # the microphone's 20 ms frames
@@ -358,7 +359,8 @@ async def _session(peer: RecordingPeer, stdin_lines: asyncio.Queue, timeout_s: f
     return answer
 
 
-async def _run_session(base: str, samples: np.ndarray, timeout_s: float) -> tuple[RecordingPeer, dict]:
+async def _run_session(base: str, samples: np.ndarray, timeout_s: float,
+                       impair: str = "") -> tuple[RecordingPeer, dict]:
     loop = asyncio.get_running_loop()
     lines: asyncio.Queue = asyncio.Queue()
 
@@ -370,8 +372,17 @@ async def _run_session(base: str, samples: np.ndarray, timeout_s: float) -> tupl
     # a daemon thread (not the loop's executor, which asyncio.run would wait for): the parent's
     # "stop", or EOF when it died, ends the session
     threading.Thread(target=read_stdin, daemon=True).start()
-    peer = RecordingPeer(base, samples)
-    answer = await _session(peer, lines, timeout_s)
+    relay = None
+    if impair:  # every packet of the session crosses a user-space impairment relay, both ways
+        relay = await UdpRelay(to_server=Impairment.parse(impair), to_client=Impairment.parse(impair)).start("127.0.0.1")
+    peer = RecordingPeer(base, samples, relay=relay)
+    try:
+        answer = await _session(peer, lines, timeout_s)
+    finally:
+        if relay is not None:
+            relay.close()
+    if relay is not None:
+        answer = {**answer, "relay": {"up": vars(relay.up.stats), "down": vars(relay.down.stats)}}
     return peer, answer
 
 
@@ -388,6 +399,9 @@ def main() -> int:
     parser.add_argument("--save-raw", type=Path, default=None,
                         help="store the received streams in this .npz for analyse_saved instead of running the face "
                              "mesh here (report only what needs no mesh)")
+    parser.add_argument("--impair", default="", metavar="SPEC",
+                        help="route the session through tests/impairment.UdpRelay with this impairment both ways, "
+                             "e.g. loss=0.05,delay_ms=30,jitter_ms=10")
     args = parser.parse_args()
     samples = np.load(args.signal).astype(np.float32)
     if args.count_only:
@@ -396,7 +410,7 @@ def main() -> int:
     if sys.stdin.readline().strip() != "go":
         return 1
     try:
-        peer, answer = asyncio.run(_run_session(args.base, samples, args.timeout))
+        peer, answer = asyncio.run(_run_session(args.base, samples, args.timeout, args.impair))
     except Exception as exc:  # report, never hang the parent
         traceback.print_exc()
         args.out.write_text(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
@@ -422,6 +436,8 @@ def main() -> int:
     except Exception as exc:
         traceback.print_exc()
         result = {"error": f"analysis failed: {type(exc).__name__}: {exc}"}
+    if "relay" in answer:  # datagrams each way: received, dropped, sent on
+        result["relay"] = answer["relay"]
     args.out.write_text(json.dumps(result))
     _say("done")
     return 0

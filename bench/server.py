@@ -142,7 +142,7 @@ class Client:
 
     def __init__(self, index: int, base: str, signal_path: Path, out: Path, fps: int, log_path: Path,
                  lipsync: bool, seconds: float, count_only: bool = False, save_raw: Path | None = None,
-                 nice: int = 0) -> None:
+                 nice: int = 0, impair: str = "") -> None:
         self.index = index
         self.out = out
         self.log_path = log_path
@@ -152,6 +152,8 @@ class Client:
                "--timeout", str(seconds + 60)]  # its session ends at "stop", after the round and any stagger
         if not lipsync:
             cmd.append("--no-lipsync")
+        if impair:
+            cmd += ["--impair", impair]
         if count_only:
             cmd.append("--count-only")
         elif save_raw is not None:
@@ -229,13 +231,13 @@ def make_signal(clips: list[np.ndarray], index: int, seconds: float) -> np.ndarr
 
 def run_round(n: int, base: str, server_pid: int, clips: list[np.ndarray], seconds: float, fps: int,
               tmp: Path, lipsync: bool, analyse: bool = True, decode_all: bool = False,
-              save_dir: Path | None = None, client_nice: int = 0) -> dict | None:
+              save_dir: Path | None = None, client_nice: int = 0, impair: str = "") -> dict | None:
     """N clients together for ``seconds``; None when ``analyse`` is False (a warm-up), else the round's raw
     record (``summarise`` makes its figures). Client 0 decodes and measures everything (with ``save_dir``: stores
     its streams there for ``--finish``); the others only count frames unless ``decode_all``."""
     clients: list[Client] = []
     started = time.monotonic()
-    tag = str(n) if analyse else "warmup"
+    tag = (str(n) if analyse else "warmup") + ("-impaired" if impair else "")
     try:
         for k in range(n):
             sig = tmp / f"signal-{tag}-{k}.npy"
@@ -244,7 +246,7 @@ def run_round(n: int, base: str, server_pid: int, clips: list[np.ndarray], secon
             raw = save_dir / f"probe-{n}.npz" if save_dir is not None and analyse and k == 0 else None
             clients.append(Client(k, base, sig, tmp / f"result-{tag}-{k}.json", fps,
                                   tmp / f"client-{tag}-{k}.log", lipsync, seconds, count_only=k > 0 and not decode_all,
-                                  save_raw=raw, nice=client_nice))
+                                  save_raw=raw, nice=client_nice, impair=impair))
         for c in clients:
             c.expect("ready", 120)
         for c in clients:
@@ -295,7 +297,8 @@ def run_round(n: int, base: str, server_pid: int, clips: list[np.ndarray], secon
                 log(f"N={n}: sessions did not all close within 15 s")
         except httpx.HTTPError as exc:
             log(f"N={n}: /metrics unreachable after the round: {exc}")
-    return {"n": n, "results": results, "failed": failed, "a": a.to_dict(), "b": b.to_dict()}
+    return {"n": n, "results": results, "failed": failed, "a": a.to_dict(), "b": b.to_dict(),
+            **({"impairment": impair} if impair else {})}
 
 
 def offline_reference(clips: list[np.ndarray], seconds: float, config, tmp: Path) -> dict:
@@ -349,6 +352,7 @@ def measure(args: argparse.Namespace, config, clips: list[np.ndarray], counts: l
             "client_cpus": args.client_cpus, "client_nice": args.client_nice,
             "face_replay": None if args.face_replay is None else args.face_replay.name,
             "python": platform.python_version(), "numpy": np.__version__,
+            "impair": args.impair or None,
         },
         "lipsync": not args.no_lipsync,
         "rounds": rounds,
@@ -393,6 +397,15 @@ def measure(args: argparse.Namespace, config, clips: list[np.ndarray], counts: l
                         with contextlib.suppress(httpx.HTTPError):
                             wait_sessions(base, 0, 15)
                         continue
+                    if args.impair:  # the same N through the impairment relay, right after its clean round
+                        log(f"N={n}: again through the relay ({args.impair})")
+                        try:
+                            rounds[f"{n}+impaired"] = run_round(
+                                n, base, server.pid, clips, args.seconds, fps, tmp, lipsync=not args.no_lipsync,
+                                decode_all=args.decode_all, client_nice=args.client_nice, impair=args.impair)
+                        except (RuntimeError, OSError, httpx.HTTPError, ValueError) as exc:
+                            log(f"N={n} impaired: round failed: {exc}")
+                            rounds[f"{n}+impaired"] = {"n": n, "error": str(exc)[-1500:]}
                     save_state()
                     e = summarise_round(rounds[str(n)], args.server_cpus, args.client_cpus)
                     if "error" in e:
@@ -454,6 +467,9 @@ def main() -> int:
     parser.add_argument("--sessions", default="1,2,4,6", help="comma-separated session counts (1 is always run)")
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds each round's sessions run together")
     parser.add_argument("--no-lipsync", action="store_true", help="skip the recording lip-sync (faster)")
+    parser.add_argument("--impair", default="", metavar="SPEC",
+                        help="after each round, the same round with every session through a user-space impairment "
+                             "relay (tests/impairment.py), both ways: e.g. loss=0.05,delay_ms=30,jitter_ms=10")
     parser.add_argument("--decode-all", action="store_true",
                         help="every client decodes video (default: client 0 decodes and measures, the load clients "
                              "count frames: decoding would take ~0.1 core per session from the server's 2 cores)")

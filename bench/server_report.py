@@ -283,6 +283,11 @@ def report(state: dict, offline: dict | None) -> dict:
             "per_sessions": per_n,
         },
         "ratio": {str(n): ratios(per_n[str(n)], base_entry) for n in counts if n != 1 and "error" not in per_n[str(n)]},
+        # --impair: each N again through the impairment relay, against its clean round of the same run
+        "impaired": {key: {"impairment": cfg.get("impair"), **entry,
+                           "vs_clean": None if "error" in entry or "error" in per_n.get(key.split("+")[0], {"error": 1})
+                           else ratios(entry, per_n[key.split("+")[0]])}
+                     for key, entry in per_n.items() if key.endswith("+impaired")},
         "units": {
             "latency": "ms", "fps": "frames/s received", "cpu": "CPU s per session per wall s (1.0 = one core)",
             "loop_lag": "ms (histogram bucket upper bound)", "stage_latency": "ms", "ratio": "N sessions / N=1",
