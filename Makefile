@@ -17,9 +17,9 @@ export HF_HUB_OFFLINE := 1
 export GLOG_minloglevel := 2
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEB_TEST_PACKAGES := chromium chromium-driver espeak-ng sox
+DEB_TEST_PACKAGES := chromium chromium-driver espeak-ng sox coturn iproute2
 # The first command each Debian package provides, to tell whether it is installed.
-DEB_TEST_COMMANDS := chromium chromedriver espeak-ng sox
+DEB_TEST_COMMANDS := chromium chromedriver espeak-ng sox turnserver ip
 
 STAMP_BASE := $(VENV)/.stamp-install
 STAMP_TEST := $(VENV)/.stamp-test

@@ -12,6 +12,7 @@ from typing import Any
 
 from emo_stream.config import EngineConfig, usable_cores
 from emo_stream.config_reader import check, load
+from server.ice_servers import parse_ice_servers
 
 
 @dataclass
@@ -21,7 +22,8 @@ class ServerConfig:
     token: str | None = None
     data_dir: str = "~/.cache/emo-stream"
     max_sessions: int = 6
-    # Loopback needs none; a public deployment lists its STUN/TURN servers here.
+    # Loopback needs none; a public deployment lists its STUN/TURN servers here, one URL each:
+    # "stun:host:3478", "turn:user:password@host:3478?transport=udp" (server.ice_servers).
     ice_servers: list[str] = field(default_factory=list)
     # A live window is shown on the first tick at least this long after it completes: the animator's
     # lookahead, then ``delay_margin_ticks`` whole ticks (a slow backend's compute), then
@@ -50,6 +52,7 @@ class ServerConfig:
               f"must be 0..10, got {self.delay_margin_ticks}")
         check(0 <= self.render_margin_ms <= 1000, f"{prefix}.render_margin_ms",
               f"must be 0..1000, got {self.render_margin_ms}")
+        parse_ice_servers(self.ice_servers)  # a ConfigError names a bad entry
 
 
 @dataclass

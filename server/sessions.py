@@ -25,7 +25,7 @@ from typing import Any
 
 import av
 import numpy as np
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcrtpsender import RTCRtpSender
 
@@ -36,6 +36,7 @@ from server.aiortc_compat import InOrderAudioBuffer, hand_on_audio_at_once
 from server.clock import MediaClock
 from server.control_rate import ControlRate
 from server.event_hub import EventHub, SessionStats
+from server.ice_servers import parse_ice_servers
 from server.input_timeline import InputTimeline, VoicePlacement, base_lead_s
 from server.input_windows import InputWindows
 from server.offer_check import check_offer
@@ -113,7 +114,8 @@ class Session:
         self.video_track = AvatarVideoTrack(self.clock.video, fps=options.fps, on_sent=self._on_sent,
                                             on_encoded=lambda s: telemetry.observe("encode", s))
         self.audio_track = AvatarAudioTrack(self.clock.audio, fps=options.fps)
-        config = RTCConfiguration(iceServers=[RTCIceServer(urls=u) for u in ice_servers]) if ice_servers else None
+        config = (RTCConfiguration(iceServers=[s.for_aiortc() for s in parse_ice_servers(ice_servers)])
+                  if ice_servers else None)
         self.pc = RTCPeerConnection(configuration=config)
         self.on_close: list[Callable[[Session, str], None]] = []
 
