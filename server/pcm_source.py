@@ -20,6 +20,11 @@ MAX_BUFFERED_S = 120  # more queued than this: the agent is sending far ahead of
 # One message's bytes: 1 MiB is 5.5 s of 48 kHz stereo. A larger one would cost its session process a
 # resampled copy many times its size (16 MiB at 8 kHz became ~200 MB of float32 at the voice rate).
 MAX_MESSAGE_BYTES = 1024 * 1024
+# An underrun: the queue ran dry inside an utterance (no flush), so the voice now plays that much later than the
+# agent sent it. That delay is won back at the voice's next pauses: while it lasts, a silent tick is skipped. A
+# dry spell longer than MAX_UNDERRUN_S is the agent pausing (a new utterance follows), not an underrun.
+MAX_UNDERRUN_S = 1.0
+SILENT_RMS = 10 ** (-45 / 20)  # -45 dBFS
 
 
 class PcmSource:
@@ -39,6 +44,10 @@ class PcmSource:
         self._format: tuple[int, int] | None = None  # (sample rate, channels) of what is pushed
         self._flushing = False
         self._generation = 0  # bumped by clear(): audio resampled before it is not queued
+        self._speaking = False  # audio queued since the last flush, clear or long pause
+        self._dry_ticks = 0  # ticks of the current dry spell
+        self.debt_ticks = 0  # ticks the voice runs behind the agent's schedule after underruns
+        self.skipped_ticks = 0  # silent ticks skipped to win the delay back
 
     def start(self, sample_rate: int, channels: int) -> None:
         """Begin (or re-begin) PCM input: s16le at ``sample_rate`` with ``channels`` interleaved."""
@@ -89,6 +98,7 @@ class PcmSource:
         self._queue.append(samples)
         self._samples += len(samples)
         self._flushing = False
+        self._speaking = True
         return True
 
     def push(self, data: bytes) -> bool:
@@ -111,12 +121,21 @@ class PcmSource:
         self._samples = 0
         self._flushing = False
         self._generation += 1
+        self._speaking = False
+        self.debt_ticks = self._dry_ticks = 0
+
+    @property
+    def debt_s(self) -> float:
+        """How much later than the agent sent it the voice plays now, after underruns not yet won back."""
+        return self.debt_ticks * self.samples_per_tick / self.voice_rate
 
     def utterance_played_out(self) -> bool:
         """Whether a flushed utterance has just played into the pipeline (once per flush): then the frames the
         animator's lookahead still holds are to be released, or the last syllables would show a held picture."""
         if self._flushing and not self._samples:
             self._flushing = False
+            self._speaking = False
+            self.debt_ticks = 0
             return True
         return False
 
@@ -124,7 +143,31 @@ class PcmSource:
         """This tick's audio, or None where less than a tick is queued and no flush asks for the rest."""
         need = self.samples_per_tick
         if self._samples < need and not (self._flushing and self._samples):
+            self._note_dry_tick()
             return None
+        self._dry_ticks = 0
+        chunk = self._take(need)
+        # After an underrun, win the delay back at the voice's pauses, never inside a word.
+        while self.debt_ticks > 0 and self._samples >= need and _rms(chunk) < SILENT_RMS:
+            self.debt_ticks -= 1
+            self.skipped_ticks += 1
+            chunk = self._take(need)
+        frame = av.AudioFrame.from_ndarray(chunk[None, :].astype(np.float32), format="flt", layout="mono")
+        frame.sample_rate = self.voice_rate
+        return frame
+
+    def _note_dry_tick(self) -> None:
+        if not self._speaking or self._flushing:
+            return
+        self._dry_ticks += 1
+        self.debt_ticks += 1
+        if self._dry_ticks * self.samples_per_tick > MAX_UNDERRUN_S * self.voice_rate:
+            # The agent paused: what follows is a new utterance, on its own schedule.
+            self._speaking = False
+            self.debt_ticks = self._dry_ticks = 0
+
+    def _take(self, need: int) -> np.ndarray:
+        """The next ``need`` samples of the queue (padded with silence where fewer are queued)."""
         parts, got = [], 0
         while self._queue and got < need:
             head = self._queue.popleft()
@@ -135,8 +178,8 @@ class PcmSource:
             got += len(take)
         self._samples -= got
         chunk = np.concatenate(parts) if parts else np.zeros(0, np.float32)
-        if len(chunk) < need:
-            chunk = np.pad(chunk, (0, need - len(chunk)))
-        frame = av.AudioFrame.from_ndarray(chunk[None, :].astype(np.float32), format="flt", layout="mono")
-        frame.sample_rate = self.voice_rate
-        return frame
+        return np.pad(chunk, (0, need - len(chunk))) if len(chunk) < need else chunk
+
+
+def _rms(samples: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(samples, dtype=np.float64)))) if len(samples) else 0.0

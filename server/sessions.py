@@ -140,8 +140,9 @@ class Session:
 
     @property
     def latency_ms(self) -> int:
-        """The most time from a window's completion to its tick now: the least lead and one tick more."""
-        return self.timeline.latency_ms
+        """The most time from a window's completion to its tick now: the least lead and one tick more; for a
+        PCM session, plus the delay input underruns added that the voice's pauses have not won back yet."""
+        return self.timeline.latency_ms + round(self.pcm.debt_s * 1000)
 
     # ------------------------------------------------------------------ signalling
     async def accept(self, offer_sdp: str, offer_type: str = "offer") -> RTCSessionDescription:

@@ -627,3 +627,42 @@ def test_a_face_found_in_a_scaled_tile_search_is_placed_in_the_photo():
     scale = (avatar.TILE_SEARCH_MAX_TILES / 300) ** 0.5
     assert x1 - x0 == pytest.approx(96 / scale, rel=0.01) and y1 - y0 == pytest.approx(96 / scale, rel=0.01)
     assert 0 <= x0 < x1 <= 4000 and 0 <= y0 < y1 <= 3000
+
+
+def _ticks(source, count: int) -> list[float | None]:
+    """``count`` pulls: each tick's RMS, None where it got no audio."""
+    out = []
+    for _ in range(count):
+        frame = source.pull()
+        out.append(None if frame is None else float(np.sqrt(np.mean(frame.to_ndarray() ** 2))))
+    return out
+
+
+def test_an_underrun_is_won_back_at_the_next_pause_and_never_inside_speech():
+    from server.pcm_source import PcmSource
+
+    source = PcmSource(48_000, 25)  # 1920 samples a tick
+    source.start(48_000, 1)
+    tone = (0.3 * 32767 * np.sin(np.arange(48_000) * 2 * np.pi * 220 / 48_000)).astype("<i2")
+    tick = 1920
+    source.push(tone[: 5 * tick].tobytes())
+    assert all(r is not None and r > 0.1 for r in _ticks(source, 5))
+    assert _ticks(source, 3) == [None] * 3  # the agent was late: an underrun of 3 ticks
+    assert source.debt_ticks == 3 and source.debt_s == pytest.approx(0.12)
+    source.push((np.zeros(4 * tick, "<i2").tobytes()) + tone[: 6 * tick].tobytes())  # a pause, then speech
+    played = _ticks(source, 7)
+    assert played[0] is not None and played[0] < 0.01  # the pause, shortened by the 3 ticks owed
+    assert all(r is not None and r > 0.1 for r in played[1:])  # every tick of speech plays
+    assert source.debt_ticks == 0 and source.skipped_ticks == 3
+
+
+def test_a_long_pause_is_not_an_underrun_and_a_burst_plays_whole():
+    from server.pcm_source import MAX_UNDERRUN_S, PcmSource
+
+    source = PcmSource(48_000, 25)
+    source.start(48_000, 1)
+    source.push(np.full(1920, 8000, "<i2").tobytes())
+    _ticks(source, 1 + int(MAX_UNDERRUN_S * 25) + 2)  # the agent stopped talking for over a second
+    assert source.debt_ticks == 0
+    source.push(np.zeros(10 * 1920, "<i2").tobytes())  # a TTS burst that opens with a pause
+    assert len([r for r in _ticks(source, 10) if r is not None]) == 10  # all of it plays: nothing is owed
