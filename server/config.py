@@ -41,6 +41,9 @@ class ServerConfig:
     # machine's 2 cores (docs/benchmarks.md, "Four sessions, 40 s rounds"). 0: no estimate, only measured
     # load is refused.
     session_cost_cores: float = 0.35
+    # A/V-sync diagnostics (server/av_probe.py): the frame of each tick whose returned voice holds a 1 kHz test
+    # tone gets a magenta corner. Never on in production.
+    av_probe: bool = False
 
     def validate(self, prefix: str) -> None:
         check(0 <= self.session_cost_cores <= 64, f"{prefix}.session_cost_cores",

@@ -165,7 +165,7 @@ class SessionService:
                           latency_frames=animator.latency_frames, vad_factory=resources.vad_factory,
                           delay_margin_ticks=max(server.delay_margin_ticks, animator.margin_ticks),
                           render_margin_ms=server.render_margin_ms,
-                          id_prefix=self.shard.session_prefix if self.shard else "")
+                          id_prefix=self.shard.session_prefix if self.shard else "", av_probe=server.av_probe)
         try:
             answer = await session.accept(offer_sdp, offer_type)
         except BaseException:

@@ -33,6 +33,7 @@ from emo_stream.compositing import parse_background
 from emo_stream.errors import InvalidSdpError, RateLimitedError, SessionNotFoundError
 from emo_stream.types import AudioWindow, Avatar, Frame
 from server.aiortc_compat import InOrderAudioBuffer, hand_on_audio_at_once
+from server.av_probe import flash, holds_tone
 from server.clock import MediaClock
 from server.control_rate import ControlRate
 from server.event_hub import EventHub, SessionStats
@@ -81,11 +82,12 @@ class Session:
     def __init__(self, avatar: Avatar, options: SessionOptions, worker: InferenceWorker, telemetry: Telemetry,
                  ice_servers: list[str], latency_frames: int,
                  vad_factory: Callable[[], VoiceActivityDetector] | None = None, delay_margin_ticks: int = 0,
-                 render_margin_ms: int = 20, id_prefix: str = "") -> None:
+                 render_margin_ms: int = 20, id_prefix: str = "", av_probe: bool = False) -> None:
         self.id = id_prefix + secrets.token_urlsafe(18)  # 144 bits; the prefix names a session process
         self.control_token = secrets.token_urlsafe(24)
         self.avatar = avatar
         self.options = options
+        self.av_probe = av_probe  # mark the frame of each tick whose voice holds the test tone (server.av_probe)
         self.worker = worker
         self.telemetry = telemetry
         self.pts_per_tick = VIDEO_CLOCK_RATE // options.fps
@@ -351,6 +353,8 @@ class Session:
         if last_mapped < index - SPEAKER_IDLE_AFTER_TICKS and self.stats.speaking:
             # No input for a while (an agent finished, a mic paused): the speaker is idle.
             self.events.set_speaking(False)
+        if self.av_probe and share.voice is not None and holds_tone(share.voice, VOICE_RATE):
+            return flash(self._hold), share.voice
         return self._hold, (share.voice if share.voice is not None else self._silence)
 
     def _request_idle(self, tick: int, urgent: bool = False) -> None:

@@ -141,3 +141,118 @@ return true;
 """
 
 LEVELS_JS = "return window.__levels || [];"
+
+
+# ---------------------------------------------------------------------------- A/V sync as Chromium plays it
+
+# With ``server.av_probe`` on, the frame of each tick whose voice holds a 1 kHz beep has a magenta top-left
+# square (server/av_probe.py). Here: each rising edge of that square, at the time the frame is expected on screen
+# (requestVideoFrameCallback), and each beep's onset in the remote audio as WebAudio plays it (an AudioWorklet;
+# context time -> page time through getOutputTimestamp). Both in performance.now() milliseconds.
+INSTALL_AV_PROBE_JS = """
+const done = arguments[arguments.length - 1];
+const v = document.getElementById('video');
+const stream = v && v.srcObject;
+if (!stream || !stream.getAudioTracks().length || !v.requestVideoFrameCallback) { done(false); return; }
+window.__av = {flashes: [], tones: [], frames: 0};
+const c = document.createElement('canvas'); c.width = 8; c.height = 8;
+const g = c.getContext('2d', {willReadFrequently: true});
+let was = false;
+const onFrame = (now, meta) => {
+  const side = v.videoHeight / 8;
+  g.drawImage(v, side * 0.2, side * 0.2, side * 0.6, side * 0.6, 0, 0, 8, 8);
+  const d = g.getImageData(0, 0, 8, 8).data;
+  let r = 0, gr = 0, b = 0;
+  for (let i = 0; i < d.length; i += 4) { r += d[i]; gr += d[i + 1]; b += d[i + 2]; }
+  const n = d.length / 4;
+  const is = r / n > 170 && b / n > 170 && gr / n < 100;
+  if (is && !was) window.__av.flashes.push(meta.expectedDisplayTime);
+  was = is;
+  window.__av.frames++;
+  v.requestVideoFrameCallback(onFrame);
+};
+v.requestVideoFrameCallback(onFrame);
+const code = `class ToneOnset extends AudioWorkletProcessor {
+  constructor() { super(); this.on = false; this.quiet = 0; }
+  process(inputs) {
+    const x = inputs[0] && inputs[0][0];
+    if (!x) return true;
+    for (let i = 0; i < x.length; i++) {
+      const a = Math.abs(x[i]);
+      if (!this.on && a > 0.1) { this.on = true; this.port.postMessage(currentTime + i / sampleRate); }
+      if (a > 0.05) this.quiet = 0; else if (++this.quiet > sampleRate * 0.05) this.on = false;
+    }
+    return true;
+  }
+}
+registerProcessor('tone-onset', ToneOnset);`;
+const ctx = new AudioContext();
+ctx.audioWorklet.addModule(URL.createObjectURL(new Blob([code], {type: 'application/javascript'}))).then(() => {
+  const node = new AudioWorkletNode(ctx, 'tone-onset');
+  ctx.createMediaStreamSource(stream).connect(node);
+  node.connect(ctx.destination);
+  node.port.onmessage = (e) => {
+    const ts = ctx.getOutputTimestamp();
+    window.__av.tones.push(ts.performanceTime + (e.data - ts.contextTime) * 1000);
+  };
+  window.__avCtx = ctx;
+  return ctx.resume();
+}).then(() => done(true), (err) => done(String(err)));
+"""
+
+AV_PROBE_JS = "return window.__av || null;"
+
+
+def beeps_mic(count: int = 10, period_s: float = 1.5) -> Path:
+    """Chromium's fake microphone for the probe: 1 s of silence, then ``count`` 120 ms 1 kHz beeps."""
+    return media.sox(f"mic48-beeps-{count}-{period_s}.wav", "-q", "-n", "-r", "48000", "-c", "1", "-b", "16",
+                     "-e", "signed-integer", "{out}", "synth", "0.12", "sine", "1000", "vol", "0.5",
+                     "pad", "0", f"{period_s - 0.12:.2f}", "repeat", str(count - 1), "pad", "1.0", "0")
+
+
+def av_offsets(probe: dict, window_ms: float = 400.0) -> list[float]:
+    """Each beep's flash minus its tone (ms; positive = the picture after the sound), pairing each tone with the
+    nearest flash within ``window_ms``."""
+    flashes = sorted(probe.get("flashes") or [])
+    offsets = []
+    for tone in sorted(probe.get("tones") or []):
+        near = [f for f in flashes if abs(f - tone) <= window_ms]
+        if near:
+            offsets.append(min(near, key=lambda f: abs(f - tone)) - tone)
+    return offsets
+
+
+# ---------------------------------------------------------------------------- the demo page
+
+
+def open_page(driver, base: str, query: str = "") -> None:
+    driver.get(f"{base}/{query}")
+    wait_for(lambda: driver.execute_script("return document.body.dataset.ready === 'true'"), 15,
+             "the page to list the portraits")
+
+
+def page_state(driver) -> str:
+    return driver.execute_script("return document.getElementById('state').dataset.state")
+
+
+def start_and_wait_for_video(driver) -> None:
+    driver.find_element("id", "start").click()
+    wait_for(lambda: page_state(driver) in ("idle", "speaking"), 30, "the session to connect")
+    wait_for(lambda: driver.execute_script(
+        "const v = document.getElementById('video'); return v.videoWidth > 0 && v.currentTime > 0;"),
+        15, "the video to play")
+
+
+def measure_av_sync(base: str, seconds: float = 12.0) -> dict:
+    """Chromium plays a session of a server with ``server.av_probe`` on, its microphone beeping: every flash and
+    tone (page milliseconds), frames seen, and each beep's flash minus its tone (``av_offsets``)."""
+    with chromium(beeps_mic(count=max(10, int(seconds / 1.5) + 4))) as driver:
+        open_page(driver, base)
+        start_and_wait_for_video(driver)
+        installed = driver.execute_async_script(INSTALL_AV_PROBE_JS)
+        if installed is not True:
+            raise AssertionError(f"the A/V probe could not start in the page: {installed}")
+        time.sleep(seconds)
+        probe = driver.execute_script(AV_PROBE_JS)
+        errors = console_errors(driver) + page_errors(driver)
+    return {**probe, "offsets_ms": av_offsets(probe), "page_errors": errors}

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from tests import browser, media
+from tests.browser import measure_av_sync, open_page, page_state, start_and_wait_for_video
 
 pytestmark = [pytest.mark.timeout(180)]
 
@@ -58,27 +59,9 @@ def metric(base: str, name: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
-def open_page(driver, base: str, query: str = "") -> None:
-    driver.get(f"{base}/{query}")
-    browser.wait_for(lambda: driver.execute_script("return document.body.dataset.ready === 'true'"), 15,
-                     "the page to list the portraits")
-
-
-def page_state(driver) -> str:
-    return driver.execute_script("return document.getElementById('state').dataset.state")
-
-
 def selected_avatar(driver) -> str | None:
     return driver.execute_script(
         "const b = document.querySelector('#gallery [aria-checked=\"true\"]'); return b && b.dataset.id;")
-
-
-def start_and_wait_for_video(driver) -> None:
-    driver.find_element("id", "start").click()
-    browser.wait_for(lambda: page_state(driver) in ("idle", "speaking"), 30, "the session to connect")
-    browser.wait_for(lambda: driver.execute_script(
-        "const v = document.getElementById('video'); return v.videoWidth > 0 && v.currentTime > 0;"),
-        15, "the video to play")
 
 
 def grab(driver) -> np.ndarray | None:
@@ -404,3 +387,36 @@ def test_the_demo_page_works_through_session_processes(hello_mic, tmp_path):
             driver.find_element("id", "stop").click()
             browser.wait_for(lambda: metric(base, "emo_stream_sessions_active") == 0, 20, "the session to be deleted")
             no_errors(driver)
+
+
+# ---------------------------------------------------------------------------- A/V sync as Chromium plays it
+
+
+@pytest.fixture(scope="module")
+def probe_server(tmp_path_factory):
+    from tests.servers import write_config
+
+    with browser.run_server(config=write_config({"server": {"av_probe": True}})) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def av_sync(probe_server) -> dict:
+    result = measure_av_sync(probe_server)
+    assert result["page_errors"] == []
+    return result
+
+
+def test_chromium_shows_each_beeps_flash_with_its_tone(av_sync):
+    offsets = av_sync["offsets_ms"]
+    print(f"A/V as Chromium plays it: {len(av_sync['tones'])} tones, {len(av_sync['flashes'])} flashes, offsets "
+          f"(flash - tone) {[round(o, 1) for o in offsets]} ms")
+    assert av_sync["frames"] > 100  # requestVideoFrameCallback saw the stream
+    assert len(av_sync["tones"]) >= 5 and len(av_sync["flashes"]) >= 5  # 12 s of beeps every 1.5 s
+    assert len(offsets) >= 5  # each beep's flash came with its tone (within 400 ms)
+
+
+@pytest.mark.realtime
+def test_chromium_plays_picture_and_voice_within_20_ms_median_and_45_ms_p95(av_sync):
+    offsets = np.abs(av_sync["offsets_ms"])
+    assert np.median(offsets) <= 20 and np.percentile(offsets, 95) <= 45, av_sync["offsets_ms"]
