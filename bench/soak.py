@@ -1,0 +1,234 @@
+"""Soak: two live sessions, one microphone and one agent's PCM, for --minutes; prints ONE JSON object.
+
+A server (``--config``, default configs/default.yaml, with ``server.av_probe`` on) and one client process holding
+both sessions through real aiortc peers. The microphone loops an espeak-ng utterance with a 1 kHz beep after it;
+the agent sends the same utterance and beep over the PCM WebSocket every 6 s, then flushes. Every --sample
+seconds it records:
+
+- the server's resident memory (its process and its children's, /proc), for the RSS slope in MB/h (a least-squares
+  line through the samples after the first two minutes);
+- frames sent and late (the server's /metrics) and the frames each session received: late share and frames/s;
+- the mean input-to-frame latency (the end_to_end stage of /metrics) in the window, for drift;
+- the A/V offset of arrival: each beep's marked frame (server.av_probe) against its tone, as they arrive at the
+  client (aiortc's receive holds included, the same at the start and the end: the drift is the figure).
+
+Usage: .venv/bin/python bench/soak.py [--minutes 60] [--sample 30] [--config configs/default.yaml]
+Targets (#30): RSS growth <= 20 MB/h, no latency or A/V drift, late frames <= 1 % on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.append(str(REPO / "bench"))  # after the repository: its server/ package comes first
+
+from server_report import commit, device  # noqa: E402
+
+from emo_stream.audio import load_audio  # noqa: E402
+from server.av_probe import holds_tone  # noqa: E402
+from tests import media, servers  # noqa: E402
+from tests.live_client import RATE, LivePeer  # noqa: E402
+
+BEEP_S = 0.12
+MB = 1024 * 1024
+
+
+def utterance_with_beep() -> np.ndarray:
+    """An espeak-ng sentence, 0.6 s of silence, a 120 ms 1 kHz beep, 1 s of silence (48 kHz mono float32)."""
+    speech = load_audio(media.espeak_wav("hello"), sample_rate=RATE)
+    t = np.arange(int(BEEP_S * RATE)) / RATE
+    beep = (0.5 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32)
+    gap, tail = np.zeros(int(0.6 * RATE), np.float32), np.zeros(RATE, np.float32)
+    return np.concatenate([speech, gap, beep, tail])
+
+
+class SoakPeer(LivePeer):
+    """Keeps counts and the probe's arrival times, never the media (an hour of frames would not fit)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.video_frames = 0
+        self.flashes: list[float] = []
+        self.tones: list[float] = []
+        self._flash_on = self._tone_on = False
+
+    async def _record(self, track) -> None:
+        from aiortc.mediastreams import MediaStreamError
+
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            now = time.monotonic()
+            if track.kind == "video":
+                self.video_frames += 1
+                corner = frame.to_ndarray(format="rgb24")[8:24, 8:24].reshape(-1, 3).mean(axis=0)
+                on = bool(corner[0] > 170 and corner[2] > 170 and corner[1] < 100)
+                if on and not self._flash_on:
+                    self.flashes.append(now)
+                self._flash_on = on
+            else:
+                pcm = frame.to_ndarray().astype(np.float32).reshape(-1) / 32768.0
+                mono = pcm[:: len(frame.layout.channels)] if len(frame.layout.channels) > 1 else pcm
+                on = holds_tone(mono, frame.sample_rate)
+                if on and not self._tone_on:
+                    self.tones.append(now)
+                self._tone_on = on
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of ``pid`` and its children (MB)."""
+    total = 0
+    pids = [pid] + [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    for p in pids:
+        with contextlib.suppress(OSError):
+            match = re.search(r"^VmRSS:\s+(\d+) kB", Path(f"/proc/{p}/status").read_text(), re.M)
+            total += int(match.group(1)) * 1024 if match else 0
+    return total / MB
+
+
+def metrics(base: str) -> dict[str, float]:
+    text = httpx.get(f"{base}/metrics", timeout=10).text
+    out = {}
+    for name in ("emo_stream_frames_sent_total", "emo_stream_frames_late_total",
+                 'emo_stream_stage_latency_seconds_sum{stage="end_to_end"}',
+                 'emo_stream_stage_latency_seconds_count{stage="end_to_end"}'):
+        match = re.search(rf"^{re.escape(name)} ([0-9.e+-]+)$", text, re.M)
+        out[name.split("{")[0].replace("emo_stream_", "") + ("" if "{" not in name else "_end_to_end")] = \
+            float(match.group(1)) if match else 0.0
+    return out
+
+
+def offsets_ms(peer: SoakPeer, since: float, until: float) -> list[float]:
+    """Each beep's flash minus its tone, by arrival (ms), for tones in [since, until)."""
+    out = []
+    for tone in (t for t in peer.tones if since <= t < until):
+        near = [f for f in peer.flashes if abs(f - tone) <= 0.5]
+        if near:
+            out.append(round((min(near, key=lambda f: abs(f - tone)) - tone) * 1000, 1))
+    return out
+
+
+async def agent(base: str, peer: SoakPeer, clip: np.ndarray, stop: asyncio.Event) -> None:
+    """The PCM session's agent: the clip at 16 kHz every 6 s, flushed."""
+    import websockets
+
+    pcm16 = (np.clip(load_audio_16k(clip), -1, 1) * 32767).astype("<i2").tobytes()
+    url = base.replace("http", "ws", 1) + f"/v1/sessions/{peer.session_id}/audio?control_token={peer.control_token}"
+    async with websockets.connect(url) as ws:
+        await ws.send(json.dumps({"type": "start", "sample_rate": 16_000, "channels": 1}))
+        await ws.recv()
+        while not stop.is_set():
+            for i in range(0, len(pcm16), 64_000):
+                await ws.send(pcm16[i:i + 64_000])
+            await ws.send(json.dumps({"type": "flush"}))
+            await ws.recv()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 6.0)
+
+
+def load_audio_16k(samples: np.ndarray) -> np.ndarray:
+    return samples[::3]  # 48 kHz -> 16 kHz (the clip is band-limited speech and a 1 kHz beep)
+
+
+async def soak(base: str, server_pid: int, minutes: float, sample_s: float) -> dict:
+    clip = utterance_with_beep()
+    mic = SoakPeer(base, np.tile(clip, int(minutes * 60 / (len(clip) / RATE)) + 2))
+    pcm = SoakPeer(base, samples=None, options={"audio_source": "pcm"})
+    await mic.connect()
+    await pcm.connect()
+    stop = asyncio.Event()
+    agent_task = asyncio.create_task(agent(base, pcm, clip, stop))
+    started = time.monotonic()
+    samples: list[dict] = []
+    last = {"t": started, "m": metrics(base), "mic": 0, "pcm": 0}
+    try:
+        while time.monotonic() - started < minutes * 60:
+            await asyncio.sleep(sample_s)
+            now, m = time.monotonic(), metrics(base)
+            window = now - last["t"]
+            sent = m["frames_sent_total"] - last["m"]["frames_sent_total"]
+            late = m["frames_late_total"] - last["m"]["frames_late_total"]
+            count = m["stage_latency_seconds_count_end_to_end"] - last["m"]["stage_latency_seconds_count_end_to_end"]
+            total = m["stage_latency_seconds_sum_end_to_end"] - last["m"]["stage_latency_seconds_sum_end_to_end"]
+            samples.append({
+                "t_min": round((now - started) / 60, 2), "rss_mb": round(rss_mb(server_pid), 1),
+                "late_share": round(late / sent, 4) if sent else None,
+                "fps_mic": round((mic.video_frames - last["mic"]) / window, 2),
+                "fps_pcm": round((pcm.video_frames - last["pcm"]) / window, 2),
+                "end_to_end_ms": round(total / count * 1000, 1) if count else None,
+                "av_offset_ms": offsets_ms(mic, last["t"], now)})
+            print(f"[soak] {samples[-1]}", file=sys.stderr, flush=True)
+            last = {"t": now, "m": m, "mic": mic.video_frames, "pcm": pcm.video_frames}
+    finally:
+        stop.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(agent_task, 10)
+        await mic.close()
+        await pcm.close()
+    return {"samples": samples}
+
+
+def slope_mb_per_h(samples: list[dict], skip_min: float = 2.0) -> float | None:
+    kept = [(s["t_min"], s["rss_mb"]) for s in samples if s["t_min"] >= skip_min]
+    if len(kept) < 3:
+        return None
+    t, rss = np.array(kept).T
+    return round(float(np.polyfit(t / 60, rss, 1)[0]), 1)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=REPO / "configs" / "default.yaml")
+    parser.add_argument("--minutes", type=float, default=60.0)
+    parser.add_argument("--sample", type=float, default=30.0, help="seconds between samples")
+    args = parser.parse_args()
+    config = yaml.safe_load(args.config.read_text()) or {}
+    config.setdefault("server", {}).update(av_probe=True, processes=1)
+    path = servers.write_config({}).parent / "soak.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with servers.run_server(config_path=path) as server:
+        record = asyncio.run(soak(server.base, server.proc.pid, args.minutes, args.sample))
+    samples = record["samples"]
+    n = max(1, len(samples) // 6)  # the first and last sixth
+    first = [o for s in samples[:n] for o in s["av_offset_ms"]]
+    last = [o for s in samples[-n:] for o in s["av_offset_ms"]]
+    e2e = [s["end_to_end_ms"] for s in samples if s["end_to_end_ms"] is not None]
+    late = [s["late_share"] for s in samples if s["late_share"] is not None]
+    print(json.dumps({
+        "bench": "soak", "device": device(None, None), "commit": commit(),
+        "config": {"config_file": str(args.config), "minutes": args.minutes, "sample_s": args.sample,
+                   "sessions": "one microphone (looped utterance + beep), one PCM agent (utterance + beep every 6 s)"},
+        "rss_mb": {"start": samples[0]["rss_mb"] if samples else None, "end": samples[-1]["rss_mb"] if samples else None,
+                   "slope_mb_per_h": slope_mb_per_h(samples)},
+        "late_share": {"mean": round(float(np.mean(late)), 4) if late else None,
+                       "max_window": max(late, default=None)},
+        "fps_min": {"mic": min((s["fps_mic"] for s in samples), default=None),
+                    "pcm": min((s["fps_pcm"] for s in samples), default=None)},
+        "end_to_end_ms": {"first": e2e[0] if e2e else None, "last": e2e[-1] if e2e else None,
+                          "max": max(e2e, default=None)},
+        "av_offset_arrival_ms": {"first_median": float(np.median(first)) if first else None,
+                                 "last_median": float(np.median(last)) if last else None,
+                                 "first": first, "last": last},
+        "samples": samples,
+        "targets": {"slope_mb_per_h": "<= 20", "late_share": "<= 0.01 (quiet machine)", "drift": "none"},
+    }, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
