@@ -40,7 +40,7 @@ from server_report import commit, device  # noqa: E402
 from emo_stream.audio import load_audio  # noqa: E402
 from server.av_probe import holds_tone  # noqa: E402
 from tests import media, servers  # noqa: E402
-from tests.live_client import RATE, LivePeer  # noqa: E402
+from tests.live_client import RATE, LivePeer, mono_float  # noqa: E402
 
 BEEP_S = 0.12
 MB = 1024 * 1024
@@ -65,29 +65,19 @@ class SoakPeer(LivePeer):
         self.tones: list[float] = []
         self._flash_on = self._tone_on = False
 
-    async def _record(self, track) -> None:
-        from aiortc.mediastreams import MediaStreamError
+    def on_video(self, arrived: float, frame) -> None:
+        self.video_frames += 1
+        corner = frame.to_ndarray(format="rgb24")[8:24, 8:24].reshape(-1, 3).mean(axis=0)
+        on = bool(corner[0] > 170 and corner[2] > 170 and corner[1] < 100)  # the probe's magenta square
+        if on and not self._flash_on:
+            self.flashes.append(arrived)
+        self._flash_on = on
 
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
-            now = time.monotonic()
-            if track.kind == "video":
-                self.video_frames += 1
-                corner = frame.to_ndarray(format="rgb24")[8:24, 8:24].reshape(-1, 3).mean(axis=0)
-                on = bool(corner[0] > 170 and corner[2] > 170 and corner[1] < 100)
-                if on and not self._flash_on:
-                    self.flashes.append(now)
-                self._flash_on = on
-            else:
-                pcm = frame.to_ndarray().astype(np.float32).reshape(-1) / 32768.0
-                mono = pcm[:: len(frame.layout.channels)] if len(frame.layout.channels) > 1 else pcm
-                on = holds_tone(mono, frame.sample_rate)
-                if on and not self._tone_on:
-                    self.tones.append(now)
-                self._tone_on = on
+    def on_audio(self, arrived: float, frame) -> None:
+        on = holds_tone(mono_float(frame), frame.sample_rate)
+        if on and not self._tone_on:
+            self.tones.append(arrived)
+        self._tone_on = on
 
 
 def rss_mb(pid: int) -> float:

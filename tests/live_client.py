@@ -62,6 +62,17 @@ class WavMicrophone(MediaStreamTrack):
         return frame
 
 
+def media_time(frame: av.frame.Frame) -> float | None:
+    """A received frame's media time (s) from its RTP timestamp."""
+    return float(frame.pts * frame.time_base) if frame.pts is not None and frame.time_base else None
+
+
+def mono_float(frame: av.AudioFrame) -> np.ndarray:
+    """A received (s16, packed or planar) audio frame as mono float32 in -1..1."""
+    pcm = frame.to_ndarray().astype(np.float32) / 32768.0
+    return pcm.reshape(-1, len(frame.layout.channels)).mean(axis=1) if pcm.shape[0] == 1 else pcm.mean(axis=0)
+
+
 @dataclass
 class Received:
     video: list[tuple[float, np.ndarray]] = field(default_factory=list)
@@ -130,22 +141,23 @@ class LivePeer:
         return frame.to_ndarray(format="rgb24")
 
     async def _record(self, track: MediaStreamTrack) -> None:
-        store = self.received.video if track.kind == "video" else self.received.audio
+        on_frame = self.on_video if track.kind == "video" else self.on_audio
         while True:
             try:
                 frame = await track.recv()
             except MediaStreamError:
                 return
-            now = time.monotonic()
-            media_s = float(frame.pts * frame.time_base) if frame.pts is not None and frame.time_base else None
-            if track.kind == "video":
-                self.received.video_pts.append(media_s)
-                store.append((now, self.keep_video(frame)))
-            else:
-                pcm = frame.to_ndarray().astype(np.float32) / 32768.0
-                mono = pcm.reshape(-1, len(frame.layout.channels)).mean(axis=1) if pcm.shape[0] == 1 else pcm.mean(axis=0)
-                self.received.audio_pts.append(media_s)
-                store.append((now, mono))
+            on_frame(time.monotonic(), frame)
+
+    def on_video(self, arrived: float, frame: av.VideoFrame) -> None:
+        """A received video frame (``arrived``: monotonic seconds); kept in ``received`` (a subclass may count)."""
+        self.received.video_pts.append(media_time(frame))
+        self.received.video.append((arrived, self.keep_video(frame)))
+
+    def on_audio(self, arrived: float, frame: av.AudioFrame) -> None:
+        """A received audio frame, kept in ``received`` as mono float32."""
+        self.received.audio_pts.append(media_time(frame))
+        self.received.audio.append((arrived, mono_float(frame)))
 
     async def interrupt(self) -> None:
         async with httpx.AsyncClient(base_url=self.base_url, timeout=10, headers=self.headers) as client:
