@@ -414,9 +414,3 @@ def test_chromium_shows_each_beeps_flash_with_its_tone(av_sync):
     assert av_sync["frames"] > 100  # requestVideoFrameCallback saw the stream
     assert len(av_sync["tones"]) >= 5 and len(av_sync["flashes"]) >= 5  # 12 s of beeps every 1.5 s
     assert len(offsets) >= 5  # each beep's flash came with its tone (within 400 ms)
-
-
-@pytest.mark.realtime
-def test_chromium_plays_picture_and_voice_within_20_ms_median_and_45_ms_p95(av_sync):
-    offsets = np.abs(av_sync["offsets_ms"])
-    assert np.median(offsets) <= 20 and np.percentile(offsets, 95) <= 45, av_sync["offsets_ms"]
