@@ -70,7 +70,11 @@ def topology():
     made: list[str] = []
     try:
         for ns in (client, relay, server):
-            _run("ip", "netns", "add", ns)
+            try:
+                _run("ip", "netns", "add", ns)
+            except subprocess.CalledProcessError as exc:
+                pytest.skip(f"TURN test skipped: network namespaces cannot be made here "
+                            f"({exc.stderr.decode(errors='replace').strip()[:200]})")
             made.append(ns)
             _run("ip", "link", "set", "lo", "up", ns=ns)
         links = [(f"{tag}cr", client, "10.77.1.1/24", f"{tag}rc", relay, "10.77.1.2/24"),
