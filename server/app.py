@@ -26,7 +26,7 @@ from server import routes, ws_routes
 from server.auth import holds_control_token_for_path, holds_server_token
 from server.avatars import DEFAULT_AVATAR_ID, default_portrait_bytes
 from server.config import Config
-from server.errors import error_body, status_for
+from server.errors import error_body, internal_error, status_for
 from server.resources import EngineResources, build_animator
 from server.service import SessionService
 from server.shards import ShardRole
@@ -68,7 +68,7 @@ def create_app(config: Config | None = None, vad_factory: Any = None, animator: 
     app.add_exception_handler(EmoStreamError, _engine_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
-    app.add_exception_handler(Exception, _internal_error)
+    app.add_exception_handler(Exception, internal_error)
     if routes.CLIENT_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=routes.CLIENT_DIR), name="static")
     app.include_router(routes.router)
@@ -118,15 +118,6 @@ async def _engine_error(request: Request, exc: EmoStreamError) -> JSONResponse:
     logger.info("refused %s %s: %s (%s)", request.method, request.url.path, exc.code, exc.message,
                 extra={"request_id": getattr(request.state, "request_id", None), "status": status})
     return JSONResponse(error_body(exc.code, exc.message), status_code=status, headers=headers)
-
-
-async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
-    # A bug, not a bad request: the client gets JSON with a code; uvicorn logs the traceback after this line.
-    request_id = getattr(request.state, "request_id", None)
-    logger.error("internal error on %s %s: %s: %s", request.method, request.url.path, type(exc).__name__, exc,
-                 extra={"request_id": request_id, "status": 500})
-    return JSONResponse(error_body("internal", "the server failed on this request; it is logged"
-                                   + (f" as {request_id}" if request_id else "")), status_code=500)
 
 
 async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -24,8 +24,11 @@ def bearer(connection: HTTPConnection) -> str | None:
     return header[7:].strip() if header.lower().startswith("bearer ") else None
 
 
-def same_token(given: str, expected: str) -> bool:
-    """Constant-time comparison of two tokens; any text compares (``compare_digest`` takes only ASCII str)."""
+def same_token(given: str | None, expected: str) -> bool:
+    """Whether the caller gave ``expected``: a constant-time comparison of any text (``compare_digest`` takes only
+    ASCII str); nothing or an empty string never matches."""
+    if not given:
+        return False
     return secrets.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass"))
 
 
@@ -35,7 +38,7 @@ def holds_server_token(connection: HTTPConnection, token: str | None) -> bool:
     if not token:
         return True
     given = connection.query_params.get("token") or bearer(connection)
-    return given is not None and given != "" and same_token(given, token)
+    return same_token(given, token)
 
 
 def holds_control_token_for_path(connection: HTTPConnection, sessions: SessionRegistry) -> bool:
@@ -49,7 +52,7 @@ def holds_control_token_for_path(connection: HTTPConnection, sessions: SessionRe
     except EmoStreamError:
         return False
     given = connection.headers.get("x-control-token") or connection.query_params.get("control_token")
-    return given is not None and given != "" and same_token(given, session.control_token)
+    return same_token(given, session.control_token)
 
 
 def controlled_session(connection: HTTPConnection, session_id: str, sessions: SessionRegistry,
@@ -69,7 +72,7 @@ def controlled_session(connection: HTTPConnection, session_id: str, sessions: Se
         # token: the server's own token stands for it (and loopback without a token is open).
         if holds_server_token(connection, server_token):
             return session
-    if not given or not same_token(given, session.control_token):
+    if not same_token(given, session.control_token):
         raise UnauthorizedError("this session needs its control_token (X-Control-Token header or "
                                 "?control_token=)")
     return session

@@ -1,6 +1,6 @@
 """The A/V-sync probe (``server.av_probe``): a tick whose returned voice holds a 1 kHz test tone shows a magenta
 square in its frame's top-left corner, so a player can time both: the square as the frame is presented, the
-tone as the audio plays (tests/test_av_sync_browser.py, in Chromium). Off by default; a diagnostic mode.
+tone as the audio plays (tests/test_browser.py and bench/av_sync.py, in Chromium). Off by default; a diagnostic mode.
 
 Marking the frame sent on the same tick as the tone's audio measures exactly what the transport and the
 player add: on the server both leave together.

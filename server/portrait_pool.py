@@ -61,12 +61,6 @@ class PortraitPool:
             raise ImageError("preparing this photo stopped its worker process (out of memory?); try a smaller "
                              "photo") from None
 
-    def pid(self) -> int | None:
-        """The worker process's id, once it runs (for tests and diagnostics)."""
-        pool = self._pool
-        processes = getattr(pool, "_processes", None) or {}
-        return next(iter(processes), None)
-
     def close(self) -> None:
         with self._lock:
             if self._pool is not None:

@@ -40,7 +40,7 @@ from emo_stream.errors import (
 )
 from server.auth import holds_server_token
 from server.config import Config
-from server.errors import error_body, status_for
+from server.errors import error_body, internal_error, status_for
 from server.request_limits import FULL_HEADER, MAX_OFFER_BODY_BYTES, MULTIPART_OVERHEAD_BYTES, read_limited
 from server.shards import Shard, ShardPool, shard_of_session
 
@@ -158,11 +158,7 @@ def create_router_app(config: Config, pool: ShardPool) -> FastAPI:
         status = 503 if isinstance(exc, ShardUnavailableError) else status_for(exc)
         return JSONResponse(error_body(exc.code, exc.message), status_code=status, headers=headers)
 
-    @app.exception_handler(Exception)
-    async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
-        logger.error("internal error on %s %s: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
-        return JSONResponse(error_body("internal", "the server failed on this request; it is logged"),
-                            status_code=500)
+    app.add_exception_handler(Exception, internal_error)
 
     def alive() -> list[Shard]:
         return [s for s in pool.shards if s.alive]
@@ -175,23 +171,13 @@ def create_router_app(config: Config, pool: ShardPool) -> FastAPI:
 
     max_body = config.limits.max_image_bytes + MULTIPART_OVERHEAD_BYTES  # the largest request a child takes
 
-    async def read_body(request: Request, limit: int) -> bytes:
-        """The request's body, refused (413) before it is buffered past what the child would accept."""
-        try:
-            return await read_limited(request, limit)
-        except RequestTooLargeError as exc:
-            if limit == max_body:
-                raise ImageTooLargeError(f"the upload is over the {config.limits.max_image_bytes / 2**20:.0f} MB "
-                                         "limit") from None
-            raise exc from None
-
     async def forward(shard: Shard, request: Request, body: bytes | None = None,
                       extra_headers: list[tuple[str, str]] | None = None) -> Response:
         headers = [(k, v) for k, v in request.headers.items()
                    if k.lower() not in _HOP_HEADERS and k.lower() != FULL_HEADER] + (extra_headers or [])
         url = shard.base_url + request.url.path + (f"?{request.url.query}" if request.url.query else "")
         if body is None:  # a session's own routes (interrupt, delete, status) carry no real body
-            body = await read_body(request, SMALL_BODY_BYTES)
+            body = await read_limited(request, SMALL_BODY_BYTES)
         try:
             answer = await client_box["client"].request(request.method, url, headers=headers, content=body)
         except httpx.TransportError as exc:
@@ -263,7 +249,7 @@ def create_router_app(config: Config, pool: ShardPool) -> FastAPI:
     @app.post("/v1/sessions")
     async def create_session(request: Request) -> Response:
         require_server_token(request)
-        body = await read_body(request, MAX_OFFER_BODY_BYTES)
+        body = await read_limited(request, MAX_OFFER_BODY_BYTES)
         name = _session_name(request, body)
         if name is not None and name in names and pool.shards[names[name]].alive:
             return await forward(pool.shards[names[name]], request, body)  # a takeover adds no load
@@ -302,7 +288,11 @@ def create_router_app(config: Config, pool: ShardPool) -> FastAPI:
     @app.post("/v1/avatars")
     async def upload_avatar(request: Request) -> Response:
         require_server_token(request)
-        body = await read_body(request, max_body)
+        try:
+            body = await read_limited(request, max_body)
+        except RequestTooLargeError:
+            raise ImageTooLargeError(f"the upload is over the {config.limits.max_image_bytes / 2**20:.0f} MB "
+                                     "limit") from None
         primary = first_alive()
         first = await forward(primary, request, body)
         if first.status_code == 201:

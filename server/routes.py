@@ -21,7 +21,6 @@ from starlette.requests import HTTPConnection
 from emo_stream.errors import ImageTooLargeError, NotFoundError, RequestError
 from server.auth import controlled_session
 from server.bodies import OfferBody, SessionOptionsBody
-from server.ice_servers import parse_ice_servers
 from server.request_limits import FULL_HEADER, MAX_OFFER_BODY_BYTES, MULTIPART_OVERHEAD_BYTES, read_limited
 from server.service import SessionService
 from server.sessions import Session
@@ -100,7 +99,7 @@ async def metrics(service: Service) -> Response:
 
 @router.get("/v1/ice-servers")
 async def ice_servers(service: Service) -> dict:
-    return {"ice_servers": [s.for_browser() for s in parse_ice_servers(service.config.server.ice_servers)]}
+    return {"ice_servers": [s.for_browser() for s in service.ice_servers]}
 
 
 @router.get("/v1/avatars")

@@ -19,6 +19,7 @@ from server.admission import AdmissionLimits, ServerLoad, decide
 from server.avatars import DEFAULT_AVATAR_ID
 from server.bodies import SessionOptionsBody
 from server.config import Config
+from server.ice_servers import parse_ice_servers
 from server.load import SETTLED_S, LoadMeter, LoadSample
 from server.offer_check import check_offer
 from server.resources import EngineResources
@@ -53,6 +54,7 @@ class SessionService:
         self.sessions = SessionRegistry()
         self.starting = 0
         self.load = LoadMeter(start_time_s=0.0, start_cpu_s=0.0)  # restarted on the loop's clock by start()
+        self.ice_servers = parse_ice_servers(resources.config.server.ice_servers)  # (the config checked them)
         self._watch_task: asyncio.Task[None] | None = None
 
     @property
@@ -139,14 +141,14 @@ class SessionService:
             self.starting += 1
         try:
             avatar = await asyncio.to_thread(self.resources.avatars.get, avatar_id or DEFAULT_AVATAR_ID)
-            session = await self._open_session(offer_sdp, offer_type, avatar, body)
+            session = await self._open_session(offer_sdp, avatar, body)
         finally:
             if adds_load:
                 self.starting -= 1
         await session.start()
         return session
 
-    async def _open_session(self, offer_sdp: str, offer_type: str, avatar: Avatar,
+    async def _open_session(self, offer_sdp: str, avatar: Avatar,
                             body: SessionOptionsBody) -> Session:
         """The admitted offer's session: its answer made, registered."""
         a = self.config.animator
@@ -161,13 +163,13 @@ class SessionService:
                                  audio_source=body.audio_source, name=body.name,
                                  seed=body.seed if body.seed is not None else a.seed)
         worker, animator = resources.running()
-        session = Session(avatar, options, worker, self.telemetry, server.ice_servers,
+        session = Session(avatar, options, worker, self.telemetry, self.ice_servers,
                           latency_frames=animator.latency_frames, vad_factory=resources.vad_factory,
                           delay_margin_ticks=max(server.delay_margin_ticks, animator.margin_ticks),
                           render_margin_ms=server.render_margin_ms,
                           id_prefix=self.shard.session_prefix if self.shard else "", av_probe=server.av_probe)
         try:
-            answer = await session.accept(offer_sdp, offer_type)
+            answer = await session.accept(offer_sdp)
         except BaseException:
             await session.close(reason="offer refused")
             raise

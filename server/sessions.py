@@ -37,10 +37,9 @@ from server.av_probe import flash, holds_tone
 from server.clock import MediaClock
 from server.control_rate import ControlRate
 from server.event_hub import EventHub, SessionStats
-from server.ice_servers import parse_ice_servers
+from server.ice_servers import IceServer
 from server.input_timeline import InputTimeline, VoicePlacement, base_lead_s
 from server.input_windows import InputWindows
-from server.offer_check import check_offer
 from server.pcm_source import PcmSource
 from server.peer_watchdog import watch_peer
 from server.telemetry import Telemetry
@@ -80,7 +79,7 @@ class Session:
     each tick's frame and voice out; barge-in and closing."""
 
     def __init__(self, avatar: Avatar, options: SessionOptions, worker: InferenceWorker, telemetry: Telemetry,
-                 ice_servers: list[str], latency_frames: int,
+                 ice_servers: list[IceServer], latency_frames: int,
                  vad_factory: Callable[[], VoiceActivityDetector] | None = None, delay_margin_ticks: int = 0,
                  render_margin_ms: int = 20, id_prefix: str = "", av_probe: bool = False) -> None:
         self.id = id_prefix + secrets.token_urlsafe(18)  # 144 bits; the prefix names a session process
@@ -116,8 +115,7 @@ class Session:
         self.video_track = AvatarVideoTrack(self.clock.video, fps=options.fps, on_sent=self._on_sent,
                                             on_encoded=lambda s: telemetry.observe("encode", s))
         self.audio_track = AvatarAudioTrack(self.clock.audio, fps=options.fps)
-        config = (RTCConfiguration(iceServers=[s.for_aiortc() for s in parse_ice_servers(ice_servers)])
-                  if ice_servers else None)
+        config = RTCConfiguration(iceServers=[s.for_aiortc() for s in ice_servers]) if ice_servers else None
         self.pc = RTCPeerConnection(configuration=config)
         self.on_close: list[Callable[[Session, str], None]] = []
 
@@ -147,13 +145,13 @@ class Session:
         return self.timeline.latency_ms + round(self.pcm.debt_s * 1000)
 
     # ------------------------------------------------------------------ signalling
-    async def accept(self, offer_sdp: str, offer_type: str = "offer") -> RTCSessionDescription:
-        """Apply the browser's offer, attach our tracks, return the answer.
+    async def accept(self, offer_sdp: str) -> RTCSessionDescription:
+        """Apply the browser's offer (one that passed ``check_offer``: the service checks it before admission),
+        attach our tracks, return the answer.
 
         Raises:
-            InvalidSdpError: the offer fails ``check_offer``, or aiortc cannot answer it.
+            InvalidSdpError: aiortc cannot answer it.
         """
-        check_offer(offer_sdp, offer_type, self.options.audio_source)
 
         @self.pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
