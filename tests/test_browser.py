@@ -17,6 +17,7 @@ import pytest
 
 from tests import browser, media
 from tests.browser import measure_av_sync, open_page, page_state, start_and_wait_for_video
+from tests.servers import metric
 
 pytestmark = [pytest.mark.timeout(180)]
 
@@ -51,12 +52,6 @@ def long_mic() -> Path:
     speech = media.espeak_wav(LONG_SENTENCE)
     return media.sox("mic48-long-sentence.wav", "-q", str(speech), "-r", "48000", "-c", "1", "-b", "16",
                      "-e", "signed-integer", "{out}", "pad", "2.0", "4.0")
-
-
-def metric(base: str, name: str) -> float:
-    text = httpx.get(f"{base}/metrics", timeout=5).text
-    match = re.search(rf"^{name} ([0-9.e+-]+)$", text, re.M)
-    return float(match.group(1)) if match else 0.0
 
 
 def selected_avatar(driver) -> str | None:

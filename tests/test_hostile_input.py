@@ -23,7 +23,7 @@ import websockets
 
 from tests import bad_inputs
 from tests.live_client import RATE, LivePeer, offer_sdp, received_fps, websocket_close_code
-from tests.servers import run_server
+from tests.servers import children_of, run_server
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -392,16 +392,6 @@ def test_after_the_corpus_a_new_session_animates(server, socket_corpus):
 # --------------------------------------------------------------------------- full servers, the router, shutdown
 
 
-def _children_of(pid: int) -> set[int]:
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError):
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    found.add(int(entry.name))
-    return found
-
-
 async def _refusals_when_full(base: str, offers: dict[str, str], sessions: int) -> dict[str, tuple[int, str]]:
     """With the ``sessions`` the server takes running: what bad offers and a good one get."""
     peers = [LivePeer(base, np.zeros(RATE * 20, np.float32), headers=AUTH) for _ in range(sessions)]
@@ -471,7 +461,7 @@ def test_a_crashed_session_process_closes_its_sockets_with_1011_and_sigterm_exit
                            f"control_token={answer['control_token']}")
         async with websockets.connect(url) as ws:
             await _answer(ws)
-            children = _children_of(sharded.proc.pid)
+            children = children_of(sharded.proc.pid)
             assert len(children) == 2
             for child in children:  # the session's process among them
                 os.kill(child, signal.SIGKILL)
@@ -583,7 +573,7 @@ def test_uploads_are_prepared_in_a_low_priority_process(server, tmp_path):
     assert (r.status_code, r.json()["error"]["code"]) == (422, "no_face_found")
     assert took < 60  # bounded (the tile search: at most ~150 tiles, 3 s); unbounded it took 28-48 s of CPU
     niceness = [int((Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split())[16])
-                for pid in _children_of(server.proc.pid)]
+                for pid in children_of(server.proc.pid)]
     assert 10 in niceness, niceness
 
 

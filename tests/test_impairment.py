@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-import re
 
-import httpx
 import numpy as np
 import pytest
 
@@ -14,7 +12,7 @@ from emo_stream.audio import load_audio
 from tests import media
 from tests.impairment import ImpairedPath, Impairment, UdpRelay, first_host_candidate
 from tests.live_client import RATE, LivePeer, received_fps
-from tests.servers import run_server
+from tests.servers import metric, run_server
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -89,11 +87,6 @@ def server():
         yield running
 
 
-def _metric(base: str, name: str) -> float:
-    match = re.search(rf"^{name} ([0-9.e+-]+)$", httpx.get(f"{base}/metrics", timeout=5).text, re.M)
-    return float(match.group(1)) if match else 0.0
-
-
 async def _session_through(base: str, impairment: Impairment, samples: np.ndarray, seconds: float):
     relay = UdpRelay(to_server=impairment, to_client=impairment, seed=3)
     peer = LivePeer(base, samples, relay=relay)
@@ -114,11 +107,11 @@ def test_a_session_runs_through_a_clean_relay_and_only_through_it(server):
 
 
 def test_under_five_percent_loss_only_lost_microphone_packets_are_given_up(server):
-    skipped_before = _metric(server.base, "emo_stream_mic_packets_skipped_total")
+    skipped_before = metric(server.base, "emo_stream_mic_packets_skipped_total")
     speech = load_audio(media.silence_then_speech("hello"), sample_rate=RATE)
     peer, relay = asyncio.run(_session_through(
         server.base, Impairment(loss=0.05, delay_ms=30, jitter_ms=10), np.tile(speech, 3), 8.0))
-    skipped = _metric(server.base, "emo_stream_mic_packets_skipped_total") - skipped_before
+    skipped = metric(server.base, "emo_stream_mic_packets_skipped_total") - skipped_before
     assert received_fps(peer.received) >= 10  # the session runs through loss and jitter
     assert relay.up.stats.dropped > 5
     # Every datagram the relay dropped towards the server was at most one microphone packet: giving up good

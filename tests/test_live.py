@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import subprocess
 import sys
 import time
@@ -28,7 +27,7 @@ from tests.live_client import (
     wait_for_voice,
     write_recording,
 )
-from tests.servers import run_server
+from tests.servers import metric, run_server
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -38,12 +37,6 @@ def server():
     # The default architecture on a machine of 2 cores: two session processes behind the router.
     with run_server({"server": {"processes": 2}}) as running:
         yield running.base
-
-
-def metric(base: str, name: str) -> float:
-    text = httpx.get(f"{base}/metrics", timeout=5).text
-    match = re.search(rf"^{name} ([0-9.e+-]+)$", text, re.M)
-    return float(match.group(1)) if match else 0.0
 
 
 def wait_sessions(base: str, count: int, timeout_s: float) -> float:

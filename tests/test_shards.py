@@ -26,28 +26,9 @@ from server.router import create_router_app, merge_metrics
 from server.shards import Shard, ShardRole, shard_of_session
 from tests import media
 from tests.live_client import RATE, LivePeer, run_peers, websocket_close_code
-from tests.servers import run_server, stop
+from tests.servers import children_of, metric, run_server, stop
 
 pytestmark = pytest.mark.timeout(240)
-
-
-def metric(base: str, name: str) -> float:
-    text = httpx.get(f"{base}/metrics", timeout=5).text
-    match = re.search(rf"^{name} ([0-9.e+-]+)$", text, re.M)
-    return float(match.group(1)) if match else 0.0
-
-
-def children_of(pid: int) -> set[int]:
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.add(int(entry.name))
-    return found
 
 
 def wait_until(check, timeout_s: float, what: str) -> None:
