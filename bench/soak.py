@@ -46,12 +46,12 @@ BEEP_S = 0.12
 MB = 1024 * 1024
 
 
-def utterance_with_beep() -> np.ndarray:
-    """An espeak-ng sentence, 0.6 s of silence, a 120 ms 1 kHz beep, 1 s of silence (48 kHz mono float32)."""
-    speech = load_audio(media.espeak_wav("hello"), sample_rate=RATE)
-    t = np.arange(int(BEEP_S * RATE)) / RATE
+def utterance_with_beep(rate: int = RATE) -> np.ndarray:
+    """An espeak-ng sentence, 0.6 s of silence, a 120 ms 1 kHz beep, 1 s of silence (mono float32 at ``rate``)."""
+    speech = load_audio(media.espeak_wav("hello"), sample_rate=rate)
+    t = np.arange(int(BEEP_S * rate)) / rate
     beep = (0.5 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32)
-    gap, tail = np.zeros(int(0.6 * RATE), np.float32), np.zeros(RATE, np.float32)
+    gap, tail = np.zeros(int(0.6 * rate), np.float32), np.zeros(rate, np.float32)
     return np.concatenate([speech, gap, beep, tail])
 
 
@@ -113,11 +113,11 @@ def offsets_ms(peer: SoakPeer, since: float, until: float) -> list[float]:
     return out
 
 
-async def agent(base: str, peer: SoakPeer, clip: np.ndarray, stop: asyncio.Event) -> None:
-    """The PCM session's agent: the clip at 16 kHz every 6 s, flushed."""
+async def agent(base: str, peer: SoakPeer, stop: asyncio.Event) -> None:
+    """The PCM session's agent: the utterance and beep at 16 kHz every 6 s, flushed."""
     import websockets
 
-    pcm16 = (np.clip(load_audio_16k(clip), -1, 1) * 32767).astype("<i2").tobytes()
+    pcm16 = (np.clip(utterance_with_beep(16_000), -1, 1) * 32767).astype("<i2").tobytes()
     url = base.replace("http", "ws", 1) + f"/v1/sessions/{peer.session_id}/audio?control_token={peer.control_token}"
     async with websockets.connect(url) as ws:
         await ws.send(json.dumps({"type": "start", "sample_rate": 16_000, "channels": 1}))
@@ -131,10 +131,6 @@ async def agent(base: str, peer: SoakPeer, clip: np.ndarray, stop: asyncio.Event
                 await asyncio.wait_for(stop.wait(), 6.0)
 
 
-def load_audio_16k(samples: np.ndarray) -> np.ndarray:
-    return samples[::3]  # 48 kHz -> 16 kHz (the clip is band-limited speech and a 1 kHz beep)
-
-
 async def soak(base: str, server_pid: int, minutes: float, sample_s: float) -> dict:
     clip = utterance_with_beep()
     mic = SoakPeer(base, np.tile(clip, int(minutes * 60 / (len(clip) / RATE)) + 2))
@@ -142,7 +138,7 @@ async def soak(base: str, server_pid: int, minutes: float, sample_s: float) -> d
     await mic.connect()
     await pcm.connect()
     stop = asyncio.Event()
-    agent_task = asyncio.create_task(agent(base, pcm, clip, stop))
+    agent_task = asyncio.create_task(agent(base, pcm, stop))
     started = time.monotonic()
     samples: list[dict] = []
     last = {"t": started, "m": metrics(base), "mic": 0, "pcm": 0}
