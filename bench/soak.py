@@ -40,6 +40,7 @@ from server_report import commit, device  # noqa: E402
 from emo_stream.audio import load_audio  # noqa: E402
 from server.av_probe import holds_tone  # noqa: E402
 from tests import media, servers  # noqa: E402
+from tests.browser import av_offsets  # noqa: E402
 from tests.live_client import RATE, LivePeer, mono_float  # noqa: E402
 
 BEEP_S = 0.12
@@ -104,13 +105,10 @@ def metrics(base: str) -> dict[str, float]:
 
 
 def offsets_ms(peer: SoakPeer, since: float, until: float) -> list[float]:
-    """Each beep's flash minus its tone, by arrival (ms), for tones in [since, until)."""
-    out = []
-    for tone in (t for t in peer.tones if since <= t < until):
-        near = [f for f in peer.flashes if abs(f - tone) <= 0.5]
-        if near:
-            out.append(round((min(near, key=lambda f: abs(f - tone)) - tone) * 1000, 1))
-    return out
+    """Each beep's flash minus its tone, by arrival (ms), for tones in [since, until) (tests/browser.av_offsets)."""
+    tones = [t * 1000 for t in peer.tones if since <= t < until]
+    return [round(o, 1) for o in av_offsets({"tones": tones, "flashes": [f * 1000 for f in peer.flashes]},
+                                            window_ms=500.0)]
 
 
 async def agent(base: str, peer: SoakPeer, stop: asyncio.Event) -> None:
