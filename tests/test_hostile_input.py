@@ -532,6 +532,33 @@ def test_control_rate_allows_bursts_refuses_past_the_rate_and_names_a_flood():
     assert not rate.flooded and rate.refused == FLOOD_DROPS + 1
 
 
+def test_a_flood_is_named_though_tokens_come_back_while_it_is_read():
+    """A busy server reads a flood slower than it comes: a token returns between refusals, yet it is a flood."""
+    from emo_stream.errors import RateLimitedError
+    from server.control_rate import ControlRate
+
+    now = [0.0]
+    rate = ControlRate(per_s=20, burst=40, clock=lambda: now[0])
+    let_through = 0
+    for _ in range(2000):  # read at 200 messages a second: ten times the rate
+        now[0] += 0.005
+        try:
+            rate.take()
+            let_through += 1
+        except RateLimitedError:
+            pass
+        if rate.flooded:
+            break
+    assert rate.flooded and let_through < 100 and now[0] < 2.0
+    # Twice the rate is refused in part but is not a flood: the refusals leak away as fast as they come.
+    rate = ControlRate(per_s=20, burst=40, clock=lambda: now[0])
+    for _ in range(2000):
+        now[0] += 0.025
+        with contextlib.suppress(RateLimitedError):
+            rate.take()
+        assert not rate.flooded
+
+
 @pytest.mark.parametrize("as_json", [False, True])
 def test_log_lines_carry_tracebacks_and_never_tokens(as_json):
     import logging
