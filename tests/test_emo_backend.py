@@ -457,3 +457,22 @@ def test_window_checks(animator, avatars):
         animator.feed(AudioWindow(np.zeros(100, np.float32), 16_000, 0), state)
     with pytest.raises(ValueError, match="px"):
         animator.prepare(prepare_avatar(media.save_png(media.astronaut(), "astronaut.png"), size=128))
+
+
+def test_offline_clips_take_their_tokens_from_one_whole_clip_pass(animator, avatars, monkeypatch):
+    """Offline, the whole audio is known: one speech-encoder pass over it gives every clip its tokens (the
+    sources' whole-file features). The tiny checkpoint's log-mel reach is exact, so the frames are the streamed
+    ones; what changes is one pass instead of one per clip."""
+    assert animator.renders_whole_video and not animator._context_windows
+    audio = tone(18, seed=3)
+    streamed, _ = stream(animator, animator.prepare(avatars[0], seed=4), audio)
+    calls = []
+    encode = animator.pipe.encode_audio
+    monkeypatch.setattr(animator.pipe, "encode_audio", lambda wave, *a, **k: calls.append(len(wave)) or
+                        encode(wave, *a, **k))
+    state = animator.prepare(avatars[0], seed=4)
+    whole = list(animator.whole_video(state, audio))
+    assert [f.pts for f in whole] == [f.pts for f in streamed]
+    assert calls == [audio.size]  # the whole clip, once (18 frames -> tokens for 20: whole clips of 4)
+    assert state.clip_tokens is None  # not kept past the render
+    assert np.abs(pixels(whole) - pixels(streamed)).max() <= 2

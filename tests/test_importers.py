@@ -342,6 +342,16 @@ def test_hallo_tiny_import_end_to_end_and_cli(hallo_src, tmp_path):
         {"num_inference_steps": 40, "guidance_scale": 3.5, "fps": 25, "audio_mode": "separate", "motion_frames": 2}
     assert_weights(out, ours)
     render(out)
+    # Offline, a file's tokens come from one wav2vec2 pass over it, zero-padded after normalisation to whole
+    # 16-frame clips as Hallo's inference pads it (10 frames: 6 more, 3,840 zero samples).
+    from emo_stream.animators.emo import EmoAnimator
+
+    animator = EmoAnimator.from_checkpoint(out, size=64, clip_frames=4, realtime=False, warmup=False)
+    calls = []
+    animator.pipe.encode_audio = lambda wave, frames, fps, **k: calls.append((len(wave), frames, k)) or \
+        torch.zeros(1, frames, 1, 1)
+    assert animator._whole_clip_tokens(np.zeros(10 * 640 - 100, np.float32)).shape[1] == 16
+    assert calls == [(6_300, 16, {"trailing_zeros": 3_840})]
     args = cli_args(["import", "hallo", "--src", str(src / "hallo" / "net.pth"), "--vae", str(src / "vae"),
                      "--wav2vec2", str(src / "wav2vec2_safetensors"), "--out", str(tmp_path / "via_cli"), "--quiet",
                      "--dtype", "float16", "--configs", str(write_configs(tmp_path / "c.json", tiny_hallo_configs()))])
@@ -518,6 +528,8 @@ def test_offline_render_of_an_echomimic_checkpoint_uses_the_sources_windows(echo
                           RenderOptions(size=64, backend="emo", checkpoint=out))
     assert calls == [1] and seen == {"steps": 30, "scheduler": "DDIMScheduler", "guidance": 2.5,
                                      "samples": 12_800}
-    assert summary.frames == 20
+    # As many frames as EchoMimic's feature2chunks makes for 0.8 s (40 whisper states): until a frame's centre is
+    # past the last state, ceil(41 × 25 / 50) + 1 = 22, two past the audio's 20.
+    assert summary.frames == 22
     with av.open(str(video)) as container:
-        assert sum(1 for _ in container.decode(video=0)) == 20
+        assert sum(1 for _ in container.decode(video=0)) == 22

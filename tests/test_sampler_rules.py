@@ -146,6 +146,11 @@ def test_context_windows_cover_overlap_wrap_and_shift():
     assert windows[-1] == [(27 + k) % 30 for k in range(12)]  # wraps around the end (closed loop)
     assert context_windows(30, 12, 3, step_index=2)[0] == list(range(4, 16))  # shifted 2 frames per step
     assert context_windows(10, 12, 3) == [list(range(10))]
+    # A video of one window rotates too: EchoMimic shifts every context, (c + 2 t) % video_length, whatever its
+    # length, so a 4-frame video's frames reach the denoiser as 2 3 0 1 at step 1 and 0 1 2 3 again at step 2.
+    assert [context_windows(4, 12, 3, step_index=t) for t in range(3)] == \
+        [[[0, 1, 2, 3]], [[2, 3, 0, 1]], [[0, 1, 2, 3]]]
+    assert context_windows(5, 12, 3, step_index=1) == [[2, 3, 4, 0, 1]]
     for bad in ((0, 12, 3), (30, 12, 12), (30, 12, -1)):
         with pytest.raises(ValueError):
             context_windows(*bad)
@@ -165,15 +170,18 @@ def test_offline_context_windows_denoise_the_whole_video_at_once():
     assert len(log.calls) == 3 * 2
 
 
-def test_one_window_video_equals_the_clip_path():
-    """With a single window the windowed sampler is exactly ``denoise_clip`` (same noise, same steps)."""
+def test_one_window_video_is_the_clip_path_rotated():
+    """A single window is ``denoise_clip`` (same noise, same steps) until the rotation moves its frames: step 0 is
+    unrotated, so one step is the clip path exactly; from step 1 on the temporal layers see the frames rotated."""
     pipe = tiny_pipe(num_inference_steps=3, guidance_scale=2.0, motion_frames=0, clip_frames=4, context_overlap=2,
                      initial_noise_clamp=1.5)
     state = pipe.prepare_portrait(PORTRAIT)
     tokens = pipe.encode_audio(sine(4 / FPS), 4, FPS)
-    whole = pipe.denoise_video(state, tokens, generator=torch.Generator().manual_seed(5))
-    clip, _ = pipe.denoise_clip(state, tokens, generator=torch.Generator().manual_seed(5))
-    assert torch.allclose(whole, clip, atol=1e-5)
+    for steps, same in ((1, True), (3, False)):
+        whole = pipe.denoise_video(state, tokens, num_inference_steps=steps, generator=torch.Generator().manual_seed(5))
+        clip, _ = pipe.denoise_clip(state, tokens, num_inference_steps=steps,
+                                    generator=torch.Generator().manual_seed(5))
+        assert torch.allclose(whole, clip, atol=1e-5) is same, steps
 
 
 def test_checkpoint_settings_are_validated():

@@ -67,7 +67,7 @@ from emo_stream.animators.lite import LiteAnimator
 from emo_stream.errors import CheckpointError, ConfigError
 from emo_stream.models.schedulers import SCHEDULERS
 from emo_stream.pipelines.pipeline_emo import EmoPipeline, MotionCarry, PortraitState
-from emo_stream.streaming import frame_pts, samples_per_frame
+from emo_stream.streaming import frame_pts, iter_windows, samples_per_frame
 from emo_stream.types import PTS_CLOCK_RATE, AudioWindow, Avatar, Frame
 
 logger = logging.getLogger(__name__)
@@ -138,6 +138,9 @@ class EmoState:
     last_frame: Frame | None = None
     emo_frames: int = 0
     fallback_frames: int = 0
+    # Offline (``whole_video``): the whole clip's audio tokens [1, F, N, C], encoded once, that clips take
+    # instead of encoding their bounded segments.
+    clip_tokens: torch.Tensor | None = None
 
 
 @dataclass(eq=False)
@@ -146,6 +149,7 @@ class _Clip:
     slots: list[_Slot]
     wave: np.ndarray | None  # the audio segment for the tokens; None: silence (idle)
     offset: int = 0  # frames of ``wave`` before the clip's first frame
+    wave_start: int = 0  # frames between the utterance's start (``AudioTrack.segment_start``) and ``wave``'s
     idle: bool = False
 
 
@@ -390,7 +394,8 @@ class EmoAnimator(Animator[EmoState]):
                 break
             first = self._align_down(state, start - self.context_frames)
             end = min(start + F + self.lookahead_frames, state.audio.end)
-            clips.append(_Clip(state, state.slots[:F], state.audio.segment(first, end), offset=start - first))
+            clips.append(_Clip(state, state.slots[:F], state.audio.segment(first, end), offset=start - first,
+                               wave_start=first - state.audio.segment_start))
             del state.slots[:F]
             state.clip_start = start + F
             state.audio.trim(self._align_down(state, state.clip_start - self.context_frames))
@@ -439,7 +444,12 @@ class EmoAnimator(Animator[EmoState]):
     def _tokens(self, clip: _Clip) -> torch.Tensor:
         if clip.wave is None:
             return self._silent_tokens()
-        tokens = self.pipe.encode_audio(clip.wave, clip.offset + self.clip_frames, self.fps)
+        whole = clip.state.clip_tokens
+        if whole is not None:
+            first = clip.slots[0].index
+            if first + self.clip_frames <= whole.shape[1]:
+                return whole[:, first:first + self.clip_frames]
+        tokens = self.pipe.encode_audio(clip.wave, clip.offset + self.clip_frames, self.fps, clip.wave_start)
         return tokens[:, clip.offset:clip.offset + self.clip_frames]
 
     def _sample(self, clips: list[_Clip]) -> np.ndarray:
@@ -550,16 +560,28 @@ class EmoAnimator(Animator[EmoState]):
     # ------------------------------------------------------------------ protocol
     @property
     def renders_whole_video(self) -> bool:
-        """Offline, a checkpoint without motion frames that asks for context windows (EchoMimic) is rendered as
-        its source renders: the whole video at once (``whole_video``), not clip by clip."""
-        return not self.realtime and self.motion_frames == 0 and self.settings.context_overlap > 0
+        """Offline, the whole audio is known before the first frame, and the sources use it (``whole_video``)."""
+        return not self.realtime
+
+    @property
+    def _context_windows(self) -> bool:
+        """A checkpoint without motion frames that asks for context windows (EchoMimic): denoised whole."""
+        return self.motion_frames == 0 and self.settings.context_overlap > 0
 
     def whole_video(self, state: EmoState, wave: np.ndarray) -> Iterator[Frame]:
-        """Frames for all of ``wave`` (16 kHz): one ``denoise_video`` pass in overlapping context windows, then
-        decoded ``clip_frames`` at a time. Latents of the whole video are held (16 KiB per frame at 512²)."""
+        """Frames for all of ``wave`` (16 kHz), as the checkpoint's source renders a file.
+
+        Context-window checkpoints (EchoMimic): one ``denoise_video`` pass in overlapping context windows, then
+        decoded ``clip_frames`` at a time; latents of the whole video are held (16 KiB per frame at 512²).
+        Motion-frame checkpoints (Hallo, ours): clip by clip as live, but every clip's audio tokens come from
+        one pass of the speech encoder over the whole clip (``_whole_clip_tokens``), not from its bounded segment.
+        """
+        if not self._context_windows:
+            yield from self._clip_by_clip(state, wave)
+            return
         if state.portrait is None:
             raise CheckpointError("the portrait could not be encoded on this device")
-        total = max(1, round(wave.size * self.fps / ENGINE_RATE))
+        total = self.pipe.speech_encoder.frames_for(wave.size, self.fps)
         tokens = self.pipe.encode_audio(wave, total, self.fps)
         latents = self.pipe.denoise_video(state.portrait, tokens, self.steps, self.guidance_scale, self.clip_frames,
                                           generator=state.generator)
@@ -570,6 +592,26 @@ class EmoAnimator(Animator[EmoState]):
             for k, rgb in enumerate(pixels):
                 self.stats.emo_frames += 1
                 yield Frame(rgb=resize_square(rgb, self.size), pts=(start + k) * ticks, matte=state.lite.matte)
+
+    def _whole_clip_tokens(self, wave: np.ndarray) -> torch.Tensor:
+        """Audio tokens of every frame of ``wave``, from one speech-encoder pass over all of it, up to a whole
+        number of clips. wav2vec2 (Hallo's inference script): the normalised clip gets zeros for
+        ``clip - frames % clip`` more frames (a whole clip more when it already fits) before the pass, ``clip``
+        being the checkpoint's clip length (Hallo's 16); a clip past the tokens encodes its own segment."""
+        frames = math.ceil(wave.size / self.spf)
+        if self.pipe.speech_encoder.config.kind == "wav2vec2":
+            extra = self.settings.clip_frames - frames % self.settings.clip_frames
+            return self.pipe.encode_audio(wave, frames + extra, self.fps, trailing_zeros=extra * self.spf)
+        return self.pipe.encode_audio(wave, frames + self.clip_frames - frames % self.clip_frames, self.fps)
+
+    def _clip_by_clip(self, state: EmoState, wave: np.ndarray) -> Iterator[Frame]:
+        state.clip_tokens = self._whole_clip_tokens(wave) if state.portrait is not None else None
+        try:
+            for window in iter_windows([wave], ENGINE_RATE, self.fps):
+                yield from self.feed(window, state)
+            yield from self.flush(state)
+        finally:
+            state.clip_tokens = None
 
     def feed(self, window: AudioWindow, state: EmoState) -> list[Frame]:
         return self.feed_batch([(window, state)])[0]

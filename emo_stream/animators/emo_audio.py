@@ -9,10 +9,11 @@ its tokens read:
 - ``logmel`` (Whisper log-mel with a fixed floor, a stride-2 conv stem and k=3 convs, per-frame norms) has a
   bounded receptive field, so the reach is exact: a streaming segment that covers it gives the tokens the
   offline pipeline computes from the whole audio (to float rounding);
-- ``whisper`` (global self-attention over a 30 s chunk, a relative log-mel floor) and ``wav2vec2`` (whole-input
+- ``whisper`` (global self-attention over a 30 s block, a relative log-mel floor) and ``wav2vec2`` (whole-input
   normalisation, global attention, states interpolated over the input) read all of their input: the stream
   gives them ``context_s`` of past audio and the stem's/window's future audio, an approximation of the
-  offline features that EchoMimic/Hallo-style real-time ports make too.
+  offline features that EchoMimic/Hallo-style real-time ports make too. Whisper's segment is placed where the
+  utterance puts it in its 30 s block, so its states keep their offline positions (``SpeechEncoder``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import cast
 import numpy as np
 from torch import nn
 
-from emo_stream.models.speech_encoder import MEL_FFT, MEL_HOP, SAMPLE_RATE, SpeechEncoder
+from emo_stream.models.speech_encoder import MEL_FFT, MEL_HOP, SAMPLE_RATE, SpeechEncoder, frame_centres
 
 
 @dataclass(frozen=True)
@@ -79,8 +80,8 @@ def audio_reach(encoder: SpeechEncoder, fps: int, context_s: float = 2.0) -> Aud
         stem = 2 * MEL_HOP + half
     hz = float(cfg.states_hz)
     left = right = 0
-    for i in range(2 * fps):  # the centre pattern repeats within a second
-        centre = round(i * hz / fps)
+    centres = frame_centres(2 * fps, fps, hz).tolist()
+    for i, centre in enumerate(centres):  # the centre pattern repeats within a second
         first = state_hop * (centre - before) - stem
         last = state_hop * (centre + after) + stem
         left = max(left, i * spf - first)

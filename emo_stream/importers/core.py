@@ -42,14 +42,35 @@ ECHOMIMIC_ACC_SETTINGS = {**ECHOMIMIC_SETTINGS, "num_inference_steps": 6, "guida
 HALLO_SETTINGS = {"num_inference_steps": 40, "guidance_scale": 3.5, "fps": 25, "clip_frames": 16,
                   "motion_frames": 2}
 
-# What the emo backend does differently from the source, stated in every import report.
+# What the emo backend does differently from the source, stated in every import report, with its size where it
+# was measured (bench/audio_parity.py; docs/importing.md says how). Reproduced, so not listed: the whisper path
+# (30 s zero-padded blocks, the first n // 2 states of a block, the truncated frame centre int(i * 50 / fps), the
+# frame count) and the context-window rotation of a one-window video; wav2vec2's normalisation, interpolation,
+# layers and window, and Hallo's padding of a file to whole clips (tests/test_whisper_rules.py,
+# tests/test_hallo_rules.py).
 ECHOMIMIC_NOT_REPRODUCED = [
+    "frame rate: 25 fps, the engine's clock (16 kHz must divide into it), where the source renders 24; the "
+    "source's rules (frame centres, frame count, context windows) are applied at 25",
     "live streaming samples consecutive 12-frame clips with no context overlap across clip seams (the offline "
     "pipeline reproduces the source's whole-video 12-frame windows, overlap 3, shifted 2 frames per step)",
-    "face-locator mask from our face detector's box instead of the source's MTCNN box",
-    "whisper features from a bounded audio window around each frame instead of one whole-file encoder pass"]
+    "live streaming: whisper features from a bounded segment (2 s of past audio, the window's lookahead) placed at "
+    "its offset in its 30 s block, not from the whole file: 1.2 % relative L2 from the whole-file features "
+    "(whisper-tiny, random weights); offline renders use the whole file, as the source does",
+    "offline: no cap on the length (the source renders at most its -L frames, 1,200 by default)",
+    "audio decoding: PyAV to float at 16 kHz, where the source has the ffmpeg CLI write 16-bit PCM (its rounding: "
+    "at most 1.5e-5 a sample)",
+    "face-locator mask from our face detector's box instead of the source's MTCNN box"]
 ECHOMIMIC_ACC_NOT_REPRODUCED = ECHOMIMIC_NOT_REPRODUCED
 HALLO_NOT_REPRODUCED = [
+    "no vocal separation: the source always runs its separator (Kim_Vocal_2) before wav2vec2, for inference and "
+    "for its training data; with clean speech the round trip changes little, with music under the voice a lot "
+    "(not measured: the separator's weights are not imported)",
+    "live streaming: wav2vec2 features from a bounded segment (2 s of past audio, the window's lookahead), not from "
+    "the whole file: 72 % relative L2 from the whole-file features (wav2vec2-base, random weights; its group norm, "
+    "normalisation and attention read all of their input); offline renders use the whole file, padded to whole "
+    "16-frame clips as the source pads it (that padding itself: 2.4 %)",
+    "frame count: one frame per 40 ms, the last padded; the source's float ceil(samples / 16000 × 25) adds a frame "
+    "for some exact multiples of 640 samples (925 of the 15,000 up to 10 minutes)",
     "face embedding: zeros unless the caller passes an insightface embedding (the import ships no face model)",
     "region masks: the lip region is approximated by the face region (no landmark-based lip mask)"]
 

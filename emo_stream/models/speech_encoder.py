@@ -5,15 +5,19 @@ rest of the checkpoint:
 
 - ``whisper``: the encoder of OpenAI Whisper (``transformers.WhisperEncoder``; whisper-tiny for EchoMimic).
   Log-mel input, states at 50 Hz: the conv stem + every block (5 × 384 for tiny), before the final norm,
-  as EchoMimic's ``audio2feature`` uses them. Inputs longer than 30 s run in 30 s chunks.
+  as EchoMimic's ``audio2feature`` uses them. As there (and as Whisper was trained), the log-mel of the whole
+  input is cut into 30 s blocks (3,000 mel frames), each block is zero-padded to 30 s before the encoder, and
+  a block of ``n`` mel frames keeps its first ``n // 2`` states. A streamed segment is placed at its own
+  offset in its block (``start_frame``), so its states take the positions the whole clip gives them.
 - ``wav2vec2``: ``transformers.Wav2Vec2Model`` (wav2vec2-base-960h for Hallo). The CNN features are linearly
   resampled to the video frame rate *before* the transformer (Hallo), and all transformer layers' outputs are
   kept (12 × 768).
 - ``logmel``: a small 1-D conv encoder of log-mel frames (50 Hz, fixed log floor, per-frame norms: each
   state depends only on ±40 ms of audio), for small models trained without pretrained speech weights.
 
-Each video frame i takes the states around its time, ``window_before`` before to ``window_after`` after
-(edges repeat the first/last state): W = before + 1 + after (EchoMimic 4/5 → 10, Hallo 2/2 → 5).
+Each video frame i takes the states around its centre ``floor(i × states_hz / fps)`` (EchoMimic truncates:
+``int(i * 50 / fps)``), ``window_before`` before to ``window_after`` after (edges repeat the first/last
+state): W = before + 1 + after (EchoMimic 4/5 → 10, Hallo 2/2 → 5).
 """
 
 from __future__ import annotations
@@ -79,11 +83,17 @@ def mel_filters(n_mels: int) -> torch.Tensor:
     return torch.from_numpy(bank).float().T.contiguous()
 
 
+def frame_centres(num_frames: int, fps: float, states_hz: float) -> torch.Tensor:
+    """The state each video frame is centred on: ``floor(i × states_hz / fps)``, EchoMimic's ``int(i * 50 / fps)``
+    (float64: the product is exact and the quotient correctly rounded, so whole values stay whole)."""
+    return torch.floor(torch.arange(num_frames, dtype=torch.float64) * states_hz / fps).long()
+
+
 def window_states(states: torch.Tensor, num_frames: int, fps: float, states_hz: float, before: int, after: int
                   ) -> torch.Tensor:
     """[B, T, L, C] states at ``states_hz`` → [B, F, W, L, C] windows centred on each video frame."""
     total = states.shape[1]
-    centers = torch.round(torch.arange(num_frames, dtype=torch.float64) * states_hz / fps).long()
+    centers = frame_centres(num_frames, fps, states_hz)
     offsets = torch.arange(-before, after + 1)
     index = (centers[:, None] + offsets[None, :]).clamp(0, total - 1).to(states.device)  # [F, W]
     return states[:, index]
@@ -188,20 +198,30 @@ class SpeechEncoder(ModelMixin, ConfigMixin):
             return self._wav2vec2().config.hidden_size
         return self._logmel().conv_in.out_channels
 
-    def forward(self, audio: torch.Tensor, num_frames: int, fps: float, return_dict: bool = True
-                ) -> SpeechEncoderOutput | tuple[torch.Tensor]:
-        """Encode ``audio`` [B, S] (16 kHz, float in [-1, 1]) for ``num_frames`` video frames at ``fps``."""
+    def forward(self, audio: torch.Tensor, num_frames: int, fps: float, return_dict: bool = True,
+                start_frame: int = 0, trailing_zeros: int = 0) -> SpeechEncoderOutput | tuple[torch.Tensor]:
+        """Encode ``audio`` [B, S] (16 kHz, float in [-1, 1]) for ``num_frames`` video frames at ``fps``.
+
+        Args:
+            start_frame: where ``audio`` starts in the utterance it was cut from, in video frames (streaming);
+                whisper places it at that offset in its 30 s block. 0 for a whole clip.
+            trailing_zeros: wav2vec2: zero samples appended after the input's normalisation (Hallo pads a clip
+                to a whole number of its clips this way).
+        """
         cfg = self.config
         if audio.dim() == 1:
             audio = audio[None]
         param = next(self.parameters())
         audio = audio.to(param.device)
         if cfg.kind == "wav2vec2":
-            states = self._wav2vec2_states(audio, num_frames).to(param.dtype)
+            states = self._wav2vec2_states(audio, num_frames, trailing_zeros).to(param.dtype)
             rate = fps
         else:
             mel = log_mel_spectrogram(audio, self.mel_filters, relative_floor=cfg.kind == "whisper").to(param.dtype)
-            states = self._whisper_states(mel) if cfg.kind == "whisper" else self.encoder(mel)
+            if cfg.kind == "whisper":
+                states = self._whisper_states(mel, self.mel_offset(start_frame, fps))
+            else:
+                states = self.encoder(mel)
             rate = cfg.states_hz
         windows = window_states(states, num_frames, fps, rate, cfg.window_before, cfg.window_after)
         if not return_dict:
@@ -214,27 +234,60 @@ class SpeechEncoder(ModelMixin, ConfigMixin):
         batch, frames, window, layers, channels = states.shape
         return states.reshape(batch, frames, window * layers, channels)
 
-    def _whisper_states(self, mel: torch.Tensor) -> torch.Tensor:
-        """Whisper encoder states [B, T50, L, C]: conv stem + positions, then each block (no final norm)."""
+    @property
+    def block_mel_frames(self) -> int:
+        """Mel frames in one whisper input block (3,000: 30 s); 0 for the other kinds."""
+        if self.config.kind != "whisper":
+            return 0
+        return 2 * int(self._whisper().config.max_source_positions)
+
+    def mel_offset(self, start_frame: int, fps: float) -> int:
+        """Mel frames before video frame ``start_frame``; streamed segments start on a state (even) boundary."""
+        offset = start_frame * SAMPLE_RATE / fps / MEL_HOP
+        if start_frame and (offset != int(offset) or int(offset) % 2):
+            raise ValueError(f"frame {start_frame} at {fps} fps does not start on a 20 ms state boundary")
+        return int(offset)
+
+    def _whisper_states(self, mel: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        """Whisper encoder states [B, T50, L, C] of ``mel`` [B, n_mels, n] lying at mel frames [offset, offset + n)
+        of its utterance: conv stem + positions, then each block (no final norm).
+
+        EchoMimic's rule (its copy of Whisper's ``transcribe``): the utterance's mel is cut into blocks of
+        ``block_mel_frames``, each zero-padded to a whole block, so every state sees 30 s of input and its own
+        position; a block of ``n`` frames keeps its first ``n // 2`` states. ``mel`` is placed at its offset in
+        its block(s); the parts of a block it does not cover are zeros (the padding's value), as the end of a
+        clip is.
+        """
         enc = self._whisper()
-        chunk = 2 * enc.config.max_source_positions  # mel frames per 30 s window
+        block = self.block_mel_frames
+        total = mel.shape[-1]
         outputs = []
-        for start in range(0, max(mel.shape[-1], 1), chunk):
-            x = F.gelu(enc.conv1(mel[..., start:start + chunk]))
+        start = offset
+        while start < offset + max(total, 1):
+            first = (start // block) * block
+            end = min(first + block, offset + total)
+            padded = mel.new_zeros(*mel.shape[:-1], block)
+            padded[..., start - first:end - first] = mel[..., start - offset:end - offset]
+            x = F.gelu(enc.conv1(padded))
             x = F.gelu(enc.conv2(x)).permute(0, 2, 1)
             x = x + enc.embed_positions.weight[: x.shape[1]]
             states = [x]
             for layer in enc.layers:
                 x = _first(layer(x, None))
                 states.append(x)
-            outputs.append(torch.stack(states, dim=2))
+            keep = slice((start - first) // 2, max((end - first) // 2, (start - first) // 2 + 1))
+            outputs.append(torch.stack(states, dim=2)[:, keep])
+            start = end
         return torch.cat(outputs, dim=1)
 
-    def _wav2vec2_states(self, audio: torch.Tensor, num_frames: int) -> torch.Tensor:
+    def _wav2vec2_states(self, audio: torch.Tensor, num_frames: int, trailing_zeros: int = 0) -> torch.Tensor:
         """wav2vec2 states at the video rate [B, F, L, C] (Hallo: CNN features resampled before the transformer)."""
         model = self._wav2vec2()
-        # Zero-mean, unit-variance input, as Wav2Vec2FeatureExtractor(do_normalize=True) gives the model.
-        audio = (audio - audio.mean(-1, keepdim=True)) / torch.sqrt(audio.var(-1, keepdim=True) + 1e-7)
+        # Zero-mean, unit-variance input, as Wav2Vec2FeatureExtractor(do_normalize=True) gives the model
+        # (variance over N).
+        audio = (audio - audio.mean(-1, keepdim=True)) / torch.sqrt(audio.var(-1, keepdim=True, correction=0) + 1e-7)
+        if trailing_zeros:
+            audio = F.pad(audio, (0, trailing_zeros))
         features = model.feature_extractor(audio.to(next(model.parameters()).dtype)).transpose(1, 2)
         features = F.interpolate(features.transpose(1, 2), size=num_frames, mode="linear",
                                  align_corners=True).transpose(1, 2)
@@ -251,6 +304,19 @@ class SpeechEncoder(ModelMixin, ConfigMixin):
     def num_samples(self, num_frames: int, fps: float) -> int:
         """Audio samples covering ``num_frames`` video frames."""
         return math.ceil(num_frames * SAMPLE_RATE / fps)
+
+    def frames_for(self, num_samples: int, fps: float) -> int:
+        """Video frames a whole clip of ``num_samples`` renders as.
+
+        whisper (EchoMimic): as many frames as its ``feature2chunks`` makes, which runs until a frame's centre is
+        past the last state: ``ceil((states + 1) × fps / 50) + 1`` with ``states = mel frames // 2``, up to two
+        frames past the audio's end, their windows clamped to the last state. It matters beyond the tail: the
+        whole-video context windows wrap around the frame count. Otherwise the audio's length in frames.
+        """
+        if self.config.kind == "whisper":
+            states = (num_samples // MEL_HOP) // 2
+            return math.ceil((states + 1) * fps / self.config.states_hz) + 1
+        return max(1, round(num_samples * fps / SAMPLE_RATE))
 
 
 def _first(out: Any) -> torch.Tensor:

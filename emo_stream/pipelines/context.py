@@ -16,17 +16,19 @@ def context_windows(num_frames: int, size: int, overlap: int, step_index: int = 
                     shift_per_step: int = 2) -> list[list[int]]:
     """Frame indices of each window for denoising step ``step_index``.
 
-    A video no longer than one window is one window of all its frames. Otherwise windows start every
-    ``size - overlap`` frames, cover ``size`` frames each, wrap modulo ``num_frames``, and every index is
-    offset by ``step_index × shift_per_step``; together they cover every frame at least once.
+    Windows start every ``size - overlap`` frames, cover ``size`` frames each (a video no longer than one window
+    is one window of all its frames), wrap modulo ``num_frames``, and every index is offset by
+    ``step_index × shift_per_step``; together they cover every frame at least once. The offset applies to a
+    single window too, as in the source: its frames reach the temporal layers rotated, which changes what
+    they attend to at the ends.
     """
     if num_frames < 1 or size < 1:
         raise ValueError(f"num_frames and size must be >= 1, got {num_frames}, {size}")
     if not 0 <= overlap < size:
         raise ValueError(f"overlap must be in [0, size), got {overlap} for size {size}")
-    if num_frames <= size:
-        return [list(range(num_frames))]
     shift = step_index * shift_per_step
+    if num_frames <= size:
+        return [[(k + shift) % num_frames for k in range(num_frames)]]
     stride = size - overlap
     return [[(start + k + shift) % num_frames for k in range(size)] for start in range(0, num_frames, stride)]
 

@@ -182,13 +182,26 @@ class EmoPipeline(DiffusionPipeline):
         return (m * latents.float() + (1 - m) * known).to(latents.dtype)
 
     @torch.no_grad()
-    def encode_audio(self, audio: np.ndarray | torch.Tensor, num_frames: int, fps: float) -> torch.Tensor:
-        """Audio (16 kHz) → per-frame audio tokens [1, F, N, C] for the denoiser."""
+    def encode_audio(self, audio: np.ndarray | torch.Tensor, num_frames: int, fps: float, start_frame: int = 0,
+                     trailing_zeros: int | None = None) -> torch.Tensor:
+        """Audio (16 kHz) → per-frame audio tokens [1, F, N, C] for the denoiser.
+
+        Args:
+            start_frame: where ``audio`` starts in its utterance, in frames (a streamed segment; 0 for a clip).
+            trailing_zeros: wav2vec2 only: zero samples after the normalised audio (default: up to the frames').
+        """
         wave = torch.as_tensor(np.asarray(audio, dtype=np.float32))
         needed = self.speech_encoder.num_samples(num_frames, fps)
-        if wave.numel() < needed:  # pad with silence so every frame has its audio
+        kind = self.speech_encoder.config.kind
+        # Audio short of its frames: log-mel is padded with silence. whisper is not: frames past the end take the
+        # last state, as EchoMimic's do (silence would add states, and move the log-mel floor). wav2vec2 gets
+        # zeros after its normalisation, as Hallo pads a clip (silence before it would change the statistics).
+        if wave.numel() < needed and kind == "logmel":
             wave = F.pad(wave, (0, needed - wave.numel()))
-        states = self.speech_encoder(wave[None], num_frames, fps).states
+        if kind == "wav2vec2" and trailing_zeros is None:
+            trailing_zeros = max(0, needed - wave.numel())
+        states = self.speech_encoder(wave[None], num_frames, fps, start_frame=start_frame,
+                                     trailing_zeros=trailing_zeros or 0).states
         if self.audio_projection is not None:
             tokens = self.audio_projection(states.to(self._model_dtype)).tokens
         else:
