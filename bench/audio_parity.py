@@ -100,8 +100,8 @@ def main() -> None:
     for n in range(0, total - args.clip_frames + 1, args.clip_frames):
         first, end = segment(n)
         seg = wave[first * spf:end * spf]
-        frames = n - first + args.clip_frames
-        keep = slice(n - first, frames)
+        frames = end - first  # every frame of the segment (wav2vec2 interpolates over the frames asked for)
+        keep = slice(n - first, n - first + args.clip_frames)
         want = offline[n:n + args.clip_frames]
         if whisper:
             got = {"placed": encoder(seg[None], frames, FPS, start_frame=first).states[0, keep],
@@ -118,7 +118,7 @@ def main() -> None:
         # again; the zeros keep the mean at 0 and scale the variance, a global gain that the first CNN layer's
         # group norm takes out (up to its epsilon).
         normalised = (wave - wave.mean()) / torch.sqrt(wave.var(correction=0) + 1e-7)
-        padded_frames = total + (16 - total % 16)
+        padded_frames = total + (-total) % 16
         padded = F.pad(normalised[: total * spf], (0, padded_frames * spf - total * spf))
         inference = encoder(padded[None], padded_frames, FPS).states[0, :total]
         relative["padded_to_16"] = round(float((inference - offline).norm() / offline.norm()), 4)
@@ -128,7 +128,7 @@ def main() -> None:
 
     n = total // 2
     first, end = segment(n)
-    seg, frames = wave[first * spf:end * spf], n - first + args.clip_frames
+    seg, frames = wave[first * spf:end * spf], end - first
     timings: dict[str, list[float]] = {"padded": [], "unpadded": []}
     for _ in range(args.pairs):
         for name in ("padded", "unpadded"):

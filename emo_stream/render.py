@@ -172,7 +172,8 @@ def _animate_into(animator: Animator, state: Any, audio: Path, fps: int, backgro
         buffer = AudioWindowBuffer(ENGINE_RATE, fps)
         spf = samples_per_frame(ENGINE_RATE, fps)
         if animator.renders_whole_video:
-            # The checkpoint's source renders the whole video at once (EchoMimic's context windows).
+            # Offline emo: the whole file at once, as the checkpoint's source renders it (EchoMimic's context
+            # windows; the whole file's audio features for every checkpoint). 16 kHz float: 3.8 MB a minute.
             chunks = list(iter_audio(audio, sample_rate=ENGINE_RATE, chunk_samples=spf * 25))
             wave = np.concatenate(chunks) if chunks else np.zeros(spf, np.float32)
             for frame in animator.whole_video(state, wave):

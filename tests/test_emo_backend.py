@@ -474,5 +474,8 @@ def test_offline_clips_take_their_tokens_from_one_whole_clip_pass(animator, avat
     whole = list(animator.whole_video(state, audio))
     assert [f.pts for f in whole] == [f.pts for f in streamed]
     assert calls == [audio.size]  # the whole clip, once (18 frames -> tokens for 20: whole clips of 4)
-    assert state.clip_tokens is None  # not kept past the render
+    assert state.file_tokens is None  # not kept past the render
     assert np.abs(pixels(whole) - pixels(streamed)).max() <= 2
+    # A second file on the same state: its clips index the file's tokens from where the stream has got to.
+    calls.clear()
+    assert len(list(animator.whole_video(state, audio))) == len(whole) and calls == [audio.size]

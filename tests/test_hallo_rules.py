@@ -44,8 +44,14 @@ def test_states_are_interpolated_to_the_frame_count_and_windowed_two_either_side
     model = encoder()
     frames = 7
     audio = torch.from_numpy(np.random.default_rng(3).standard_normal(frames * 640).astype(np.float32))
+    seen: dict[str, torch.Tensor] = {}
+    model.encoder.feature_extractor.register_forward_hook(lambda _m, _a, out: seen.setdefault("cnn", out))
+    model.encoder.feature_projection.register_forward_pre_hook(lambda _m, args: seen.setdefault("in", args[0]))
     with torch.no_grad():
         windows = model(audio[None], frames, 25).states[0]  # [F, W, L, C]
+    # The CNN's features, linearly interpolated to the frame count with aligned corners, before the transformer.
+    expected = torch.nn.functional.interpolate(seen["cnn"], size=frames, mode="linear", align_corners=True)
+    assert torch.allclose(seen["in"], expected.transpose(1, 2), atol=1e-6)
     assert windows.shape == (frames, 5, TINY["num_hidden_layers"], TINY["hidden_size"])
     per_frame = windows[:, 2]  # each frame's own states (the window's centre)
     for i in range(frames):  # Hallo: audio_emb[max(min(i + j, F - 1), 0)] for j in -2..2

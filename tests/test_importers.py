@@ -343,15 +343,18 @@ def test_hallo_tiny_import_end_to_end_and_cli(hallo_src, tmp_path):
     assert_weights(out, ours)
     render(out)
     # Offline, a file's tokens come from one wav2vec2 pass over it, zero-padded after normalisation to whole
-    # 16-frame clips as Hallo's inference pads it (10 frames: 6 more, 3,840 zero samples).
+    # 16-frame clips as Hallo's inference pads it (10 frames: 6 more, 3,840 zero samples; 16: none), and the
+    # render takes the checkpoint's 16-frame clips.
     from emo_stream.animators.emo import EmoAnimator
 
-    animator = EmoAnimator.from_checkpoint(out, size=64, clip_frames=4, realtime=False, warmup=False)
+    animator = EmoAnimator.from_checkpoint(out, size=64, realtime=False, warmup=False)
+    assert animator.clip_frames == 16
     calls = []
     animator.pipe.encode_audio = lambda wave, frames, fps, **k: calls.append((len(wave), frames, k)) or \
         torch.zeros(1, frames, 1, 1)
-    assert animator._whole_clip_tokens(np.zeros(10 * 640 - 100, np.float32)).shape[1] == 16
-    assert calls == [(6_300, 16, {"trailing_zeros": 3_840})]
+    for frames in (10, 16):
+        animator.pipe.encode_whole(np.zeros(frames * 640 - 100, np.float32), frames, 16, 25)
+    assert calls == [(6_300, 16, {"trailing_zeros": 3_840}), (10_140, 16, {"trailing_zeros": 0})]
     args = cli_args(["import", "hallo", "--src", str(src / "hallo" / "net.pth"), "--vae", str(src / "vae"),
                      "--wav2vec2", str(src / "wav2vec2_safetensors"), "--out", str(tmp_path / "via_cli"), "--quiet",
                      "--dtype", "float16", "--configs", str(write_configs(tmp_path / "c.json", tiny_hallo_configs()))])

@@ -98,6 +98,8 @@ def test_which_states_a_frame_takes_for_a_given_length():
     assert windows[10].tolist() == list(range(16, 26))
     assert windows[24].tolist() == [44, 45, 46, 47, 48] + [49] * 5  # past the end: the last state
     assert windows[26].tolist() == [48, 49] + [49] * 8
+    at_24 = window_states(states, 24, 24, 50.0, BEFORE, AFTER)[0, :, :, 0, 0]
+    assert at_24[7].tolist() == list(range(10, 20))  # frame 7 at 24 fps: centre 14 (14.58 truncated)
 
 
 def test_the_frame_count_is_the_sources(encoder):
@@ -110,10 +112,11 @@ def test_the_frame_count_is_the_sources(encoder):
     assert logmel.frames_for(16_000, 25) == 25  # other encoders: the audio's length in frames
 
 
-@pytest.mark.parametrize("seconds", [0.3, 1.0, 1.5])  # within one block, and across two and three blocks
-def test_a_whole_clip_is_encoded_as_the_source_encodes_it(encoder, seconds):
+@pytest.mark.parametrize(("seconds", "fps"), [(0.3, 25), (1.0, 24), (1.5, 30), (0.65, 25)])
+def test_a_whole_clip_is_encoded_as_the_source_encodes_it(encoder, seconds, fps):
+    """Within one block and across two and three; at 24 and 30 fps truncated and rounded centres differ; 0.65 s
+    leaves a last block of one mel frame, which has no state of its own."""
     audio = speech_like(seconds)
-    fps = 25
     frames = encoder.frames_for(audio.numel(), fps)
     with torch.no_grad():
         ours = encoder(audio[None], frames, fps).states[0]

@@ -73,6 +73,7 @@ from emo_stream.types import PTS_CLOCK_RATE, AudioWindow, Avatar, Frame
 logger = logging.getLogger(__name__)
 
 ENGINE_RATE = 16_000
+STREAM_CLIP_FRAMES = 4  # live clips: 160 ms at 25 fps
 FEW_STEP_SCHEDULERS = ("LCMScheduler", "TCDScheduler")
 IDLE_MODES = ("denoise", "hold", "lite")
 MAX_BACKOFF_CLIPS = 16
@@ -138,9 +139,9 @@ class EmoState:
     last_frame: Frame | None = None
     emo_frames: int = 0
     fallback_frames: int = 0
-    # Offline (``whole_video``): the whole clip's audio tokens [1, F, N, C], encoded once, that clips take
-    # instead of encoding their bounded segments.
-    clip_tokens: torch.Tensor | None = None
+    # Offline (``whole_video``): the stream index of the file's first frame and the whole file's audio tokens
+    # [1, F, N, C], encoded once, that clips take instead of encoding their bounded segments.
+    file_tokens: tuple[int, torch.Tensor] | None = None
 
 
 @dataclass(eq=False)
@@ -161,7 +162,7 @@ class EmoAnimator(Animator[EmoState]):
         size: output side in pixels (frames are resized from the checkpoint's ``sample_size``); avatars must be
             prepared at this size.
         fps: frames per second (one 16 kHz window per frame).
-        clip_frames: frames per streamed clip (2–4 keeps latency low; more amortises better).
+        clip_frames: frames per clip (default: 4 live, 2–4 keeps latency low; offline the checkpoint's own).
         steps: sampler steps (default: the checkpoint's; live at most 4 unless the checkpoint has its own step
             rule, EchoMimic acc's 6).
         guidance_scale: default the checkpoint's; <= 1 runs one row per session.
@@ -183,7 +184,7 @@ class EmoAnimator(Animator[EmoState]):
 
     name = "emo"
 
-    def __init__(self, pipeline: EmoPipeline, *, size: int | None = None, fps: int = 25, clip_frames: int = 4,
+    def __init__(self, pipeline: EmoPipeline, *, size: int | None = None, fps: int = 25, clip_frames: int | None = None,
                  steps: int | None = None, guidance_scale: float | None = None, scheduler: str | None = None,
                  decoder: str | None = None, idle_mode: str = "denoise", cache_bytes: int | None = None,
                  cache_reference: bool = True, realtime: bool = True, budget_s: float | None = None,
@@ -198,6 +199,10 @@ class EmoAnimator(Animator[EmoState]):
         self.spf = samples_per_frame(ENGINE_RATE, self.fps)
         if settings.fps != self.fps:
             logger.warning("checkpoint was made for %s fps, streaming at %s fps", settings.fps, self.fps)
+        # Live: short clips keep latency low. Offline: the checkpoint's own clip length (EchoMimic's 12-frame
+        # context windows, Hallo's 16-frame clips), as its source renders a file.
+        if clip_frames is None:
+            clip_frames = STREAM_CLIP_FRAMES if realtime else settings.clip_frames
         self.clip_frames = int(clip_frames)
         self.motion_frames = int(settings.motion_frames)
         if self.clip_frames < 1:
@@ -444,12 +449,14 @@ class EmoAnimator(Animator[EmoState]):
     def _tokens(self, clip: _Clip) -> torch.Tensor:
         if clip.wave is None:
             return self._silent_tokens()
-        whole = clip.state.clip_tokens
-        if whole is not None:
-            first = clip.slots[0].index
-            if first + self.clip_frames <= whole.shape[1]:
+        if clip.state.file_tokens is not None:
+            start, whole = clip.state.file_tokens
+            first = clip.slots[0].index - start
+            if 0 <= first and first + self.clip_frames <= whole.shape[1]:
                 return whole[:, first:first + self.clip_frames]
-        tokens = self.pipe.encode_audio(clip.wave, clip.offset + self.clip_frames, self.fps, clip.wave_start)
+        # Every frame of the segment, lookahead included: wav2vec2 interpolates its states over the frames asked
+        # for, so asking for fewer would stretch the clip's frames over the lookahead's audio.
+        tokens = self.pipe.encode_audio(clip.wave, len(clip.wave) // self.spf, self.fps, clip.wave_start)
         return tokens[:, clip.offset:clip.offset + self.clip_frames]
 
     def _sample(self, clips: list[_Clip]) -> np.ndarray:
@@ -593,25 +600,18 @@ class EmoAnimator(Animator[EmoState]):
                 self.stats.emo_frames += 1
                 yield Frame(rgb=resize_square(rgb, self.size), pts=(start + k) * ticks, matte=state.lite.matte)
 
-    def _whole_clip_tokens(self, wave: np.ndarray) -> torch.Tensor:
-        """Audio tokens of every frame of ``wave``, from one speech-encoder pass over all of it, up to a whole
-        number of clips. wav2vec2 (Hallo's inference script): the normalised clip gets zeros for
-        ``clip - frames % clip`` more frames (a whole clip more when it already fits) before the pass, ``clip``
-        being the checkpoint's clip length (Hallo's 16); a clip past the tokens encodes its own segment."""
-        frames = math.ceil(wave.size / self.spf)
-        if self.pipe.speech_encoder.config.kind == "wav2vec2":
-            extra = self.settings.clip_frames - frames % self.settings.clip_frames
-            return self.pipe.encode_audio(wave, frames + extra, self.fps, trailing_zeros=extra * self.spf)
-        return self.pipe.encode_audio(wave, frames + self.clip_frames - frames % self.clip_frames, self.fps)
-
     def _clip_by_clip(self, state: EmoState, wave: np.ndarray) -> Iterator[Frame]:
-        state.clip_tokens = self._whole_clip_tokens(wave) if state.portrait is not None else None
+        """Clip by clip as live, the tokens from one pass over the whole file (``EmoPipeline.encode_whole``:
+        up to whole clips, as Hallo pads a file)."""
+        if state.portrait is not None:
+            frames = math.ceil(wave.size / self.spf)
+            state.file_tokens = (state.next_index, self.pipe.encode_whole(wave, frames, self.clip_frames, self.fps))
         try:
             for window in iter_windows([wave], ENGINE_RATE, self.fps):
                 yield from self.feed(window, state)
             yield from self.flush(state)
         finally:
-            state.clip_tokens = None
+            state.file_tokens = None
 
     def feed(self, window: AudioWindow, state: EmoState) -> list[Frame]:
         return self.feed_batch([(window, state)])[0]

@@ -228,6 +228,24 @@ class SpeechEncoder(ModelMixin, ConfigMixin):
             return (windows,)
         return SpeechEncoderOutput(states=windows)
 
+    def states_for(self, audio: torch.Tensor, num_frames: int, fps: float, start_frame: int = 0,
+                   trailing_zeros: int | None = None) -> torch.Tensor:
+        """``forward``'s states [B, F, W, L, C] for audio that may be short of its ``num_frames``.
+
+        Audio short of its frames: log-mel is padded with silence. whisper is not: frames past the end take the
+        last state, as EchoMimic's do (silence would add states, and move the log-mel floor). wav2vec2 gets
+        zeros after its normalisation (``trailing_zeros``, default: up to the frames), as Hallo pads a file
+        (silence before it would change the statistics).
+        """
+        needed = self.num_samples(num_frames, fps)
+        kind = self.config.kind
+        if audio.shape[-1] < needed and kind == "logmel":
+            audio = F.pad(audio, (0, needed - audio.shape[-1]))
+        if kind == "wav2vec2" and trailing_zeros is None:
+            trailing_zeros = max(0, needed - audio.shape[-1])
+        out = self(audio, num_frames, fps, start_frame=start_frame, trailing_zeros=trailing_zeros or 0)
+        return cast(SpeechEncoderOutput, out).states
+
     @staticmethod
     def tokens(states: torch.Tensor) -> torch.Tensor:
         """[B, F, W, L, C] → [B, F, W·L, C] tokens (time-major), the inline slot's input (EchoMimic's 50 × 384)."""
@@ -258,27 +276,34 @@ class SpeechEncoder(ModelMixin, ConfigMixin):
         its block(s); the parts of a block it does not cover are zeros (the padding's value), as the end of a
         clip is.
         """
-        enc = self._whisper()
         block = self.block_mel_frames
         total = mel.shape[-1]
         outputs = []
         start = offset
-        while start < offset + max(total, 1):
+        while start < offset + total:
             first = (start // block) * block
             end = min(first + block, offset + total)
-            padded = mel.new_zeros(*mel.shape[:-1], block)
-            padded[..., start - first:end - first] = mel[..., start - offset:end - offset]
-            x = F.gelu(enc.conv1(padded))
-            x = F.gelu(enc.conv2(x)).permute(0, 2, 1)
-            x = x + enc.embed_positions.weight[: x.shape[1]]
-            states = [x]
-            for layer in enc.layers:
-                x = _first(layer(x, None))
-                states.append(x)
-            keep = slice((start - first) // 2, max((end - first) // 2, (start - first) // 2 + 1))
-            outputs.append(torch.stack(states, dim=2)[:, keep])
+            keep = slice((start - first) // 2, (end - first) // 2)
+            if keep.stop > keep.start:  # a block's odd last mel frame has no state of its own
+                outputs.append(self._whisper_block(mel[..., start - offset:end - offset], start - first)[:, keep])
             start = end
+        if not outputs:  # under two mel frames: the one state the frames can take
+            return self._whisper_block(mel[..., :total], offset % block)[:, offset % block // 2:][:, :1]
         return torch.cat(outputs, dim=1)
+
+    def _whisper_block(self, mel: torch.Tensor, at: int) -> torch.Tensor:
+        """Every state [B, block // 2, L, C] of one block whose mel frames from ``at`` on are ``mel``, zeros else."""
+        enc = self._whisper()
+        padded = mel.new_zeros(*mel.shape[:-1], self.block_mel_frames)
+        padded[..., at:at + mel.shape[-1]] = mel
+        x = F.gelu(enc.conv1(padded))
+        x = F.gelu(enc.conv2(x)).permute(0, 2, 1)
+        x = x + enc.embed_positions.weight[: x.shape[1]]
+        states = [x]
+        for layer in enc.layers:
+            x = _first(layer(x, None))
+            states.append(x)
+        return torch.stack(states, dim=2)
 
     def _wav2vec2_states(self, audio: torch.Tensor, num_frames: int, trailing_zeros: int = 0) -> torch.Tensor:
         """wav2vec2 states at the video rate [B, F, L, C] (Hallo: CNN features resampled before the transformer)."""

@@ -191,22 +191,23 @@ class EmoPipeline(DiffusionPipeline):
             trailing_zeros: wav2vec2 only: zero samples after the normalised audio (default: up to the frames').
         """
         wave = torch.as_tensor(np.asarray(audio, dtype=np.float32))
-        needed = self.speech_encoder.num_samples(num_frames, fps)
-        kind = self.speech_encoder.config.kind
-        # Audio short of its frames: log-mel is padded with silence. whisper is not: frames past the end take the
-        # last state, as EchoMimic's do (silence would add states, and move the log-mel floor). wav2vec2 gets
-        # zeros after its normalisation, as Hallo pads a clip (silence before it would change the statistics).
-        if wave.numel() < needed and kind == "logmel":
-            wave = F.pad(wave, (0, needed - wave.numel()))
-        if kind == "wav2vec2" and trailing_zeros is None:
-            trailing_zeros = max(0, needed - wave.numel())
-        states = self.speech_encoder(wave[None], num_frames, fps, start_frame=start_frame,
-                                     trailing_zeros=trailing_zeros or 0).states
+        states = self.speech_encoder.states_for(wave[None], num_frames, fps, start_frame, trailing_zeros)
         if self.audio_projection is not None:
             tokens = self.audio_projection(states.to(self._model_dtype)).tokens
         else:
             tokens = self.speech_encoder.tokens(states)
         return tokens.to(self._model_device, self._model_dtype)
+
+    def encode_whole(self, audio: np.ndarray | torch.Tensor, num_frames: int, clip_frames: int, fps: float
+                     ) -> torch.Tensor:
+        """A whole file's tokens [1, F, N, C] in one encoder pass, F = ``num_frames`` up to whole clips of
+        ``clip_frames``. The frames past the audio: wav2vec2 gets zeros after its normalisation (Hallo pads a
+        file to whole clips this way, and not at all when it fits); see ``encode_audio`` for the others."""
+        extra = (-num_frames) % clip_frames
+        if self.speech_encoder.config.kind == "wav2vec2":
+            return self.encode_audio(audio, num_frames + extra, fps,
+                                     trailing_zeros=self.speech_encoder.num_samples(extra, fps) if extra else 0)
+        return self.encode_audio(audio, num_frames + extra, fps)
 
     # -- sampling -----------------------------------------------------------------------------------------
 
@@ -394,14 +395,17 @@ class EmoPipeline(DiffusionPipeline):
         self.check_inputs(portrait, audio, face_mask, clip_frames, motion_frames, noise_correlation)
         if output_type not in ("np", "pt"):
             raise ValueError(f"output_type must be 'np' or 'pt', got {output_type!r}")
-        total = max(1, round(audio.size * fps / SAMPLE_RATE))
+        context_windows = motion_frames == 0 and s.context_overlap > 0
+        # EchoMimic's frame count (its context windows wrap around it); otherwise the audio's length in frames.
+        total = self.speech_encoder.frames_for(audio.size, fps) if context_windows \
+            else max(1, round(audio.size * fps / SAMPLE_RATE))
         num_clips = math.ceil(total / clip_frames)
 
         # 2. Portrait: latents, cached reference bank, face features (reused if given).
         state = portrait_state or self.prepare_portrait(portrait, face_mask, face_embedding)
 
-        # 3. Audio tokens for every frame (the last clip is padded with silence).
-        tokens = self.encode_audio(audio, num_clips * clip_frames, fps)
+        # 3. Audio tokens for every frame, from one pass over the whole file, up to whole clips.
+        tokens = self.encode_whole(audio, total, clip_frames, fps)
         speed = None
         if speed_buckets is not None:
             speed = torch.as_tensor(np.asarray(speed_buckets, dtype=np.float32))[None]
@@ -410,7 +414,7 @@ class EmoPipeline(DiffusionPipeline):
 
         steps = num_inference_steps or s.num_inference_steps
         clips = []
-        if motion_frames == 0 and s.context_overlap > 0:
+        if context_windows:
             # 4a. No motion frames: the whole video at once in overlapping context windows (EchoMimic).
             with self.progress_bar(total=steps) as bar:
                 latents = self.denoise_video(state, tokens[:, :total], steps, guidance_scale, clip_frames,

@@ -138,11 +138,7 @@ def encode_batch(frozen: FrozenParts, batch: TrainingBatch, stage: int, fps: int
     # 2. Audio states (stage 2): the frozen speech encoder, as ``EmoPipeline.encode_audio``.
     audio_states = None
     if stage == 2:
-        needed = frozen.speech_encoder.num_samples(frames, fps)
-        wave = batch.audio.float()
-        if wave.shape[1] < needed:
-            wave = F.pad(wave, (0, needed - wave.shape[1]))
-        audio_states = frozen.speech_encoder(wave, frames, fps).states.float()
+        audio_states = frozen.speech_encoder.states_for(batch.audio.float(), frames, fps).float()
     # 3. This step's randomness.
     noise = torch.randn(latents.shape, generator=generator, device=device)
     highest = max(1, round(frozen.scheduler.config.num_train_timesteps * max_noise))
