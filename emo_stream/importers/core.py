@@ -66,7 +66,7 @@ HALLO_NOT_REPRODUCED = [
     "for its training data; with clean speech the round trip changes little, with music under the voice a lot "
     "(not measured: the separator's weights are not imported)",
     "live streaming: wav2vec2 features from a bounded segment (2 s of past audio, the window's lookahead), not from "
-    "the whole file: 72 % relative L2 from the whole-file features (wav2vec2-base, random weights; its group norm, "
+    "the whole file: 26.5 % relative L2 from the whole-file features (wav2vec2-base, random weights; its group norm, "
     "normalisation and attention read all of their input); offline renders use the whole file, padded to whole "
     "16-frame clips as the source pads it (that padding itself: 2.4 %)",
     "frame count: one frame per 40 ms, the last padded; the source's float ceil(samples / 16000 × 25) adds a frame "
