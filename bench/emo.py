@@ -5,6 +5,8 @@ seeds, clip phases aligned so every clip call batches all B sessions):
 
 1. per-call latency p50/p95 of the calls that sample a clip (the burst a window waits for) and of all window
    calls, and frames/s per session and in aggregate, for B = 1, 2, 4 sessions × 1, 2, 4 sampler steps;
+   with each grid row its compute (``emo_flops``): FLOPs per output frame counted over the same calls,
+   achieved FLOP/s and MFU against the device's dense 16-bit peak (None on CPUs and unknown devices);
 2. memory per extra session: device (CUDA) or tensor bytes + RSS (CPU) of 4 prepared, streaming sessions
    against 1;
 3. the reference cache against re-running the VAE encoder + ReferenceNet for every clip (the baseline,
@@ -53,6 +55,7 @@ sys.path.insert(0, str(REPO))
 
 from emo_stream.animators.emo import EmoAnimator  # noqa: E402
 from emo_stream.animators.emo_cache import tensor_bytes  # noqa: E402
+from emo_stream.animators.emo_flops import ComputeAccount, device_peak_flops, stream_flops_per_frame  # noqa: E402
 from emo_stream.avatar import prepare_avatar  # noqa: E402
 from emo_stream.pipelines import EmoPipeline  # noqa: E402
 from emo_stream.streaming import iter_windows  # noqa: E402
@@ -229,6 +232,13 @@ def stream(animator: EmoAnimator, faces: list, seconds: float) -> dict[str, Any]
             "fallback_frames": animator.stats.fallback_frames}
 
 
+def flops_per_frame(animator: EmoAnimator, faces: list, clips: int = 3) -> float:
+    """FLOPs per output frame of ``len(faces)`` sessions streaming ``clips`` whole clips each (counted, not
+    timed, over the calls the timed run makes)."""
+    states = [animator.prepare(face, seed=k) for k, face in enumerate(faces)]
+    return stream_flops_per_frame(animator, states, [audio(clips * CLIP_FRAMES / FPS, k) for k in range(len(faces))])
+
+
 def memory_per_session(pipe: EmoPipeline, faces: list, size: int, guidance: float) -> dict[str, Any]:
     animator = EmoAnimator(pipe, size=size, clip_frames=CLIP_FRAMES, steps=1, guidance_scale=guidance,
                            realtime=False, warmup=True)
@@ -307,6 +317,7 @@ def main() -> int:
         else:
             pipe = tiny_pipeline(Path(tmp)).to(device)
         size = int(pipe.settings.sample_size)
+        peak = device_peak_flops(device, pipe._model_dtype)
         faces = avatars(size, max(4, max(batches)), args.avatars)
         offline = offline_seconds_per_frame(pipe, faces[0], min(seconds, 4.0)) if args.source != "emo" else None
 
@@ -318,6 +329,8 @@ def main() -> int:
                 row = stream(animator, faces[:batch], seconds)
                 # A voice reaches its frame after the declared latency plus the clip call it waits for.
                 row["voice_to_frame_ms_p95"] = round(animator.latency_frames * 1000 / FPS + row["clip_call_ms_p95"], 1)
+                row["compute"] = ComputeAccount.of(flops_per_frame(animator, faces[:batch]), row["fps_aggregate"],
+                                                   peak).to_dict()
                 grid.append({"steps": steps, **row})
         cache = cache_speedup(pipe, faces[0], size, seconds, args.guidance)
         memory = memory_per_session(pipe, faces, size, args.guidance)
@@ -350,7 +363,9 @@ def main() -> int:
         "ratio": {"cache_speedup_clip_call": round(baseline["clip_call_ms_p50"] / candidate["clip_call_ms_p50"], 3),
                   "cache_speedup_fps": round(candidate["fps_per_session"] / baseline["fps_per_session"], 3)},
         "units": {"ms": "milliseconds of wall time per feed_batch call", "fps": "video frames per second of wall time",
-                  "bytes": "bytes", "realtime_factor": "fps_per_session / 25"},
+                  "bytes": "bytes", "realtime_factor": "fps_per_session / 25",
+                  "compute": "FLOPs per output frame counted over the same calls (FlopCounterMode), achieved = "
+                             "that × fps_aggregate, mfu = achieved / the device's dense 16-bit peak (None: unknown)"},
         "bench_s": round(time.perf_counter() - started, 1),
     }
     print(json.dumps(result, indent=2))
