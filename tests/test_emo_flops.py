@@ -8,7 +8,12 @@ import pytest
 import torch
 
 from emo_stream.animators.emo import EmoAnimator
-from emo_stream.animators.emo_flops import ComputeAccount, device_peak_flops, peak_for_name, stream_flops_per_frame
+from emo_stream.animators.emo_flops import (
+    ComputeAccount,
+    device_peak_flops,
+    peak_for_name,
+    stream_flops_per_frame,
+)
 from emo_stream.avatar import prepare_avatar
 from emo_stream.models import tiny_components
 from emo_stream.pipelines import EmoPipeline
