@@ -16,7 +16,7 @@ whole clip (EchoMimic's rule). Reported, over every frame's tokens [W × L × C]
   the pass, then cut back) against the same.
 
 Usage: .venv/bin/python bench/audio_parity.py [--encoder echomimic|hallo] [--seconds S] [--context-s C]
-       [--clip-frames F] [--pairs N]
+       [--clip-frames F] [--pairs N] [--device cpu|cuda] [--tiny]
 """
 
 from __future__ import annotations
@@ -45,10 +45,19 @@ from tests import media  # noqa: E402
 FPS = 25
 
 
-def perturbed(family: str) -> SpeechEncoder:
+TINY_WHISPER = {"d_model": 32, "encoder_layers": 2, "encoder_attention_heads": 2, "encoder_ffn_dim": 64,
+                "num_mel_bins": 80, "max_source_positions": 1500, "decoder_layers": 1, "decoder_attention_heads": 2,
+                "decoder_ffn_dim": 64, "vocab_size": 64}
+TINY_WAV2VEC2 = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
+                 "vocab_size": 32}
+
+
+def perturbed(family: str, tiny: bool = False) -> SpeechEncoder:
     torch.manual_seed(0)
-    named = configs.echomimic_v1() if family == "echomimic" else configs.hallo_v1()
-    encoder = SpeechEncoder(**named["speech_encoder"]).eval()
+    named = dict((configs.echomimic_v1() if family == "echomimic" else configs.hallo_v1())["speech_encoder"])
+    if tiny:  # the campaign's CPU dry run: the same code at a size a test can afford
+        named["encoder_config"] = TINY_WHISPER if family == "echomimic" else TINY_WAV2VEC2
+    encoder = SpeechEncoder(**named).eval()
     with torch.no_grad():
         for p in encoder.parameters():
             p.add_(0.02 * torch.randn_like(p))
@@ -77,13 +86,17 @@ def main() -> None:
     parser.add_argument("--context-s", type=float, default=2.0, help="the live path's past audio (engine default)")
     parser.add_argument("--clip-frames", type=int, default=4)
     parser.add_argument("--pairs", type=int, default=8, help="interleaved A/B timing pairs")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the encoder stays float32, as it runs)")
+    parser.add_argument("--tiny", action="store_true", help="small random encoders (a dry run of the code)")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
 
     texts = ["hello", "weather", "story", "mama"]
     waves = [load_audio(str(media.espeak_wav(t)), 16_000) for t in texts if t in media.SENTENCES]
     wave = torch.from_numpy(np.concatenate(waves)[: int(args.seconds * 16_000)].astype(np.float32))
-    encoder = perturbed(args.encoder)
+    device = torch.device(args.device)
+    encoder = perturbed(args.encoder, args.tiny).to(device)
+    wave = wave.to(device)
     whisper = args.encoder == "echomimic"
     spf = 16_000 // FPS
     reach = audio_reach(encoder, FPS, args.context_s)
@@ -130,14 +143,17 @@ def main() -> None:
     first, end = segment(n)
     seg, frames = wave[first * spf:end * spf], end - first
     timings: dict[str, list[float]] = {"padded": [], "unpadded": []}
-    for _ in range(args.pairs):
+    for _ in range(args.pairs + 1):  # the first pair warms kernels up and is not kept
         for name in ("padded", "unpadded"):
             started = time.perf_counter()
             if name == "padded":
                 encoder(seg[None], frames, FPS, start_frame=first)
             else:
                 unpadded_states(encoder, seg, frames)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
             timings[name].append((time.perf_counter() - started) * 1000)
+    timings = {name: t[1:] for name, t in timings.items()}
 
     print(json.dumps(_header(args, encoder, wave, lookahead, end - first) | {
         "relative_l2": relative,
@@ -150,11 +166,14 @@ def _header(args: argparse.Namespace, encoder: SpeechEncoder, wave: torch.Tensor
             segment_frames: int) -> dict:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
     name = "whisper-tiny (EchoMimic v1)" if args.encoder == "echomimic" else "wav2vec2-base (Hallo v1)"
+    if args.tiny:
+        name = f"a small {encoder.config.kind} (dry run; not {name})"
+    where = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else \
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     return {
-        "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
-                   f"{torch.get_num_threads()} threads, torch {torch.__version__}",
+        "machine": f"{platform.node()} {where}, torch {torch.__version__}",
         "commit": commit.stdout.strip(),
-        "encoder": f"{name}, random weights perturbed, float32, CPU",
+        "encoder": f"{name}, random weights perturbed, float32, {args.device}",
         "audio_s": round(wave.numel() / 16_000, 2), "fps": FPS, "clip_frames": args.clip_frames,
         "context_s": args.context_s, "lookahead_frames": lookahead, "segment_frames": segment_frames,
     }

@@ -192,7 +192,8 @@ def avatars(size: int, count: int, path: Path | None = None) -> list:
     astronaut = media.astronaut()
     sources = [("astronaut.png", astronaut), ("grace_hopper.png", media.grace_hopper())]
     sources += [(f"ast{style}.png", media.stylise(astronaut, style)) for style in media.STYLES]
-    return [prepare_avatar(media.save_png(rgb, name), size=size) for name, rgb in sources[:count]]
+    faces = [prepare_avatar(media.save_png(rgb, name), size=size) for name, rgb in sources[:count]]
+    return [faces[k % len(faces)] for k in range(count)]  # more sessions than portraits: repeat (seeds differ)
 
 
 def audio(seconds: float, seed: int) -> np.ndarray:
@@ -237,6 +238,26 @@ def flops_per_frame(animator: EmoAnimator, faces: list, clips: int = 3) -> float
     timed, over the calls the timed run makes)."""
     states = [animator.prepare(face, seed=k) for k, face in enumerate(faces)]
     return stream_flops_per_frame(animator, states, [audio(clips * CLIP_FRAMES / FPS, k) for k in range(len(faces))])
+
+
+def kernel_table(animator: EmoAnimator, faces: list, seconds: float, steps: int, top: int = 20) -> str:
+    """The ``top`` kernels by their own device time (CPU: own CPU time) of one streaming run, as markdown."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = animator.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        stream(animator, faces, seconds)
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"  # exclusive: shares add up
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)
+    total = sum(getattr(e, key) for e in events if not e.key.startswith("ProfilerStep")) or 1.0
+    lines = [f"Top {top} by {'device' if cuda else 'CPU'} time: {len(faces)} session(s), {steps} step(s), "
+             f"{seconds:g} s of audio.", "", "| kernel / op | calls | time ms | share |", "|---|---|---|---|"]
+    for event in events[:top]:
+        name = event.key.replace("|", "/")[:90]
+        t = getattr(event, key)
+        lines.append(f"| `{name}` | {event.count} | {t / 1000:.1f} | {100 * t / total:.1f} % |")
+    return "\n".join(lines) + "\n"
 
 
 def memory_per_session(pipe: EmoPipeline, faces: list, size: int, guidance: float) -> dict[str, Any]:
@@ -292,12 +313,19 @@ def main() -> int:
     parser.add_argument("--avatars", type=Path, help="read prepared avatars from this file (see --save-avatars)")
     parser.add_argument("--save-avatars", type=Path, help="prepare avatars for SIZE px, write them here, exit")
     parser.add_argument("--size", type=int, default=512, help="avatar size for --save-avatars")
+    parser.add_argument("--grid-only", action="store_true", help="only the steps × sessions grid (no cache, "
+                        "memory or offline measurements): the GPU campaign's runs, whose baseline is its own run "
+                        "without --compile")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the denoiser blocks and decoder "
+                        "(EmoAnimator(compile=True)); the warm-up pays the compile")
+    parser.add_argument("--profile", type=Path, help="also write the top-20 kernels of one streaming run "
+                        "(the first steps/batches of the grid) as a markdown table to this file")
     args = parser.parse_args()
     if args.save_avatars is not None:
         args.save_avatars.parent.mkdir(parents=True, exist_ok=True)
-        faces = avatars(args.size, 4)
+        faces = avatars(args.size, 8)
         args.save_avatars.write_bytes(pickle.dumps({"avatars": faces, "mattes": record_mattes(faces)}))
-        print(f"wrote 4 avatars of {args.size}px to {args.save_avatars}", file=sys.stderr)
+        print(f"wrote 8 avatars of {args.size}px to {args.save_avatars}", file=sys.stderr)
         return 0
     if args.source != "emo" and not args.full:
         parser.error("--source echomimic-acc needs --full")
@@ -319,12 +347,16 @@ def main() -> int:
         size = int(pipe.settings.sample_size)
         peak = device_peak_flops(device, pipe._model_dtype)
         faces = avatars(size, max(4, max(batches)), args.avatars)
-        offline = offline_seconds_per_frame(pipe, faces[0], min(seconds, 4.0)) if args.source != "emo" else None
+        offline = offline_seconds_per_frame(pipe, faces[0], min(seconds, 4.0)) \
+            if args.source != "emo" and not args.grid_only else None
 
         grid = []
         for steps in steps_list:
             animator = EmoAnimator(pipe, size=size, clip_frames=CLIP_FRAMES, steps=steps,
-                                   guidance_scale=args.guidance, realtime=False, warmup=True)
+                                   guidance_scale=args.guidance, realtime=False, warmup=True, compile=args.compile)
+            if args.profile is not None and steps == steps_list[0]:
+                args.profile.parent.mkdir(parents=True, exist_ok=True)
+                args.profile.write_text(kernel_table(animator, faces[:batches[0]], seconds, steps))
             for batch in batches:
                 row = stream(animator, faces[:batch], seconds)
                 # A voice reaches its frame after the declared latency plus the clip call it waits for.
@@ -332,8 +364,8 @@ def main() -> int:
                 row["compute"] = ComputeAccount.of(flops_per_frame(animator, faces[:batch]), row["fps_aggregate"],
                                                    peak).to_dict()
                 grid.append({"steps": steps, **row})
-        cache = cache_speedup(pipe, faces[0], size, seconds, args.guidance)
-        memory = memory_per_session(pipe, faces, size, args.guidance)
+        cache = None if args.grid_only else cache_speedup(pipe, faces[0], size, seconds, args.guidance)
+        memory = None if args.grid_only else memory_per_session(pipe, faces, size, args.guidance)
         latency_frames = EmoAnimator(pipe, size=size, clip_frames=CLIP_FRAMES, realtime=False).latency_frames
         decoder = "small" if pipe.small_decoder is not None else "vae"
 
@@ -344,32 +376,45 @@ def main() -> int:
         commit = None
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor()
                                                                                 or platform.machine())
-    baseline = cache["rerun_reference_net"]
-    candidate = cache["cached_reference"]
     result = {
         "bench": "emo",
         "device": f"{device.type}: {name}, {os.cpu_count()} cpu cores, torch {torch.__version__}",
         "commit": commit,
         "config": {"weights": f"full-size random ({args.source} layout)" if args.full else "tiny random checkpoint",
+                   "compile": args.compile,
                    "size": size, "fps": FPS, "clip_frames": CLIP_FRAMES, "motion_frames": pipe.settings.motion_frames,
                    "latency_frames": latency_frames, "scheduler": type(pipe.scheduler).__name__,
                    "guidance_scale": args.guidance, "decoder": decoder, "step_rule": pipe.settings.step_rule, "dtype": str(pipe._model_dtype),
                    "audio_s_per_run": seconds, "torch_threads": torch.get_num_threads()},
-        "baseline": {"what": "VAE encode + ReferenceNet re-run for every clip, 2 steps, 1 session", **baseline},
-        "candidate": {"cache": {"what": "cached reference bank, same run and settings", **candidate},
-                      "grid": grid, "memory": memory},
+        **_cache_and_memory(cache, memory),
         **({"offline_baseline": {**offline, "published_echomimic_acc_v100_s_per_frame":
                                  round(ECHOMIMIC_PUBLISHED_S_PER_FRAME, 3)}} if offline else {}),
-        "ratio": {"cache_speedup_clip_call": round(baseline["clip_call_ms_p50"] / candidate["clip_call_ms_p50"], 3),
-                  "cache_speedup_fps": round(candidate["fps_per_session"] / baseline["fps_per_session"], 3)},
         "units": {"ms": "milliseconds of wall time per feed_batch call", "fps": "video frames per second of wall time",
                   "bytes": "bytes", "realtime_factor": "fps_per_session / 25",
                   "compute": "FLOPs per output frame counted over the same calls (FlopCounterMode), achieved = "
                              "that × fps_aggregate, mfu = achieved / the device's dense 16-bit peak (None: unknown)"},
         "bench_s": round(time.perf_counter() - started, 1),
     }
+    result.setdefault("candidate", {})["grid"] = grid
+    if args.grid_only:
+        result["baseline"] = {"what": "the campaign's run of the same grid without --compile" if args.compile
+                              else "this is the baseline (today's path) for the campaign's other runs"}
     print(json.dumps(result, indent=2))
     return 0
+
+
+def _cache_and_memory(cache: dict[str, Any] | None, memory: dict[str, Any] | None) -> dict[str, Any]:
+    """The reference cache's speed-up against its baseline (re-running the ReferenceNet), and memory."""
+    if cache is None:
+        return {}
+    baseline, candidate = cache["rerun_reference_net"], cache["cached_reference"]
+    return {
+        "baseline": {"what": "VAE encode + ReferenceNet re-run for every clip, 2 steps, 1 session", **baseline},
+        "candidate": {"cache": {"what": "cached reference bank, same run and settings", **candidate},
+                      "memory": memory},
+        "ratio": {"cache_speedup_clip_call": round(baseline["clip_call_ms_p50"] / candidate["clip_call_ms_p50"], 3),
+                  "cache_speedup_fps": round(candidate["fps_per_session"] / baseline["fps_per_session"], 3)},
+    }
 
 
 if __name__ == "__main__":
