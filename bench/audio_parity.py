@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -164,7 +165,11 @@ def main() -> None:
 
 def _header(args: argparse.Namespace, encoder: SpeechEncoder, wave: torch.Tensor, lookahead: int,
             segment_frames: int) -> dict:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                                text=True).stdout.strip() or None
+    except OSError:  # no git on a lent machine
+        commit = None
     name = "whisper-tiny (EchoMimic v1)" if args.encoder == "echomimic" else "wav2vec2-base (Hallo v1)"
     if args.tiny:
         name = f"a small {encoder.config.kind} (dry run; not {name})"
@@ -172,7 +177,7 @@ def _header(args: argparse.Namespace, encoder: SpeechEncoder, wave: torch.Tensor
         f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     return {
         "machine": f"{platform.node()} {where}, torch {torch.__version__}",
-        "commit": commit.stdout.strip(),
+        "commit": commit or os.environ.get("EMO_BENCH_COMMIT"),
         "encoder": f"{name}, random weights perturbed, float32, {args.device}",
         "audio_s": round(wave.numel() / 16_000, 2), "fps": FPS, "clip_frames": args.clip_frames,
         "context_s": args.context_s, "lookahead_frames": lookahead, "segment_frames": segment_frames,

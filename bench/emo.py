@@ -249,7 +249,10 @@ def kernel_table(animator: EmoAnimator, faces: list, seconds: float, steps: int,
     with profile(activities=activities) as prof:
         stream(animator, faces, seconds)
     key = "self_device_time_total" if cuda else "self_cpu_time_total"  # exclusive: shares add up
-    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)
+    events = list(prof.key_averages())
+    if cuda:  # the kernels themselves, not also the aten ops that launched them (their time is the kernels')
+        events = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    events.sort(key=lambda e: getattr(e, key), reverse=True)
     total = sum(getattr(e, key) for e in events if not e.key.startswith("ProfilerStep")) or 1.0
     lines = [f"Top {top} by {'device' if cuda else 'CPU'} time: {len(faces)} session(s), {steps} step(s), "
              f"{seconds:g} s of audio.", "", "| kernel / op | calls | time ms | share |", "|---|---|---|---|"]
@@ -318,6 +321,7 @@ def main() -> int:
                         "without --compile")
     parser.add_argument("--compile", action="store_true", help="torch.compile the denoiser blocks and decoder "
                         "(EmoAnimator(compile=True)); the warm-up pays the compile")
+    parser.add_argument("--out", type=Path, help="also write the JSON here (the grid so far after every row)")
     parser.add_argument("--profile", type=Path, help="also write the top-20 kernels of one streaming run "
                         "(the first steps/batches of the grid) as a markdown table to this file")
     args = parser.parse_args()
@@ -330,6 +334,14 @@ def main() -> int:
     if args.source != "emo" and not args.full:
         parser.error("--source echomimic-acc needs --full")
     set_source(args.source)
+    if args.compile:
+        from torch import _dynamo
+
+        # The denoiser's blocks share forward code with different shapes: one compiled graph each, not a
+        # silent fall-back to eager once the default limit of 8 is reached.
+        for name in ("recompile_limit", "cache_size_limit"):
+            if hasattr(_dynamo.config, name):
+                setattr(_dynamo.config, name, 256)
     device = torch.device(args.device or ("cuda" if args.full else "cpu"))
     seconds = args.seconds or (8.0 if args.full else 4.0)
     steps_list = [int(s) for s in args.steps.split(",")]
@@ -354,16 +366,20 @@ def main() -> int:
         for steps in steps_list:
             animator = EmoAnimator(pipe, size=size, clip_frames=CLIP_FRAMES, steps=steps,
                                    guidance_scale=args.guidance, realtime=False, warmup=True, compile=args.compile)
-            if args.profile is not None and steps == steps_list[0]:
+            if args.profile is not None and steps == steps_list[0]:  # 3 clips: enough kernels, little time
                 args.profile.parent.mkdir(parents=True, exist_ok=True)
-                args.profile.write_text(kernel_table(animator, faces[:batches[0]], seconds, steps))
+                args.profile.write_text(kernel_table(animator, faces[:batches[0]], 3 * CLIP_FRAMES / FPS, steps))
+            # FLOPs per frame do not change with the batch (tests/test_emo_flops.py): counted once a steps value.
+            counted = flops_per_frame(animator, faces[:1], clips=1)
             for batch in batches:
+                stream(animator, faces[:batch], CLIP_FRAMES / FPS)  # untimed: kernels, allocator, compiles
                 row = stream(animator, faces[:batch], seconds)
                 # A voice reaches its frame after the declared latency plus the clip call it waits for.
                 row["voice_to_frame_ms_p95"] = round(animator.latency_frames * 1000 / FPS + row["clip_call_ms_p95"], 1)
-                row["compute"] = ComputeAccount.of(flops_per_frame(animator, faces[:batch]), row["fps_aggregate"],
-                                                   peak).to_dict()
+                row["compute"] = ComputeAccount.of(counted, row["fps_aggregate"], peak).to_dict()
                 grid.append({"steps": steps, **row})
+                if args.out is not None:  # after every row: a run stopped at its time limit keeps what it measured
+                    args.out.write_text(json.dumps({"partial": True, "grid": grid}, indent=1))
         cache = None if args.grid_only else cache_speedup(pipe, faces[0], size, seconds, args.guidance)
         memory = None if args.grid_only else memory_per_session(pipe, faces, size, args.guidance)
         latency_frames = EmoAnimator(pipe, size=size, clip_frames=CLIP_FRAMES, realtime=False).latency_frames
@@ -373,7 +389,7 @@ def main() -> int:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
                                 check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        commit = None
+        commit = os.environ.get("EMO_BENCH_COMMIT")  # a lent machine without the repository's history
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor()
                                                                                 or platform.machine())
     result = {
@@ -396,10 +412,16 @@ def main() -> int:
         "bench_s": round(time.perf_counter() - started, 1),
     }
     result.setdefault("candidate", {})["grid"] = grid
+    if args.compile:
+        from torch._dynamo.utils import counters
+
+        result["compile_counters"] = {k: dict(v) for k, v in counters.items() if k in ("stats", "recompiles")}
     if args.grid_only:
         result["baseline"] = {"what": "the campaign's run of the same grid without --compile" if args.compile
                               else "this is the baseline (today's path) for the campaign's other runs"}
     print(json.dumps(result, indent=2))
+    if args.out is not None:
+        args.out.write_text(json.dumps(result, indent=2))
     return 0
 
 
