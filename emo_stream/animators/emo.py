@@ -46,6 +46,7 @@ frame), so backgrounds and overlays work.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -62,7 +63,7 @@ from emo_stream.animators.base import Animator, check_avatar_size
 from emo_stream.animators.emo_audio import AudioReach, AudioTrack, audio_reach
 from emo_stream.animators.emo_cache import ByteLRU, CacheStats
 from emo_stream.animators.emo_fallback import LITE_MIN_SIZE, LiteShadow, resize_square, scaled_avatar
-from emo_stream.animators.emo_sampler import ClipRequest, decode_batch, denoise_batch
+from emo_stream.animators.emo_sampler import BATCH_BUCKETS, ClipRequest, decode_batch, denoise_batch
 from emo_stream.animators.lite import LiteAnimator
 from emo_stream.errors import CheckpointError, ConfigError
 from emo_stream.models.schedulers import SCHEDULERS
@@ -179,6 +180,8 @@ class EmoAnimator(Animator[EmoState]):
         motion: the lite fall-back's motion strength.
         lite_motion: the lite fall-back's motion, ``learned`` or ``rules``.
         compile: ``torch.compile`` the decoder and the denoiser's resnet/temporal blocks (GPU).
+        batch_buckets: run batches of sessions padded up to these sizes (static shapes); default
+            ``BATCH_BUCKETS`` (1, 2, 4, 8) when compiled, else none (padding only costs when nothing is compiled).
         warmup: run one clip at start so the first real clip is not slowed by lazy initialisation.
     """
 
@@ -189,7 +192,8 @@ class EmoAnimator(Animator[EmoState]):
                  decoder: str | None = None, idle_mode: str = "denoise", cache_bytes: int | None = None,
                  cache_reference: bool = True, realtime: bool = True, budget_s: float | None = None,
                  audio_context_s: float = 2.0, max_gap_frames: int | None = None, motion: float = 1.0,
-                 lite_motion: str = "learned", compile: bool = False, warmup: bool = False) -> None:
+                 lite_motion: str = "learned", compile: bool = False, warmup: bool = False,
+                 batch_buckets: tuple[int, ...] | None = None) -> None:
         settings = pipeline.settings
         self.pipe = pipeline
         self.settings = settings
@@ -257,6 +261,7 @@ class EmoAnimator(Animator[EmoState]):
             # half precision). No cudnn.benchmark: a new batch size would re-tune and read as a late clip.
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
+        self.batch_buckets = batch_buckets if batch_buckets is not None else (BATCH_BUCKETS if compile else None)
         if compile:
             self._compile()
         if warmup:
@@ -316,14 +321,19 @@ class EmoAnimator(Animator[EmoState]):
                 module.compile()
 
     def warmup(self) -> None:
-        """One silent clip on a blank portrait: lazy kernels and allocations happen here, not in a session."""
+        """A silent clip on a blank portrait, once per batch bucket (first clips and continuing ones): lazy
+        kernels, allocations and compiles happen here, not in a session."""
         blank = np.full((self.sample_size, self.sample_size, 3), 128, np.uint8)
         portrait = self.pipe.prepare_portrait(blank)
-        request = ClipRequest(portrait, self._silent_tokens(), None, torch.Generator().manual_seed(0))
-        with torch.no_grad():
-            latents, _ = denoise_batch(self.pipe, [request], self.steps, self.guidance_scale, self.motion_frames,
-                                       self.noise_correlation)
-            decode_batch(self.pipe, latents, self.decoder)
+        for size in self.batch_buckets or (1,):
+            requests = [ClipRequest(portrait, self._silent_tokens(), None, torch.Generator().manual_seed(k))
+                        for k in range(size)]
+            with torch.no_grad():
+                for _ in range(2 if self.motion_frames else 1):  # without a carry, then with one
+                    latents, carries = denoise_batch(self.pipe, requests, self.steps, self.guidance_scale,
+                                                     self.motion_frames, self.noise_correlation, self.batch_buckets)
+                    requests = [dataclasses.replace(r, carry=c) for r, c in zip(requests, carries, strict=True)]
+                decode_batch(self.pipe, latents, self.decoder, buckets=self.batch_buckets)
 
     # ------------------------------------------------------------------ portraits
     def face_mask(self, avatar: Avatar) -> np.ndarray:
@@ -469,8 +479,8 @@ class EmoAnimator(Animator[EmoState]):
                 raise RuntimeError("a session without an encoded portrait is rendered by lite, not sampled")
             requests.append(ClipRequest(portrait, self._tokens(clip), state.carry, state.generator))
         latents, carries = denoise_batch(self.pipe, requests, self.steps, self.guidance_scale, self.motion_frames,
-                                         self.noise_correlation)
-        pixels = decode_batch(self.pipe, latents, self.decoder, [r.portrait for r in requests])
+                                         self.noise_correlation, self.batch_buckets)
+        pixels = decode_batch(self.pipe, latents, self.decoder, [r.portrait for r in requests], self.batch_buckets)
         for clip, carry in zip(clips, carries, strict=True):
             clip.state.carry = carry
         return pixels
