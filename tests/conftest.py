@@ -64,3 +64,26 @@ def silence_wav() -> Path:
 @pytest.fixture(scope="session")
 def tiny_config_path() -> Path:
     return media.REPO / "configs" / "tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def tiny_emo_pipe():
+    """The tiny random emo pipeline (its own, per module: tests change its scheduler and settings)."""
+    from emo_stream.models import tiny_components
+    from emo_stream.pipelines import EmoPipeline
+
+    pipe = EmoPipeline.from_components(tiny_components(seed=0))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def tiny_emo_avatars(tiny_emo_pipe) -> list:
+    """Three portraits (astronaut, Grace Hopper, a sketch) prepared at the tiny pipeline's size."""
+    from emo_stream.avatar import prepare_avatar
+
+    size = int(tiny_emo_pipe.settings.sample_size)
+    astronaut = media.astronaut()
+    return [prepare_avatar(media.save_png(rgb, name), size=size)
+            for name, rgb in (("astronaut.png", astronaut), ("grace_hopper.png", media.grace_hopper()),
+                              ("astsketch.png", media.stylise(astronaut, "sketch")))]

@@ -9,11 +9,7 @@ import torch
 
 from emo_stream.animators.emo import EmoAnimator
 from emo_stream.animators.emo_sampler import bucket_size
-from emo_stream.avatar import prepare_avatar
-from emo_stream.models import tiny_components
-from emo_stream.pipelines import EmoPipeline
 from emo_stream.streaming import iter_windows
-from tests import media
 
 SPF = 640
 
@@ -25,19 +21,13 @@ def test_a_batch_runs_as_the_smallest_bucket_that_holds_it():
 
 
 @pytest.fixture(scope="module")
-def pipe() -> EmoPipeline:
-    pipe = EmoPipeline.from_components(tiny_components(seed=0))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+def pipe(tiny_emo_pipe):
+    return tiny_emo_pipe
 
 
 @pytest.fixture(scope="module")
-def avatars(pipe) -> list:
-    size = int(pipe.settings.sample_size)
-    astronaut = media.astronaut()
-    return [prepare_avatar(media.save_png(rgb, name), size=size)
-            for name, rgb in (("astronaut.png", astronaut), ("grace_hopper.png", media.grace_hopper()),
-                              ("astsketch.png", media.stylise(astronaut, "sketch")))]
+def avatars(tiny_emo_avatars) -> list:
+    return tiny_emo_avatars
 
 
 def _waves(count: int, frames: int) -> list[np.ndarray]:

@@ -14,10 +14,6 @@ from emo_stream.animators.emo_flops import (
     peak_for_name,
     stream_flops_per_frame,
 )
-from emo_stream.avatar import prepare_avatar
-from emo_stream.models import tiny_components
-from emo_stream.pipelines import EmoPipeline
-from tests import media
 
 
 def test_peaks_are_the_vendors_dense_figures_or_none():
@@ -37,15 +33,13 @@ def test_an_account_divides_achieved_by_peak():
 
 
 @pytest.fixture(scope="module")
-def pipe() -> EmoPipeline:
-    pipe = EmoPipeline.from_components(tiny_components(seed=0))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+def pipe(tiny_emo_pipe):
+    return tiny_emo_pipe
 
 
 @pytest.fixture(scope="module")
-def avatar(pipe):
-    return prepare_avatar(media.save_png(media.astronaut(), "astronaut.png"), size=int(pipe.settings.sample_size))
+def avatar(tiny_emo_avatars):
+    return tiny_emo_avatars[0]
 
 
 def _per_frame(pipe, avatar, steps: int, sessions: int) -> float:
