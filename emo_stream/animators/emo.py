@@ -591,7 +591,7 @@ class EmoAnimator(Animator[EmoState]):
         Context-window checkpoints (EchoMimic): one ``denoise_video`` pass in overlapping context windows, then
         decoded ``clip_frames`` at a time; latents of the whole video are held (16 KiB per frame at 512²).
         Motion-frame checkpoints (Hallo, ours): clip by clip as live, but every clip's audio tokens come from
-        one pass of the speech encoder over the whole clip (``_whole_clip_tokens``), not from its bounded segment.
+        one pass of the speech encoder over the whole file (``EmoPipeline.encode_whole``), not from its bounded segment.
         """
         if not self._context_windows:
             yield from self._clip_by_clip(state, wave)
