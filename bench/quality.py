@@ -3,10 +3,12 @@
 For each held-out clip of real talking video (speakers the learned motion never saw: the ``held_out`` list stored
 in its weights, or ``--held-out``): the clip's first frame is the portrait, the clip's own audio drives it, and the
 render is measured with the same face mesh as the real video (``metrics.measure_video``):
-- mouth: Pearson r of the render's mouth opening with the real one, frame by frame (frames with a face in both);
+- mouth: Pearson r of the render's lip gap with the real one, frame by frame (frames with a face in both). The lip
+  gap (``face_measures.lip_gap``) is measured in 3D, so head motion does not enter it; the 2D mouth opening
+  (``face_measures.mouth_opening``, nose to chin included), which a nod changes, is reported beside it;
 - blinks per minute, head yaw/pitch std (degrees): against the real clips' interquartile range / range, measured
   on all clips in the folder;
-- mouth range in silence ÷ in speech (``metrics.compute_video_metrics``).
+- lip-gap range in silence ÷ in speech (``metrics.compute_video_metrics``), and the same for the 2D opening.
 It also writes a contact sheet (``--sheet``): per held-out clip, the portrait and the three mouth traces.
 
 The clips are not in the repository: the default folder is ``../shared/data/talking`` beside the checkout.
@@ -46,6 +48,10 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float | None:
     if ok.sum() < 10 or np.std(a[ok]) < 1e-9 or np.std(b[ok]) < 1e-9:
         return None
     return float(np.corrcoef(a[ok], b[ok])[0, 1])
+
+
+def _ratio(part: float | None, whole: float | None) -> float | None:
+    return part / whole if part is not None and whole else None
 
 
 def _stats(m: VideoMeasures) -> dict[str, float | None]:
@@ -105,7 +111,7 @@ def _sheet(rows: list[dict], path: Path, faces: bool) -> None:
         ax.set_title(row["clip"], fontsize=9, loc="left")
         ax.set_yticks([])
         ax.legend(fontsize=7, loc="upper right", ncol=3)
-    axes[-1][-1].set_xlabel("seconds (mouth opening measured by the face mesh, standardised per trace)")
+    axes[-1][-1].set_xlabel("seconds (lip gap measured by the face mesh in 3D, standardised per trace)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
@@ -155,40 +161,54 @@ def main() -> int:
         for v in held:
             portrait = _first_frame(v, tmp / f"{v.stem}.png")
             audio = v  # the clip's own sound track drives the render
-            result: dict = {"r": {}, "stats": {}, "silence_over_speech": {}}
+            result: dict = {"r": {}, "r_mouth_opening_2d": {}, "stats": {}, "silence_over_speech": {},
+                            "silence_over_speech_2d": {}}
             traces = {}
             for motion in MOTIONS:
                 out = tmp / f"{v.stem}-{motion}.mp4"
                 render_file(portrait, audio, out, RenderOptions(size=args.size, lite_motion=motion))
                 m = measure_video(out)
-                n = min(m.frames, real_measures[v.name].frames)
-                result["r"][motion] = _pearson(m.mouth[:n], real_measures[v.name].mouth[:n])
+                real_m = real_measures[v.name]
+                n = min(m.frames, real_m.frames)
+                result["r"][motion] = _pearson(m.lip_gap[:n], real_m.lip_gap[:n])
+                result["r_mouth_opening_2d"][motion] = _pearson(m.mouth[:n], real_m.mouth[:n])
                 result["stats"][motion] = _stats(m)
                 metrics = compute_video_metrics(out, audio)
-                sil, sp = metrics.mouth_open_range_silence, metrics.mouth_open_range_speech
-                result["silence_over_speech"][motion] = sil / sp if sil is not None and sp else None
-                traces[motion] = m.mouth[:n]
+                result["silence_over_speech"][motion] = _ratio(metrics.lip_gap_range_silence,
+                                                               metrics.lip_gap_range_speech)
+                result["silence_over_speech_2d"][motion] = _ratio(metrics.mouth_open_range_silence,
+                                                                  metrics.mouth_open_range_speech)
+                traces[motion] = m.lip_gap[:n]
             real_metrics = compute_video_metrics(v)
-            sil, sp = real_metrics.mouth_open_range_silence, real_metrics.mouth_open_range_speech
-            result["silence_over_speech"]["real"] = sil / sp if sil is not None and sp else None
+            result["silence_over_speech"]["real"] = _ratio(real_metrics.lip_gap_range_silence,
+                                                           real_metrics.lip_gap_range_speech)
+            result["silence_over_speech_2d"]["real"] = _ratio(real_metrics.mouth_open_range_silence,
+                                                              real_metrics.mouth_open_range_speech)
             result["real"] = real_stats[v.name]
             clips[v.name] = result
             rows.append({"clip": v.name, "portrait": np.asarray(av.open(str(portrait)).decode(video=0).__next__().to_image()),
-                         "real": real_measures[v.name].mouth[: len(traces["learned"])], **traces,
+                         "real": real_measures[v.name].lip_gap[: len(traces["learned"])], **traces,
                          "r": {k: (result["r"][k] or 0.0) for k in MOTIONS}})
     mean_r = {k: float(np.mean([c["r"][k] or 0.0 for c in clips.values()])) for k in MOTIONS}
+    mean_r_2d = {k: float(np.mean([c["r_mouth_opening_2d"][k] or 0.0 for c in clips.values()])) for k in MOTIONS}
     summary = {}
     for k in MOTIONS:
         rates = [c["stats"][k]["blinks_per_min"] for c in clips.values()]
         yaws = [c["stats"][k]["yaw_std"] for c in clips.values() if c["stats"][k]["yaw_std"] is not None]
         pitches = [c["stats"][k]["pitch_std"] for c in clips.values() if c["stats"][k]["pitch_std"] is not None]
         ratio = [c["silence_over_speech"][k] for c in clips.values() if c["silence_over_speech"][k] is not None]
-        summary[k] = {"mouth_r_mean": mean_r[k], "blinks_per_min_mean": float(np.mean(rates)),
+        ratio_2d = [c["silence_over_speech_2d"][k] for c in clips.values()
+                    if c["silence_over_speech_2d"][k] is not None]
+        summary[k] = {"mouth_r_mean": mean_r[k], "mouth_opening_2d_r_mean": mean_r_2d[k],
+                      "silence_over_speech_2d_mean": float(np.mean(ratio_2d)) if ratio_2d else None,
+                      "blinks_per_min_mean": float(np.mean(rates)),
                       "yaw_std_mean": float(np.mean(yaws)) if yaws else None,
                       "pitch_std_mean": float(np.mean(pitches)) if pitches else None,
                       "silence_over_speech_mean": float(np.mean(ratio)) if ratio else None}
     real_ratio = [c["silence_over_speech"]["real"] for c in clips.values() if c["silence_over_speech"]["real"]]
     real["silence_over_speech_mean"] = float(np.mean(real_ratio)) if real_ratio else None
+    real_2d = [c["silence_over_speech_2d"]["real"] for c in clips.values() if c["silence_over_speech_2d"]["real"]]
+    real["silence_over_speech_2d_mean"] = float(np.mean(real_2d)) if real_2d else None
     lo, hi = real["blinks_per_min_iqr"]
     learned = summary["learned"]
     targets = {

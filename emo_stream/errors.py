@@ -127,6 +127,12 @@ class DataError(EmoStreamError):
     code = "bad_data"
 
 
+class OutdatedDataError(DataError):
+    """A folder prepared by an older version of ``data prepare``: its shards lack or differ in what training reads."""
+
+    code = "outdated_data"
+
+
 class ClipTooShortError(DataError):
     code = "clip_too_short"
 

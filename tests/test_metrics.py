@@ -132,6 +132,9 @@ def test_talking_clip_lipsync_and_delay_from_own_audio_track(talking_metrics):
     # The mouth moves while there is speech and stays (nearly) still in the silences.
     assert m.mouth_open_range_speech is not None and m.mouth_open_range_silence is not None
     assert m.mouth_open_range_silence < m.mouth_open_range_speech
+    # The lip gap, which no head motion enters, says the same.
+    assert m.lip_gap_range_speech is not None and m.lip_gap_range_silence is not None
+    assert m.lip_gap_range_silence < 0.5 * m.lip_gap_range_speech, m
 
 
 def test_talking_clip_with_separate_audio_file(talking_clip, speech, talking_metrics):
@@ -170,7 +173,8 @@ def test_to_dict_is_plain_json(talking_metrics):
     assert json.loads(json.dumps(d)) == d
     assert set(d) >= {"duration_s", "fps", "frames", "face_found", "mouth_open_range", "lipsync_r",
                       "av_offset_ms", "blinks_per_min", "head_yaw_std_deg", "head_pitch_std_deg",
-                      "head_roll_std_deg", "mouth_open_range_silence", "mouth_open_range_speech"}
+                      "head_roll_std_deg", "mouth_open_range_silence", "mouth_open_range_speech",
+                      "lip_gap_range_silence", "lip_gap_range_speech"}
 
 
 # --------------------------------------------------------------------------- faces, blinks, head pose

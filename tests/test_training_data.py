@@ -21,13 +21,13 @@ import torch
 from emo_stream.animators.motion_filter import MotionFilter
 from emo_stream.audio.decode import load_audio
 from emo_stream.audio.features import FEATURE_NAMES
-from emo_stream.errors import ConfigError, DataError
+from emo_stream.errors import ConfigError, DataError, OutdatedDataError
 from emo_stream.face import RIGID_POINTS
 from emo_stream.training.dataset import ClipDataset
 from emo_stream.training.prepare import PrepareOptions, head_speed, prepare_videos, resample
 from emo_stream.training.rig_targets import RIG_TARGET_NAMES
 from emo_stream.training.sample import TrainingSample, collate
-from emo_stream.training.shards import MANIFEST_NAME, load_manifest, read_clip_shard
+from emo_stream.training.shards import FORMAT_VERSION, MANIFEST_NAME, load_manifest, read_clip_shard
 from tests import training_media
 
 SIZE = 64
@@ -182,6 +182,17 @@ def test_resume_is_per_video(videos, tmp_path):
 
     with pytest.raises(ConfigError, match="48 px"):
         prepare_videos(moved, out, PrepareOptions(size=64, workers=1))
+
+    # A folder an older version prepared: training refuses it with a typed error, and prepare starts it over
+    # (every clip again, none of its old shards adopted) instead of telling the user to do what they are doing.
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    manifest["version"] = FORMAT_VERSION - 1
+    manifest["clips"] = []
+    (out / MANIFEST_NAME).write_text(json.dumps(manifest))
+    with pytest.raises(OutdatedDataError, match="prepare the data again"):
+        load_manifest(out)
+    sixth = prepare_videos(moved, out, options)
+    assert len(sixth.prepared) == 2 and sixth.already_done == 0 and load_manifest(out).clips
 
 
 def test_a_crashing_worker_skips_only_its_video(videos, tmp_path):

@@ -16,6 +16,8 @@ from emo_stream.face import (
     EYE_OUTER_RIGHT,
     LEFT_EYE_BOTTOM,
     LEFT_EYE_TOP,
+    LIP_INNER_BOTTOM,
+    LIP_INNER_TOP,
     LIP_OUTER_BOTTOM,
     LIP_OUTER_TOP,
     MOUTH_LEFT,
@@ -46,6 +48,25 @@ def mouth_opening(points: np.ndarray) -> float:
     lips = _dist(points, LIP_OUTER_TOP, LIP_OUTER_BOTTOM)
     jaw = _dist(points, NOSE_TIP, CHIN)
     return 0.5 * (lips + jaw) / span
+
+
+def _dist3(points: np.ndarray, a: int, b: int) -> float:
+    return float(np.linalg.norm(points[a].astype(np.float64) - points[b].astype(np.float64)))
+
+
+def lip_gap(points: np.ndarray) -> float:
+    """How far the lips are apart, in eye spans, whatever the head's pose: the mean of the outer-lip (0 to 17) and
+    inner-lip (13 to 14) gaps, as 3D distances over the 3D eye span.
+
+    ``mouth_opening`` is a 2D length that includes the nose and the chin, so a nod changes it as much as speech
+    does: on real talking video its range in pauses is 0.85 of that in speech. Distances in 3D do not change
+    when the head turns, and the lips alone do not move with the head. The outer gap keeps the measure alive
+    where the mesh holds the inner lips shut (``mouth_opening`` says where).
+    """
+    span = _dist3(points, EYE_OUTER_RIGHT, EYE_OUTER_LEFT)
+    if not span > 0:
+        return float("nan")
+    return 0.5 * (_dist3(points, LIP_OUTER_TOP, LIP_OUTER_BOTTOM) + _dist3(points, LIP_INNER_TOP, LIP_INNER_BOTTOM)) / span
 
 
 def mouth_width(points: np.ndarray) -> float:

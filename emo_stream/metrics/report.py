@@ -46,6 +46,8 @@ class VideoMetrics:
             rotation over the clip (turn left/right, nod, tilt in the image plane), degrees.
         mouth_open_range_silence: mouth_open_range over frames whose audio is quiet (ideally ~0).
         mouth_open_range_speech: mouth_open_range over frames whose audio is loud.
+        lip_gap_range_silence, lip_gap_range_speech: the same ranges of the lip gap
+            (``face_measures.lip_gap``), which a head's nod or turn does not change.
     """
 
     duration_s: float
@@ -62,6 +64,8 @@ class VideoMetrics:
     head_roll_std_deg: float | None
     mouth_open_range_silence: float | None = None
     mouth_open_range_speech: float | None = None
+    lip_gap_range_silence: float | None = None
+    lip_gap_range_speech: float | None = None
 
     def to_dict(self) -> dict:
         """Plain JSON-able dict (floats rounded to 4 decimals, NaN as None)."""
@@ -102,16 +106,18 @@ def _envelope(m: VideoMeasures, video_path: Path, audio_path: str | Path | None)
         return None
 
 
-def _range_by_loudness(m: VideoMeasures, env: Envelope, offset_ms: float | None) -> tuple[float | None, float | None]:
-    level = level_at_frames(m.times, env, offset_ms)
+def _range_by_loudness(m: VideoMeasures, values: np.ndarray, env: Envelope,
+                       offset_ms: float | None) -> tuple[float | None, float | None]:
+    """(range in quiet frames, range in loud frames) of a per-frame measure."""
     face = m.face_mask
     if not face.any():
         return None, None
+    level = level_at_frames(m.times, env, offset_ms)
     loud_level = float(np.percentile(level[face], 95))
     quiet = face & (level <= max(QUIET_RATIO * loud_level, SILENCE_FLOOR))
     loud = face & (level >= LOUD_RATIO * loud_level) & (level > SILENCE_FLOOR)
-    silence = robust_range(m.mouth[quiet]) if quiet.sum() >= MIN_CLASS_FRAMES else None
-    speech = robust_range(m.mouth[loud]) if loud.sum() >= MIN_CLASS_FRAMES else None
+    silence = robust_range(values[quiet]) if quiet.sum() >= MIN_CLASS_FRAMES else None
+    speech = robust_range(values[loud]) if loud.sum() >= MIN_CLASS_FRAMES else None
     return silence, speech
 
 
@@ -134,11 +140,12 @@ def compute_video_metrics(video_path: str | Path, audio_path: str | Path | None 
     face = m.face_mask
     has_face = bool(face.any())
     env = _envelope(m, video_path, audio_path)
-    r = offset = silence = speech = None
+    r = offset = silence = speech = gap_silence = gap_speech = None
     if env is not None:
         sync = lipsync(m.times, m.mouth, env)
         r, offset = sync.r, sync.offset_ms
-        silence, speech = _range_by_loudness(m, env, offset)
+        silence, speech = _range_by_loudness(m, m.mouth, env, offset)
+        gap_silence, gap_speech = _range_by_loudness(m, m.lip_gap, env, offset)
     blinks = len(blink_events(m.ear)) if has_face else None
     yaw, pitch, roll = _head_stds(m)
     return VideoMetrics(
@@ -156,4 +163,6 @@ def compute_video_metrics(video_path: str | Path, audio_path: str | Path | None 
         head_roll_std_deg=roll,
         mouth_open_range_silence=silence,
         mouth_open_range_speech=speech,
+        lip_gap_range_silence=gap_silence,
+        lip_gap_range_speech=gap_speech,
     )

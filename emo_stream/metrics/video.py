@@ -18,7 +18,13 @@ import numpy as np
 from emo_stream.errors import CorruptVideoError
 from emo_stream.face import RIGID_POINTS, FaceMesh
 from emo_stream.media_io import ffmpeg_reason, open_media
-from emo_stream.metrics.face_measures import eye_aspect_ratio, mouth_opening, mouth_width, rigid_shape
+from emo_stream.metrics.face_measures import (
+    eye_aspect_ratio,
+    lip_gap,
+    mouth_opening,
+    mouth_width,
+    rigid_shape,
+)
 
 # Larger frames are scaled down before the face mesh: the measures are ratios, so scale does not
 # change them, and mediapipe works on ~200 px face crops anyway; this only saves conversion time.
@@ -34,6 +40,7 @@ class VideoMeasures:
         mouth: mouth opening in eye spans (``face_measures.mouth_opening``).
         ear: eye aspect ratio (``face_measures.eye_aspect_ratio``).
         width: mouth width in eye spans (``face_measures.mouth_width``).
+        lip_gap: how far the lips are apart whatever the head's pose, in eye spans (``face_measures.lip_gap``).
         rigid: (N, K, 3) rigid landmarks for head pose (``face_measures.rigid_shape``).
         fps: the stream's average frame rate.
         duration_s: time the frames cover (last frame's time − first's + one frame).
@@ -49,6 +56,7 @@ class VideoMeasures:
     width: np.ndarray
     duration_s: float
     audio_start_s: float | None
+    lip_gap: np.ndarray
 
     @property
     def frames(self) -> int:
@@ -85,6 +93,7 @@ def measure_video(path: str | Path, progress: bool = False) -> VideoMeasures:
     mouth: list[float] = []
     ear: list[float] = []
     width: list[float] = []
+    gap: list[float] = []
     rigid: list[np.ndarray] = []
     missing = np.full((len(RIGID_POINTS), 3), np.nan)
     with _open(p) as container:
@@ -119,11 +128,13 @@ def measure_video(path: str | Path, progress: bool = False) -> VideoMeasures:
                         mouth.append(mouth_opening(pts))
                         ear.append(eye_aspect_ratio(pts))
                         width.append(mouth_width(pts))
+                        gap.append(lip_gap(pts))
                         rigid.append(rigid_shape(pts))
                     else:
                         mouth.append(np.nan)
                         ear.append(np.nan)
                         width.append(np.nan)
+                        gap.append(np.nan)
                         rigid.append(missing)
                     if bar is not None:
                         bar.update(1)
@@ -139,7 +150,8 @@ def measure_video(path: str | Path, progress: bool = False) -> VideoMeasures:
         rate = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 and stamps[-1] > stamps[0] else 25.0
     duration = float(stamps[-1] - stamps[0] + 1.0 / rate)
     return VideoMeasures(times=stamps, mouth=np.asarray(mouth), ear=np.asarray(ear), rigid=np.stack(rigid),
-                         fps=rate, width=np.asarray(width), duration_s=duration, audio_start_s=audio_start_s)
+                         fps=rate, width=np.asarray(width), duration_s=duration, audio_start_s=audio_start_s,
+                         lip_gap=np.asarray(gap))
 
 
 def _progress_bar(enabled: bool, total: int | None, name: str):

@@ -36,9 +36,6 @@ from emo_stream.metrics.blinks import blink_events
 from emo_stream.training.rig_targets import HEAD_TARGETS, MOUTH_TARGETS, RIG_TARGET_NAMES
 from emo_stream.training.shards import SAMPLE_RATE, load_manifest, read_clip_shard
 
-# How much each mouth target counts in the loss: the opening is what people see first.
-TARGET_WEIGHTS = {"jaw": 1.0, "mouth_open": 2.0, "lip_width": 1.0, "lip_round": 0.5, "upper_lip": 0.5,
-                  "lower_lip": 1.0, "lips_apart": 2.0}
 SPEECH_LOUDNESS = 0.3  # a frame counts as speech above this loudness (for the fitted statistics)
 PAUSE_LOUDNESS = 0.05  # and as a pause below this one (the mouth's rest position)
 MAX_GAIN = 4.0  # the most the ridge-shrunk predictions are scaled back up
@@ -319,16 +316,16 @@ def train_lite_motion(data: str | Path, out: str | Path, options: LiteMotionOpti
 
 
 def opening(model: MotionFilter | None, values: np.ndarray) -> np.ndarray:
-    """The mouth opening ``metrics.face_measures.mouth_opening`` sees: the mean of the lip gap and the jaw, from
-    a model's outputs (``model``) or from rig targets (None)."""
+    """The lip gap ``metrics.face_measures.lip_gap`` sees: the mean of the outer and inner lip gaps, from a
+    model's outputs (``model``) or from rig targets (None)."""
     names = model.output_names if model is not None else RIG_TARGET_NAMES
-    return 0.5 * (values[:, names.index("lips_apart")] + values[:, names.index("jaw")])
+    return 0.5 * (values[:, names.index("lips_apart")] + values[:, names.index("mouth_open")])
 
 
 def score_held_out(net: MotionFilter, test: list[TalkingClip], data: str | Path,
                    fps: float) -> tuple[dict[str, float], dict[str, float]]:
-    """Per held-out clip: r of the learned mouth opening and of the rules' jaw with the real one, both as
-    ``mouth_opening`` measures it (the mean of the outer-lip gap and the jaw), on frames with a face."""
+    """Per held-out clip: r of the learned lip gap and of the rules' jaw with the real one, both as ``lip_gap``
+    measures it (the mean of the outer and inner lip gaps), on frames with a face."""
     from emo_stream.animators.lite_motion import MotionController
 
     shards = {r.clip_id: r.shard for r in load_manifest(data).clips.values()}

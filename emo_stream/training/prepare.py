@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import math
 import multiprocessing
 import os
@@ -56,6 +57,7 @@ from emo_stream.errors import (
     InputNotFoundError,
     NoAudioStreamError,
     NoFaceFoundError,
+    OutdatedDataError,
 )
 from emo_stream.face import CHIN, FOREHEAD, RIGID_POINTS, FaceDetector, FaceMesh
 from emo_stream.media_io import ffmpeg_reason, open_media
@@ -75,6 +77,8 @@ from emo_stream.training.shards import (
 )
 
 # Containers looked for in --videos (anything else in the folder is ignored, not reported).
+log = logging.getLogger(__name__)
+
 VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".flv", ".mpg", ".mpeg", ".ts",
                             ".mts", ".m2ts", ".wmv", ".ogv", ".3gp"})
 # Frames are scaled down to this side for face tracking: the mesh sees a crop around the face anyway.
@@ -636,15 +640,23 @@ def prepare_videos(videos: str | Path, out: str | Path, options: PrepareOptions 
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file, not a folder")
     (out / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
+    outdated = False
     if (out / MANIFEST_NAME).exists():
-        manifest = load_manifest(out)
+        try:
+            manifest = load_manifest(out)
+        except OutdatedDataError:
+            # Prepared by an older version: every clip is prepared again (its shard overwritten), none adopted.
+            outdated = True
+            manifest = Manifest(fps=options.fps, size=options.size, feature_names=FEATURE_NAMES)
+            log.warning("%s was prepared by an older version of data prepare: preparing every clip again", out)
         if (manifest.size, manifest.fps) != (options.size, options.fps):
             raise ConfigError(f"{out} holds {manifest.size} px clips at {manifest.fps} fps: use --size "
                               f"{manifest.size} --fps {manifest.fps} there, or another --out")
     else:
         manifest = Manifest(fps=options.fps, size=options.size, feature_names=FEATURE_NAMES)
     _clean_stale(out)
-    _adopt_orphans(out, manifest)
+    if not outdated:
+        _adopt_orphans(out, manifest)
 
     def is_done(key: SourceKey) -> bool:
         if not manifest.done(key):

@@ -1,18 +1,21 @@
 """Per-frame targets for the lite rig, measured on real talking video by the face mesh.
 
-Raw measures (``raw_measures``) are taken per frame in a face-aligned frame (x along the eye line), in eye
-spans, so the video's resolution, the face's size and its roll do not enter. ``rig_targets`` then normalises
+Raw measures (``raw_measures``) are taken per frame in eye spans, so the video's resolution and the face's
+size do not enter. The openings (jaw, inner and outer lip gaps) are 3D distances over the 3D eye span, so no
+head turn enters them: in 2D a nod shortens the nose-to-chin length, and on the real clips that length followed
+head pitch (r −0.5 to −0.95) more than the sound. The lip shapes are taken in the face-aligned image frame (x
+along the eye line), free of roll. ``rig_targets`` then normalises
 them per speaker (one clip is one speaker): mouth opening above the speaker's closed-mouth floor, lip shape and
 head pose against the speaker's neutral (median) frame, eye closure against the speaker's open eye.
 
 Targets (``RIG_TARGET_NAMES``), one row per frame:
-    jaw: chin drop, nose (subnasale) to chin, above the speaker's floor (eye spans).
-    mouth_open: inner-lip gap above the speaker's closed-mouth floor (eye spans).
+    jaw: chin drop, nose (subnasale) to chin in 3D, above the speaker's floor (eye spans).
+    mouth_open: inner-lip gap in 3D above the speaker's closed-mouth floor (eye spans).
     lip_width: corner-to-corner width against the speaker's neutral (eye spans; + wide "ee", - narrow "oo").
     lip_round: lip-centre protrusion toward the camera against neutral (eye spans of mesh depth).
     upper_lip: upper inner lip above the corner line, against neutral (eye spans; + raised).
     lower_lip: lower inner lip below the corner line, against neutral (eye spans; + lowered).
-    lips_apart: outer-lip gap (0 to 17) above the speaker's floor (eye spans): the mesh holds the outer lips better
+    lips_apart: outer-lip gap (0 to 17) in 3D above the speaker's floor (eye spans): the mesh holds the outer lips better
         than the inner ones on small or blurred faces.
     blink: eye closure 0 (the speaker's open eye) .. 1 (shut).
     yaw, pitch, roll: head rotation in degrees against the speaker's median pose.
@@ -65,19 +68,24 @@ def raw_measures(points: np.ndarray) -> np.ndarray:
     def across(i: int) -> float:
         return float(xy[i] @ ex)
 
+    p3 = points.astype(np.float64)
+    span3 = float(np.linalg.norm(p3[EYE_OUTER[1]] - p3[EYE_OUTER[0]]))
+
+    def gap3(a: int, b: int) -> float:
+        return float(np.linalg.norm(p3[b] - p3[a])) / span3
+
     corners = 0.5 * (down(MOUTH_LEFT) + down(MOUTH_RIGHT))
-    z = points[:, 2].astype(np.float64)
+    z = p3[:, 2]
     protrusion = 0.5 * (z[MOUTH_LEFT] + z[MOUTH_RIGHT]) - 0.5 * (z[LIP_OUTER_TOP] + z[LIP_OUTER_BOTTOM])
-    lengths = np.array([
-        down(CHIN) - down(SUBNASALE),
-        max(0.0, down(LIP_INNER_BOTTOM) - down(LIP_INNER_TOP)),
+    shapes = np.array([
         abs(across(MOUTH_RIGHT) - across(MOUTH_LEFT)),
         protrusion,  # mediapipe's z grows away from the camera
         corners - down(LIP_INNER_TOP),
         down(LIP_INNER_BOTTOM) - corners,
-        down(LIP_OUTER_BOTTOM) - down(LIP_OUTER_TOP),
     ]) / span
-    return np.append(lengths, eye_aspect_ratio(points))  # the EAR is a ratio already
+    openings = [gap3(SUBNASALE, CHIN), gap3(LIP_INNER_TOP, LIP_INNER_BOTTOM), gap3(LIP_OUTER_TOP, LIP_OUTER_BOTTOM)]
+    # RAW_NAMES order: jaw, mouth_open, the four shapes, lips_apart, then the EAR (a ratio already)
+    return np.array([openings[0], openings[1], *shapes, openings[2], eye_aspect_ratio(points)])
 
 
 def _fill(values: np.ndarray, found: np.ndarray) -> np.ndarray:

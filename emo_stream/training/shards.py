@@ -33,11 +33,11 @@ from typing import Any
 
 import numpy as np
 
-from emo_stream.errors import DataError
+from emo_stream.errors import DataError, OutdatedDataError
 
 MANIFEST_NAME = "manifest.json"
 SHARDS_DIR = "shards"
-FORMAT_VERSION = 2  # 2: the lite rig's targets (rig, face_found)
+FORMAT_VERSION = 3  # 2: the lite rig's targets (rig, face_found); 3: its openings in 3D
 SAMPLE_RATE = 16_000
 FIELDS = ("frames", "audio", "features", "head_speed", "face_mask", "boxes", "rig", "face_found")
 
@@ -120,7 +120,8 @@ class Manifest:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Manifest:
         if d.get("version") != FORMAT_VERSION:
-            raise DataError(f"manifest format {d.get('version')!r} is not {FORMAT_VERSION}: prepare the data again")
+            raise OutdatedDataError(f"manifest format {d.get('version')!r} is not {FORMAT_VERSION}: prepare the data "
+                                    "again (`emo-stream data prepare` on the same --out starts it over)")
         clips = [ClipRecord.from_dict(c) for c in d.get("clips", [])]
         skipped = [SkipRecord.from_dict(s) for s in d.get("skipped", [])]
         return cls(fps=int(d["fps"]), size=int(d["size"]), sample_rate=int(d.get("sample_rate", SAMPLE_RATE)),
@@ -147,6 +148,8 @@ def load_manifest(root: str | Path) -> Manifest:
         raise DataError(f"no {MANIFEST_NAME} in {root}: run `emo-stream data prepare --videos DIR --out {root}` first")
     try:
         return Manifest.from_dict(json.loads(path.read_text()))
+    except OutdatedDataError:
+        raise
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DataError(f"cannot read {path} ({type(exc).__name__}: {exc}): prepare the data again") from None
 
