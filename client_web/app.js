@@ -473,7 +473,9 @@ async function startSession() {
   if (session || !selectedId) return;
   ui.start.disabled = true;
   resetStats();
-  const s = new LiveSession(api, { avatarId: selectedId });
+  // ?hold_video=0 leaves A/V sync to the browser alone (to compare; docs/benchmarks.md).
+  const holdVideo = new URLSearchParams(window.location.search).get('hold_video') !== '0';
+  const s = new LiveSession(api, { avatarId: selectedId, holdVideo });
   s.setMicMuted(micMuted);
   session = s;
   wire(s);

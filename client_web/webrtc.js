@@ -41,6 +41,11 @@ export class ConnectionError extends Error {
 
 class Superseded extends Error {}
 
+// The video target beyond the audio's buffer: one frame (40 ms at 25 fps). Half of it is the decode and render
+// time a video target counts and an audio buffer does not; the other half shows each frame in the middle of the
+// 40 ms of sound it was made from, not at its start.
+const VIDEO_HOLD_EXTRA_MS = 40;
+
 function isRetryable(err) {
   if (err instanceof ApiError || err instanceof ConnectionError) return err.retryable;
   return false;
@@ -144,6 +149,9 @@ export class LiveSession extends EventTarget {
     this.maxAttempts = opts.maxAttempts ?? 8;
     this.maxDelayMs = opts.maxDelayMs ?? 30000;
     this.useEvents = opts.events ?? true;
+    // Hold the video back as long as the audio is held (see _holdVideoWithAudio); false leaves it to the browser.
+    this.holdVideo = opts.holdVideo ?? true;
+    this._videoHoldMs = null;
 
     this.state = 'new';
     this.voice = null;
@@ -353,6 +361,7 @@ export class LiveSession extends EventTarget {
       check();
       this._attempt = 0;
       this._prev = null;
+      this._videoHoldMs = null;
       this._setState('connected');
       if (!this.eventsConnected) this._setVoice('idle', 'estimate');
       this._poll(gen);
@@ -562,6 +571,21 @@ export class LiveSession extends EventTarget {
     }
   }
 
+  /**
+   * A fresh session's audio buffer holds ~130 ms, its video buffer next to nothing, and Chromium's A/V
+   * synchroniser closes that gap by 10-20 ms a second: for the first ~15 s the picture ran ahead of the voice
+   * (docs/benchmarks.md). Asking the video receiver to hold what the audio holds closes it from the first second.
+   */
+  _holdVideoWithAudio(audioBufferMs) {
+    if (audioBufferMs === null || !this.pc) return;
+    const receiver = this.pc.getReceivers().find((r) => r.track && r.track.kind === 'video');
+    if (!receiver || !('jitterBufferTarget' in receiver)) return;
+    const target = Math.min(Math.max(Math.round(audioBufferMs + VIDEO_HOLD_EXTRA_MS), 0), 4000);
+    if (this._videoHoldMs !== null && Math.abs(target - this._videoHoldMs) < 5) return;
+    receiver.jitterBufferTarget = target;
+    this._videoHoldMs = target;
+  }
+
   async _collectStats() {
     const pc = this.pc;
     if (!pc) return;
@@ -605,6 +629,7 @@ export class LiveSession extends EventTarget {
     };
     const videoBufferMs = video ? bufferMs(video, prev && prev.video) : null;
     const audioBufferMs = audio ? bufferMs(audio, prev && prev.audio) : null;
+    if (this.holdVideo) this._holdVideoWithAudio(audioBufferMs);
     let kbps = null;
     if (prev && dt > 0) {
       const bytes = (delta(video, prev.video, 'bytesReceived') || 0) + (delta(audio, prev.audio, 'bytesReceived') || 0);

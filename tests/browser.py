@@ -243,16 +243,27 @@ def start_and_wait_for_video(driver) -> None:
         15, "the video to play")
 
 
-def measure_av_sync(base: str, seconds: float = 12.0) -> dict:
+# What the page asked the video receiver to hold (jitterBufferTarget, ms) and the audio buffer it last measured.
+VIDEO_HOLD_JS = """
+const s = window.emoDemo && window.emoDemo.session;
+const r = s && s.pc && s.pc.getReceivers().find((x) => x.track && x.track.kind === 'video');
+return {video_hold_ms: r ? r.jitterBufferTarget : null,
+        audio_buffer_ms: s && s.lastStats ? s.lastStats.audioBufferMs : null};
+"""
+
+
+def measure_av_sync(base: str, seconds: float = 12.0, query: str = "") -> dict:
     """Chromium plays a session of a server with ``server.av_probe`` on, its microphone beeping: every flash and
-    tone (page milliseconds), frames seen, and each beep's flash minus its tone (``av_offsets``)."""
+    tone (page milliseconds), frames seen, each beep's flash minus its tone (``av_offsets``), and what the page
+    asked the video receiver to hold. ``query``: the demo page's URL query (``?hold_video=0``)."""
     with chromium(beeps_mic(count=max(10, int(seconds / 1.5) + 4))) as driver:
-        open_page(driver, base)
+        open_page(driver, base, query)
         start_and_wait_for_video(driver)
         installed = driver.execute_async_script(INSTALL_AV_PROBE_JS)
         if installed is not True:
             raise AssertionError(f"the A/V probe could not start in the page: {installed}")
         time.sleep(seconds)
         probe = driver.execute_script(AV_PROBE_JS)
+        hold = driver.execute_script(VIDEO_HOLD_JS)
         errors = console_errors(driver) + page_errors(driver)
-    return {**probe, "offsets_ms": av_offsets(probe), "page_errors": errors}
+    return {**probe, **hold, "offsets_ms": av_offsets(probe), "page_errors": errors}

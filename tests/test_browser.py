@@ -409,3 +409,11 @@ def test_chromium_shows_each_beeps_flash_with_its_tone(av_sync):
     assert av_sync["frames"] > 100  # requestVideoFrameCallback saw the stream
     assert len(av_sync["tones"]) >= 5 and len(av_sync["flashes"]) >= 5  # 12 s of beeps every 1.5 s
     assert len(offsets) >= 5  # each beep's flash came with its tone (within 400 ms)
+
+
+def test_the_page_holds_the_video_as_long_as_the_audio(av_sync):
+    """Chromium's synchroniser alone took ~15 s to delay a fresh session's video to its audio's buffer: the page
+    asks the video receiver for the audio's buffer plus one frame from the first stats on (webrtc.js)."""
+    hold, audio = av_sync["video_hold_ms"], av_sync["audio_buffer_ms"]
+    assert hold is not None and audio is not None, av_sync
+    assert abs(hold - (audio + 40)) < 6, (hold, audio)  # re-set when it moves 5 ms or more
