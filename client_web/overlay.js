@@ -33,6 +33,8 @@ const session = new LiveSession(api, {
   maxAttempts: Number.POSITIVE_INFINITY,
   maxDelayMs: 2000,
   events: true,
+  // Hold the picture with the voice it plays; without that voice (audio=0) nothing to wait for.
+  holdVideo: withAudio && params.get('hold_video') !== '0',
 });
 
 async function play() {

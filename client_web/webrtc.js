@@ -576,9 +576,10 @@ export class LiveSession extends EventTarget {
    * synchroniser closes that gap by 10-20 ms a second: for the first ~15 s the picture ran ahead of the voice
    * (docs/benchmarks.md). Asking the video receiver to hold what the audio holds closes it from the first second.
    */
-  _holdVideoWithAudio(audioBufferMs) {
-    if (audioBufferMs === null || !this.pc) return;
-    const receiver = this.pc.getReceivers().find((r) => r.track && r.track.kind === 'video');
+  _holdVideoWithAudio(pc, audioBufferMs) {
+    // pc: the connection the figure was measured on (a reconnect may have replaced this.pc meanwhile).
+    if (!Number.isFinite(audioBufferMs) || pc !== this.pc) return;
+    const receiver = pc.getReceivers().find((r) => r.track && r.track.kind === 'video');
     if (!receiver || !('jitterBufferTarget' in receiver)) return;
     const target = Math.min(Math.max(Math.round(audioBufferMs + VIDEO_HOLD_EXTRA_MS), 0), 4000);
     if (this._videoHoldMs !== null && Math.abs(target - this._videoHoldMs) < 5) return;
@@ -629,7 +630,7 @@ export class LiveSession extends EventTarget {
     };
     const videoBufferMs = video ? bufferMs(video, prev && prev.video) : null;
     const audioBufferMs = audio ? bufferMs(audio, prev && prev.audio) : null;
-    if (this.holdVideo) this._holdVideoWithAudio(audioBufferMs);
+    if (this.holdVideo) this._holdVideoWithAudio(pc, audioBufferMs);
     let kbps = null;
     if (prev && dt > 0) {
       const bytes = (delta(video, prev.video, 'bytesReceived') || 0) + (delta(audio, prev.audio, 'bytesReceived') || 0);

@@ -21,6 +21,7 @@ Exception tree::
     ├── OutputError               an output file that cannot be written
     ├── CheckpointError           a model checkpoint that is missing or does not fit
     ├── DataError                 training data that is missing, too short or unusable
+    │   ├── OutdatedDataError     a folder or shard an older version prepared
     │   └── ClipTooShortError     a video too short to make a training clip
     ├── RequestError              a request the server cannot take
     │   ├── InvalidSdpError       an SDP offer that cannot be parsed or has no audio

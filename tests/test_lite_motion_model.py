@@ -4,11 +4,17 @@ fitting, its file, and the controller that drives the renderer with it."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from emo_stream.animators.learned_motion import LearnedMotionController, MouthGeometry
+from emo_stream.animators.learned_motion import (
+    PAUSE_FULL_LOUDNESS,
+    PAUSE_GAIN,
+    LearnedMotionController,
+    MouthGeometry,
+)
 from emo_stream.animators.lite_motion import MotionController
 from emo_stream.animators.motion_filter import (
     DEFAULT_WEIGHTS,
@@ -219,6 +225,28 @@ def _controller(seed: int = 0, motion: float = 1.0) -> LearnedMotionController:
 
 def _drive(controller, frames):
     return [controller.step(f, frames[i + 1] if i + 1 < len(frames) else None) for i, f in enumerate(frames)]
+
+
+def test_the_mouth_moves_half_as_much_in_pauses(speech):
+    """Openings beyond rest are scaled by PAUSE_GAIN where this frame and the next are silent, fully from
+    PAUSE_FULL_LOUDNESS up, and in between linearly (a filter that answers every frame with the same opening)."""
+    names = ("jaw", "mouth_open", "lip_width", "lip_round", "upper_lip", "lower_lip", "lips_apart")
+    dim = 4 * FRAME_DIM
+    constant = MotionFilter(weight=np.zeros((len(names), dim), np.float32), bias=np.full(len(names), 0.1, np.float32),
+                            in_mean=np.zeros(dim, np.float32), in_std=np.ones(dim, np.float32),
+                            rest=np.zeros(len(names), np.float32), output_names=names)
+    controller = LearnedMotionController(constant, MouthGeometry(eye_span_px=100.0, mouth_half_width_px=25.0))
+    frame = frame_features(speech)[40]
+
+    def opening(loudness: float, ahead: float | None = None) -> float:
+        feat = replace(frame, loudness=loudness)
+        nxt = replace(frame, loudness=ahead) if ahead is not None else None
+        return float(controller._mouth(feat, nxt)[names.index("jaw")])
+
+    assert opening(0.0) == pytest.approx(0.1 * PAUSE_GAIN)
+    assert opening(PAUSE_FULL_LOUDNESS / 2) == pytest.approx(0.1 * (1 + PAUSE_GAIN) / 2)
+    assert opening(PAUSE_FULL_LOUDNESS) == pytest.approx(0.1) == opening(0.9)
+    assert opening(0.0, ahead=0.5) == pytest.approx(0.1)  # a syllable it already hears opens the mouth
 
 
 def test_the_mouth_rests_in_silence_and_opens_in_speech(speech):

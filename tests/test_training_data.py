@@ -23,6 +23,7 @@ from emo_stream.audio.decode import load_audio
 from emo_stream.audio.features import FEATURE_NAMES
 from emo_stream.errors import ConfigError, DataError, OutdatedDataError
 from emo_stream.face import RIGID_POINTS
+from emo_stream.training import shards
 from emo_stream.training.dataset import ClipDataset
 from emo_stream.training.prepare import PrepareOptions, head_speed, prepare_videos, resample
 from emo_stream.training.rig_targets import RIG_TARGET_NAMES
@@ -140,7 +141,7 @@ def test_train_lite_motion_is_deterministic_and_reports_bad_prefixes(prepared, t
     assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
 
 
-def test_resume_is_per_video(videos, tmp_path):
+def test_resume_is_per_video(videos, tmp_path, monkeypatch):
     """A changed file or a lost shard is prepared again; nothing else is. Stale temporary files are cleaned."""
     folder = tmp_path / "videos"
     folder.mkdir()
@@ -191,8 +192,20 @@ def test_resume_is_per_video(videos, tmp_path):
     (out / MANIFEST_NAME).write_text(json.dumps(manifest))
     with pytest.raises(OutdatedDataError, match="prepare the data again"):
         load_manifest(out)
+    # Its shards are of the old format and unlisted, as an interrupted start-over leaves them: never adopted.
+    olds = sorted((out / "shards").glob("*.tar"))
+    for old in olds:
+        arrays = read_clip_shard(old)
+        with monkeypatch.context() as patch:
+            patch.setattr(shards, "FORMAT_VERSION", FORMAT_VERSION - 1)
+            shards.write_clip_shard(old, arrays.clip_id, {name: np.asarray(getattr(arrays, name))
+                                                          for name in shards.FIELDS}, arrays.meta)
+        with pytest.raises(OutdatedDataError, match="prepare the data again"):
+            read_clip_shard(old)
     sixth = prepare_videos(moved, out, options)
     assert len(sixth.prepared) == 2 and sixth.already_done == 0 and load_manifest(out).clips
+    for old in olds:
+        read_clip_shard(old)  # prepared again, in the current format
 
 
 def test_a_crashing_worker_skips_only_its_video(videos, tmp_path):

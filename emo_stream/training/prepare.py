@@ -76,9 +76,9 @@ from emo_stream.training.shards import (
     write_clip_shard,
 )
 
-# Containers looked for in --videos (anything else in the folder is ignored, not reported).
 log = logging.getLogger(__name__)
 
+# Containers looked for in --videos (anything else in the folder is ignored, not reported).
 VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".flv", ".mpg", ".mpeg", ".ts",
                             ".mts", ".m2ts", ".wmv", ".ogv", ".3gp"})
 # Frames are scaled down to this side for face tracking: the mesh sees a crop around the face anyway.
@@ -640,13 +640,12 @@ def prepare_videos(videos: str | Path, out: str | Path, options: PrepareOptions 
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file, not a folder")
     (out / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
-    outdated = False
     if (out / MANIFEST_NAME).exists():
         try:
             manifest = load_manifest(out)
         except OutdatedDataError:
-            # Prepared by an older version: every clip is prepared again (its shard overwritten), none adopted.
-            outdated = True
+            # Prepared by an older version: every clip is prepared again (its shard overwritten). Its old shards
+            # are never adopted (read_clip_shard refuses their format), even after an interrupted start-over.
             manifest = Manifest(fps=options.fps, size=options.size, feature_names=FEATURE_NAMES)
             log.warning("%s was prepared by an older version of data prepare: preparing every clip again", out)
         if (manifest.size, manifest.fps) != (options.size, options.fps):
@@ -655,8 +654,7 @@ def prepare_videos(videos: str | Path, out: str | Path, options: PrepareOptions 
     else:
         manifest = Manifest(fps=options.fps, size=options.size, feature_names=FEATURE_NAMES)
     _clean_stale(out)
-    if not outdated:
-        _adopt_orphans(out, manifest)
+    _adopt_orphans(out, manifest)
 
     def is_done(key: SourceKey) -> bool:
         if not manifest.done(key):

@@ -37,7 +37,7 @@ from emo_stream.errors import DataError, OutdatedDataError
 
 MANIFEST_NAME = "manifest.json"
 SHARDS_DIR = "shards"
-FORMAT_VERSION = 3  # 2: the lite rig's targets (rig, face_found); 3: its openings in 3D
+FORMAT_VERSION = 4  # 2: the lite rig's targets (rig, face_found); 3: its openings in 3D; 4: shards name their format
 SAMPLE_RATE = 16_000
 FIELDS = ("frames", "audio", "features", "head_speed", "face_mask", "boxes", "rig", "face_found")
 
@@ -181,7 +181,8 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 
 def write_clip_shard(path: Path, clip_id: str, arrays: Mapping[str, np.ndarray | Path], meta: Mapping[str, Any]) -> None:
     """Write one clip's tar atomically. An array may be given as the path of an ``.npy`` file already on disk
-    (the frames, which are written to a memory-mapped file as they are cropped, so a long clip is never in RAM)."""
+    (the frames, which are written to a memory-mapped file as they are cropped, so a long clip is never in RAM).
+    The meta gets ``format``: ``read_clip_shard`` refuses shards of another version."""
     missing = set(FIELDS) - set(arrays)
     if missing:
         raise ValueError(f"write_clip_shard: missing fields {sorted(missing)}")
@@ -199,7 +200,7 @@ def write_clip_shard(path: Path, clip_id: str, arrays: Mapping[str, np.ndarray |
                     info = tarfile.TarInfo(arcname)
                     info.size = len(data)
                     tar.addfile(info, io.BytesIO(data))
-            data = json.dumps(dict(meta)).encode()
+            data = json.dumps({**meta, "format": FORMAT_VERSION}).encode()
             info = tarfile.TarInfo(f"{clip_id}.json")
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
@@ -253,7 +254,7 @@ def read_clip_shard(path: str | Path) -> ClipArrays:
     """Open one clip's tar; arrays are memory maps into it.
 
     Raises:
-        DataError: the shard is missing, truncated or lacks a field.
+        DataError: the shard is missing, truncated or lacks a field. OutdatedDataError: an older version wrote it.
     """
     path = Path(path)
     try:
@@ -272,5 +273,8 @@ def read_clip_shard(path: str | Path) -> ClipArrays:
                 offsets[name] = member.offset_data
     except (OSError, tarfile.TarError, ValueError) as exc:
         raise DataError(f"cannot read shard {path} ({type(exc).__name__}: {exc}): prepare this clip again") from None
+    if meta.get("format") != FORMAT_VERSION:
+        raise OutdatedDataError(f"{path.name} is shard format {meta.get('format', 'unknown')!r}, not "
+                                f"{FORMAT_VERSION}: prepare the data again")
     arrays = {name: _memmap_member(path, offset) for name, offset in offsets.items()}
     return ClipArrays(clip_id=clip_id, meta=meta, **arrays)
