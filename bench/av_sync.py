@@ -60,9 +60,13 @@ def main() -> int:
     variants = {"browser_alone": "?hold_video=0", "page_holds_video": ""}
     runs: dict[str, list[dict]] = {name: [] for name in variants}
     with browser.run_server(config=path) as base:
-        for _ in range(args.pairs):
-            for name, query in variants.items():
+        for pair in range(args.pairs):
+            order = list(variants.items())
+            for name, query in order if pair % 2 == 0 else order[::-1]:  # neither always meets a cold server
                 result = browser.measure_av_sync(base, args.seconds, query)
+                if result["page_errors"]:
+                    print(f"error: the page reported errors: {result['page_errors']}", file=sys.stderr)
+                    return 1
                 offsets = result["offsets_ms"]
                 half = len(offsets) // 2
                 runs[name].append({
