@@ -8,7 +8,7 @@ render is measured with the same face mesh as the real video (``metrics.measure_
   (``face_measures.mouth_opening``, nose to chin included), which a nod changes, is reported beside it;
 - blinks per minute, head yaw/pitch std (degrees): against the real clips' interquartile range / range, measured
   on all clips in the folder;
-- lip-gap range in silence ÷ in speech (``metrics.compute_video_metrics``), and the same for the 2D opening.
+- lip-gap range in silence ÷ in speech (``metrics.report.metrics_from_measures``), and the same for the 2D opening.
 It also writes a contact sheet (``--sheet``): per held-out clip, the portrait and the three mouth traces.
 
 The clips are not in the repository: the default folder is ``../shared/data/talking`` beside the checkout.
@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 from emo_stream.animators.motion_filter import DEFAULT_WEIGHTS, MotionFilter  # noqa: E402
 from emo_stream.metrics.blinks import blink_events  # noqa: E402
 from emo_stream.metrics.face_measures import head_angles  # noqa: E402
-from emo_stream.metrics.report import compute_video_metrics  # noqa: E402
+from emo_stream.metrics.report import metrics_from_measures  # noqa: E402
 from emo_stream.metrics.video import VideoMeasures, measure_video  # noqa: E402
 from emo_stream.render import RenderOptions, render_file  # noqa: E402
 
@@ -164,22 +164,22 @@ def main() -> int:
             result: dict = {"r": {}, "r_mouth_opening_2d": {}, "stats": {}, "silence_over_speech": {},
                             "silence_over_speech_2d": {}}
             traces = {}
+            real_m = real_measures[v.name]
             for motion in MOTIONS:
                 out = tmp / f"{v.stem}-{motion}.mp4"
                 render_file(portrait, audio, out, RenderOptions(size=args.size, lite_motion=motion))
                 m = measure_video(out)
-                real_m = real_measures[v.name]
                 n = min(m.frames, real_m.frames)
                 result["r"][motion] = _pearson(m.lip_gap[:n], real_m.lip_gap[:n])
                 result["r_mouth_opening_2d"][motion] = _pearson(m.mouth[:n], real_m.mouth[:n])
                 result["stats"][motion] = _stats(m)
-                metrics = compute_video_metrics(out, audio)
+                metrics = metrics_from_measures(m, out, audio)
                 result["silence_over_speech"][motion] = _ratio(metrics.lip_gap_range_silence,
                                                                metrics.lip_gap_range_speech)
                 result["silence_over_speech_2d"][motion] = _ratio(metrics.mouth_open_range_silence,
                                                                   metrics.mouth_open_range_speech)
                 traces[motion] = m.lip_gap[:n]
-            real_metrics = compute_video_metrics(v)
+            real_metrics = metrics_from_measures(real_m, v)
             result["silence_over_speech"]["real"] = _ratio(real_metrics.lip_gap_range_silence,
                                                            real_metrics.lip_gap_range_speech)
             result["silence_over_speech_2d"]["real"] = _ratio(real_metrics.mouth_open_range_silence,
@@ -187,7 +187,7 @@ def main() -> int:
             result["real"] = real_stats[v.name]
             clips[v.name] = result
             rows.append({"clip": v.name, "portrait": np.asarray(av.open(str(portrait)).decode(video=0).__next__().to_image()),
-                         "real": real_measures[v.name].lip_gap[: len(traces["learned"])], **traces,
+                         "real": real_m.lip_gap[: len(traces["learned"])], **traces,
                          "r": {k: (result["r"][k] or 0.0) for k in MOTIONS}})
     mean_r = {k: float(np.mean([c["r"][k] or 0.0 for c in clips.values()])) for k in MOTIONS}
     mean_r_2d = {k: float(np.mean([c["r_mouth_opening_2d"][k] or 0.0 for c in clips.values()])) for k in MOTIONS}

@@ -54,6 +54,13 @@ def _dist3(points: np.ndarray, a: int, b: int) -> float:
     return float(np.linalg.norm(points[a].astype(np.float64) - points[b].astype(np.float64)))
 
 
+def eye_spans_3d(points: np.ndarray, a: int, b: int) -> float:
+    """The 3D distance from landmark ``a`` to ``b`` over the 3D eye span: no head turn changes it (NaN where the
+    eyes coincide)."""
+    span = _dist3(points, EYE_OUTER_RIGHT, EYE_OUTER_LEFT)
+    return _dist3(points, a, b) / span if span > 0 else float("nan")
+
+
 def lip_gap(points: np.ndarray) -> float:
     """How far the lips are apart, in eye spans, whatever the head's pose: the mean of the outer-lip (0 to 17) and
     inner-lip (13 to 14) gaps, as 3D distances over the 3D eye span.
@@ -63,10 +70,8 @@ def lip_gap(points: np.ndarray) -> float:
     when the head turns, and the lips alone do not move with the head. The outer gap keeps the measure alive
     where the mesh holds the inner lips shut (``mouth_opening`` says where).
     """
-    span = _dist3(points, EYE_OUTER_RIGHT, EYE_OUTER_LEFT)
-    if not span > 0:
-        return float("nan")
-    return 0.5 * (_dist3(points, LIP_OUTER_TOP, LIP_OUTER_BOTTOM) + _dist3(points, LIP_INNER_TOP, LIP_INNER_BOTTOM)) / span
+    return 0.5 * (eye_spans_3d(points, LIP_OUTER_TOP, LIP_OUTER_BOTTOM)
+                  + eye_spans_3d(points, LIP_INNER_TOP, LIP_INNER_BOTTOM))
 
 
 def mouth_width(points: np.ndarray) -> float:

@@ -136,7 +136,14 @@ def compute_video_metrics(video_path: str | Path, audio_path: str | Path | None 
         NoAudioStreamError, CorruptAudioError, ...: a bad ``audio_path``.
     """
     video_path = Path(video_path)
-    m = measure_video(video_path, progress=progress)
+    return metrics_from_measures(measure_video(video_path, progress=progress), video_path, audio_path)
+
+
+def metrics_from_measures(m: VideoMeasures, video_path: str | Path,
+                          audio_path: str | Path | None = None) -> VideoMetrics:
+    """``compute_video_metrics`` for a video already measured (``measure_video``): no second pass of the mesh.
+    ``video_path`` is read for its own audio track where ``audio_path`` is None."""
+    video_path = Path(video_path)
     face = m.face_mask
     has_face = bool(face.any())
     env = _envelope(m, video_path, audio_path)

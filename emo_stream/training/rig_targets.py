@@ -35,7 +35,7 @@ from emo_stream.face import (
     MOUTH_RIGHT,
     eye_span,
 )
-from emo_stream.metrics.face_measures import eye_aspect_ratio, head_angles
+from emo_stream.metrics.face_measures import eye_aspect_ratio, eye_spans_3d, head_angles
 
 SUBNASALE = 2
 EYE_OUTER = (33, 263)
@@ -68,14 +68,8 @@ def raw_measures(points: np.ndarray) -> np.ndarray:
     def across(i: int) -> float:
         return float(xy[i] @ ex)
 
-    p3 = points.astype(np.float64)
-    span3 = float(np.linalg.norm(p3[EYE_OUTER[1]] - p3[EYE_OUTER[0]]))
-
-    def gap3(a: int, b: int) -> float:
-        return float(np.linalg.norm(p3[b] - p3[a])) / span3
-
     corners = 0.5 * (down(MOUTH_LEFT) + down(MOUTH_RIGHT))
-    z = p3[:, 2]
+    z = points[:, 2].astype(np.float64)
     protrusion = 0.5 * (z[MOUTH_LEFT] + z[MOUTH_RIGHT]) - 0.5 * (z[LIP_OUTER_TOP] + z[LIP_OUTER_BOTTOM])
     shapes = np.array([
         abs(across(MOUTH_RIGHT) - across(MOUTH_LEFT)),
@@ -83,7 +77,8 @@ def raw_measures(points: np.ndarray) -> np.ndarray:
         corners - down(LIP_INNER_TOP),
         down(LIP_INNER_BOTTOM) - corners,
     ]) / span
-    openings = [gap3(SUBNASALE, CHIN), gap3(LIP_INNER_TOP, LIP_INNER_BOTTOM), gap3(LIP_OUTER_TOP, LIP_OUTER_BOTTOM)]
+    openings = [eye_spans_3d(points, a, b) for a, b in
+                ((SUBNASALE, CHIN), (LIP_INNER_TOP, LIP_INNER_BOTTOM), (LIP_OUTER_TOP, LIP_OUTER_BOTTOM))]
     # RAW_NAMES order: jaw, mouth_open, the four shapes, lips_apart, then the EAR (a ratio already)
     return np.array([openings[0], openings[1], *shapes, openings[2], eye_aspect_ratio(points)])
 

@@ -148,8 +148,6 @@ def load_manifest(root: str | Path) -> Manifest:
         raise DataError(f"no {MANIFEST_NAME} in {root}: run `emo-stream data prepare --videos DIR --out {root}` first")
     try:
         return Manifest.from_dict(json.loads(path.read_text()))
-    except OutdatedDataError:
-        raise
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DataError(f"cannot read {path} ({type(exc).__name__}: {exc}): prepare the data again") from None
 
