@@ -242,7 +242,9 @@ def analyse(peer: RecordingPeer, samples: np.ndarray, fps: int, audio_hold_s: fl
     # YUV 4:2:0 planes as received (RecordingPeer), or RGB already (analyse_saved)
     rgb = [(t, f if f.ndim == 3 else cv2.cvtColor(f, cv2.COLOR_YUV2RGB_I420)) for t, f in peer.received.video]
     peer.received.video.clear()
-    rgb_received = Received(video=rgb, audio=peer.received.audio)
+    # with their media times: the recording places frames and voice by them (a lost packet leaves its gap)
+    rgb_received = Received(video=rgb, audio=peer.received.audio, video_pts=peer.received.video_pts,
+                            audio_pts=peer.received.audio_pts)
     arrivals = [t for t, _ in rgb]
     gaps = np.diff(arrivals) if len(arrivals) > 1 else np.zeros(1)
     out: dict = {
@@ -360,7 +362,7 @@ async def _session(peer: RecordingPeer, stdin_lines: asyncio.Queue, timeout_s: f
 
 
 async def _run_session(base: str, samples: np.ndarray, timeout_s: float,
-                       impair: str = "") -> tuple[RecordingPeer, dict]:
+                       impair: str = "", audio_in_order: bool = False) -> tuple[RecordingPeer, dict]:
     loop = asyncio.get_running_loop()
     lines: asyncio.Queue = asyncio.Queue()
 
@@ -375,7 +377,7 @@ async def _run_session(base: str, samples: np.ndarray, timeout_s: float,
     relay = None
     if impair:  # every packet of the session crosses a user-space impairment relay, both ways
         relay = await UdpRelay(to_server=Impairment.parse(impair), to_client=Impairment.parse(impair)).start("127.0.0.1")
-    peer = RecordingPeer(base, samples, relay=relay)
+    peer = RecordingPeer(base, samples, relay=relay, audio_in_order=audio_in_order)
     try:
         answer = await _session(peer, lines, timeout_s)
     finally:
@@ -392,7 +394,12 @@ def main() -> int:
     parser.add_argument("--signal", type=Path, required=True, help=".npy of the 48 kHz mono float32 microphone")
     parser.add_argument("--out", type=Path, required=True, help="where the result JSON goes")
     parser.add_argument("--fps", type=int, default=25)
-    parser.add_argument("--audio-hold-ms", type=float, default=80.0)
+    parser.add_argument("--audio-hold-ms", type=float, default=None,
+                        help="how long the receiver holds audio before recv() (subtracted from the figures); "
+                             "default 80 for aiortc's audio buffer, 0 with --audio-in-order")
+    parser.add_argument("--audio-in-order", action="store_true",
+                        help="receive the voice as a browser plays it: each packet at once, a lost one given up "
+                             "after two later ones (tests/live_client.py), not through aiortc's audio buffer")
     parser.add_argument("--timeout", type=float, default=120.0, help="longest session without 'stop'")
     parser.add_argument("--no-lipsync", action="store_true")
     parser.add_argument("--count-only", action="store_true", help="count video frames, do not decode them")
@@ -404,13 +411,16 @@ def main() -> int:
                              "e.g. loss=0.05,delay_ms=30,jitter_ms=10")
     args = parser.parse_args()
     samples = np.load(args.signal).astype(np.float32)
+    if args.audio_hold_ms is None:
+        args.audio_hold_ms = 0.0 if args.audio_in_order else 80.0
     if args.count_only:
         count_video_only()
     _say("ready")
     if sys.stdin.readline().strip() != "go":
         return 1
     try:
-        peer, answer = asyncio.run(_run_session(args.base, samples, args.timeout, args.impair))
+        peer, answer = asyncio.run(_run_session(args.base, samples, args.timeout, args.impair,
+                                                      args.audio_in_order))
     except Exception as exc:  # report, never hang the parent
         traceback.print_exc()
         args.out.write_text(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))

@@ -142,18 +142,20 @@ class Client:
 
     def __init__(self, index: int, base: str, signal_path: Path, out: Path, fps: int, log_path: Path,
                  lipsync: bool, seconds: float, count_only: bool = False, save_raw: Path | None = None,
-                 nice: int = 0, impair: str = "") -> None:
+                 nice: int = 0, impair: str = "", audio_in_order: bool = False) -> None:
         self.index = index
         self.out = out
         self.log_path = log_path
         self._log = open(log_path, "w")
         cmd = [sys.executable, str(CLIENT), "--base", base, "--signal", str(signal_path), "--out", str(out),
-               "--fps", str(fps), "--audio-hold-ms", str(AUDIO_HOLD_MS),
+               "--fps", str(fps), "--audio-hold-ms", str(0.0 if audio_in_order else AUDIO_HOLD_MS),
                "--timeout", str(seconds + 60)]  # its session ends at "stop", after the round and any stagger
         if not lipsync:
             cmd.append("--no-lipsync")
         if impair:
             cmd += ["--impair", impair]
+        if audio_in_order:
+            cmd.append("--audio-in-order")
         if count_only:
             cmd.append("--count-only")
         elif save_raw is not None:
@@ -231,7 +233,8 @@ def make_signal(clips: list[np.ndarray], index: int, seconds: float) -> np.ndarr
 
 def run_round(n: int, base: str, server_pid: int, clips: list[np.ndarray], seconds: float, fps: int,
               tmp: Path, lipsync: bool, analyse: bool = True, decode_all: bool = False,
-              save_dir: Path | None = None, client_nice: int = 0, impair: str = "") -> dict | None:
+              save_dir: Path | None = None, client_nice: int = 0, impair: str = "",
+              audio_in_order: bool = False) -> dict | None:
     """N clients together for ``seconds``; None when ``analyse`` is False (a warm-up), else the round's raw
     record (``summarise`` makes its figures). Client 0 decodes and measures everything (with ``save_dir``: stores
     its streams there for ``--finish``); the others only count frames unless ``decode_all``."""
@@ -246,7 +249,7 @@ def run_round(n: int, base: str, server_pid: int, clips: list[np.ndarray], secon
             raw = save_dir / f"probe-{n}.npz" if save_dir is not None and analyse and k == 0 else None
             clients.append(Client(k, base, sig, tmp / f"result-{tag}-{k}.json", fps,
                                   tmp / f"client-{tag}-{k}.log", lipsync, seconds, count_only=k > 0 and not decode_all,
-                                  save_raw=raw, nice=client_nice, impair=impair))
+                                  save_raw=raw, nice=client_nice, impair=impair, audio_in_order=audio_in_order))
         for c in clients:
             c.expect("ready", 120)
         for c in clients:
@@ -344,7 +347,9 @@ def measure(args: argparse.Namespace, config, clips: list[np.ndarray], counts: l
             "max_sessions": config.server.max_sessions,
             "sessions": counts, "seconds_per_round": args.seconds, "metrics_window_s": args.seconds - WARM_S,
             "utterances": list(UTTERANCES), "lead_silence_s": LEAD_S, "per_client_stagger_s": STAGGER_S,
-            "gap_s": GAP_S, "receive_hold_corrections_ms": {"video": round(1000 / fps, 1), "audio": AUDIO_HOLD_MS},
+            "gap_s": GAP_S, "receive_hold_corrections_ms": {"video": round(1000 / fps, 1),
+                                                           "audio": 0.0 if args.audio_in_order else AUDIO_HOLD_MS},
+            "audio_receive": "in order, as a browser plays it" if args.audio_in_order else "aiortc's jitter buffer",
             "client_processes": "one per session (bench/live_load.py)",
             "load_clients": "decode video" if args.decode_all else "count video frames, no decode (client 0 decodes)",
             "server_cpus": args.server_cpus, "server_cpus_observed": None,
@@ -387,7 +392,8 @@ def measure(args: argparse.Namespace, config, clips: list[np.ndarray], counts: l
                     try:
                         rounds[str(n)] = run_round(n, base, server.pid, clips, args.seconds, fps, tmp,
                                                    lipsync=not args.no_lipsync, decode_all=args.decode_all,
-                                                   save_dir=args.save_dir, client_nice=args.client_nice)
+                                                   save_dir=args.save_dir, client_nice=args.client_nice,
+                                                   audio_in_order=args.audio_in_order)
                     except (RuntimeError, OSError, httpx.HTTPError, ValueError) as exc:
                         if n == 1:
                             raise  # no baseline, nothing to compare against
@@ -402,7 +408,8 @@ def measure(args: argparse.Namespace, config, clips: list[np.ndarray], counts: l
                         try:
                             rounds[f"{n}+impaired"] = run_round(
                                 n, base, server.pid, clips, args.seconds, fps, tmp, lipsync=not args.no_lipsync,
-                                decode_all=args.decode_all, client_nice=args.client_nice, impair=args.impair)
+                                decode_all=args.decode_all, client_nice=args.client_nice, impair=args.impair,
+                                audio_in_order=args.audio_in_order)
                         except (RuntimeError, OSError, httpx.HTTPError, ValueError) as exc:
                             log(f"N={n} impaired: round failed: {exc}")
                             rounds[f"{n}+impaired"] = {"n": n, "error": str(exc)[-1500:]}
@@ -470,6 +477,10 @@ def main() -> int:
     parser.add_argument("--impair", default="", metavar="SPEC",
                         help="after each round, the same round with every session through a user-space impairment "
                              "relay (tests/impairment.py), both ways: e.g. loss=0.05,delay_ms=30,jitter_ms=10")
+    parser.add_argument("--audio-in-order", action="store_true",
+                        help="the clients receive the voice as a browser plays it (each packet at once, a lost one "
+                             "given up after two later ones), not through aiortc's audio buffer (4 packets held, "
+                             "320 ms waited for a lost one)")
     parser.add_argument("--decode-all", action="store_true",
                         help="every client decodes video (default: client 0 decodes and measures, the load clients "
                              "count frames: decoding would take ~0.1 core per session from the server's 2 cores)")

@@ -114,6 +114,8 @@ def summarise(n: int, results: list[dict], failed: list[dict], a: Snapshot, b: S
                                 for kind in ("drop", "advance", "delay", "raise", "lower")},
         "mic_packets_skipped": int(metric(b.metrics, "emo_stream_mic_packets_skipped_total")
                                    - metric(a.metrics, "emo_stream_mic_packets_skipped_total")),
+        "mic_concealed_s": round(metric(b.metrics, "emo_stream_mic_concealed_seconds_total")
+                                 - metric(a.metrics, "emo_stream_mic_concealed_seconds_total"), 3),
         "late_fraction": round(late / sent, 4) if sent else None,
         "overloaded": overloaded,
         "server_cpu_s_per_session_per_s": round(server_cpu / window / max(n, 1), 4),

@@ -40,6 +40,7 @@ from server.event_hub import EventHub, SessionStats
 from server.ice_servers import IceServer
 from server.input_timeline import InputTimeline, VoicePlacement, base_lead_s
 from server.input_windows import InputWindows
+from server.loss_concealment import LossConcealer
 from server.pcm_source import PcmSource
 from server.peer_watchdog import watch_peer
 from server.telemetry import Telemetry
@@ -105,6 +106,7 @@ class Session:
         self.control_rate = ControlRate()
         self._ready = False
         self.mic_buffer: InOrderAudioBuffer | None = None  # its ``skipped`` packets go to /metrics
+        self.concealer = LossConcealer()  # the microphone's lost packets filled in, so its input keeps time
         self._tasks: list[asyncio.Task[None]] = []
         self.clock = MediaClock(self, fps=options.fps, on_lag=lambda s: telemetry.observe("tick_lag", max(0.0, s)))
         # A microphone's windows are kept near the least lead (server.input_phase); an agent's PCM is pulled on
@@ -252,8 +254,15 @@ class Session:
                 continue
             self.stats.last_input = time.monotonic()
             t0 = time.perf_counter()
-            self.push_audio_frame(frame)
+            self.push_mic_frame(frame)
             self.telemetry.observe("decode", time.perf_counter() - t0)
+
+    def push_mic_frame(self, frame: av.AudioFrame) -> None:
+        """A decoded microphone frame, after what stands in for the packets lost just before it
+        (``server.loss_concealment``): the windows after a loss complete when they would have."""
+        for filler in self.concealer.before(frame):
+            self.push_audio_frame(filler)
+        self.push_audio_frame(frame)
 
     def push_audio_frame(self, frame: av.AudioFrame) -> None:
         """Decoded input audio (any rate/layout) into the voice and engine window streams."""

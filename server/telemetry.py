@@ -25,6 +25,9 @@ class Telemetry:
         self.mic_packets_skipped = Counter("emo_stream_mic_packets_skipped_total",
                                            "Microphone packets given up: lost, or too late",
                                            registry=r)
+        self.mic_concealed_seconds = Counter("emo_stream_mic_concealed_seconds_total",
+                                             "Microphone audio filled in for lost packets (server.loss_concealment)",
+                                             registry=r)
         self.windows_skipped = Counter("emo_stream_windows_skipped_total",
                                        "Audio windows the worker skipped because their frame was already due",
                                        registry=r)

@@ -19,6 +19,7 @@ import numpy as np
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from server.aiortc_compat import hand_on_audio_at_once
 from tests.impairment import UdpRelay, first_host_candidate, through
 
 RATE = 48_000
@@ -85,8 +86,13 @@ class LivePeer:
     """Connects to a running server, sends the microphone, records the answer's tracks."""
 
     def __init__(self, base_url: str, samples: np.ndarray | None = None, avatar_id: str | None = None,
-                 options: dict | None = None, headers: dict | None = None, relay: UdpRelay | None = None) -> None:
-        """``relay``: a started ``tests.impairment.UdpRelay`` that every packet of the session crosses."""
+                 options: dict | None = None, headers: dict | None = None, relay: UdpRelay | None = None,
+                 audio_in_order: bool = False) -> None:
+        """``relay``: a started ``tests.impairment.UdpRelay`` that every packet of the session crosses.
+        ``audio_in_order``: receive the voice as a browser plays it, each packet at once and a lost one given
+        up after two later ones (the server's own ``InOrderAudioBuffer``), not through aiortc's audio jitter
+        buffer, which holds four packets and waits for a lost one until sixteen more are in (320 ms)."""
+        self.audio_in_order = audio_in_order
         self.base_url = base_url
         self.relay = relay
         self.options = options
@@ -111,6 +117,10 @@ class LivePeer:
 
         @self.pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
+            if track.kind == "audio" and self.audio_in_order:
+                for transceiver in self.pc.getTransceivers():
+                    if transceiver.receiver.track is track and hand_on_audio_at_once(transceiver.receiver) is None:
+                        raise RuntimeError("aiortc's receiver changed: the in-order audio buffer does not fit it")
             self._tasks.append(asyncio.create_task(self._record(track)))
 
         await self.pc.setLocalDescription(await self.pc.createOffer())
@@ -243,8 +253,9 @@ def _smoothed_arrivals(arrivals: list[float], media_s: list[float | None]) -> li
 
 def write_recording(received: Received, path: Path, audio_hold_s: float = 0.0, video_hold_s: float = 0.0) -> Path:
     """An MP4 of what arrived, both tracks on the arrival clock (minus the receiver's constant hold
-    times): frames at their RTP media times anchored by their median arrival, audio likewise."""
-    _, samples = audio_timeline(received)
+    times): frames at their RTP media times anchored by their median arrival, audio likewise (silence where a
+    packet was lost, so the voice after a loss keeps its time)."""
+    samples = audio_by_media_time(received)
     audio_arrivals = _smoothed_arrivals([t for t, _ in received.audio], received.audio_pts)
     audio_t0 = audio_arrivals[0] - len(received.audio[0][1]) / RATE - audio_hold_s
     video_times = _smoothed_arrivals([t for t, _ in received.video], received.video_pts)

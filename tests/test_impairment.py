@@ -106,14 +106,18 @@ def test_a_session_runs_through_a_clean_relay_and_only_through_it(server):
     assert relay.client == first_host_candidate(peer.pc.localDescription.sdp)
 
 
-def test_under_five_percent_loss_only_lost_microphone_packets_are_given_up(server):
+def test_under_five_percent_loss_only_lost_microphone_packets_are_given_up_and_filled_in(server):
     skipped_before = metric(server.base, "emo_stream_mic_packets_skipped_total")
+    concealed_before = metric(server.base, "emo_stream_mic_concealed_seconds_total")
     speech = load_audio(media.silence_then_speech("hello"), sample_rate=RATE)
     peer, relay = asyncio.run(_session_through(
         server.base, Impairment(loss=0.05, delay_ms=30, jitter_ms=10), np.tile(speech, 3), 8.0))
     skipped = metric(server.base, "emo_stream_mic_packets_skipped_total") - skipped_before
+    concealed = metric(server.base, "emo_stream_mic_concealed_seconds_total") - concealed_before
     assert received_fps(peer.received) >= 10  # the session runs through loss and jitter
     assert relay.up.stats.dropped > 5
     # Every datagram the relay dropped towards the server was at most one microphone packet: giving up good
     # packets with each gap (83 for 39 lost, before) would exceed it.
     assert 0 < skipped <= relay.up.stats.dropped
+    # ... and each one given up was filled in (20 ms a packet), so the input kept its time
+    assert concealed == pytest.approx(skipped * 0.02, abs=0.041)
