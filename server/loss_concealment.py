@@ -96,9 +96,8 @@ def _filler(last: av.AudioFrame, samples: int) -> av.AudioFrame:
     if body.shape[1] < length:
         body = np.concatenate([body, np.zeros((planes.shape[0], length - body.shape[1]))], axis=1)
     body = body[:, :length]
-    if np.issubdtype(planes.dtype, np.integer):
-        info = np.iinfo(planes.dtype)
-        body = np.clip(np.round(body), info.min, info.max)
+    if np.issubdtype(planes.dtype, np.integer):  # the gains are under 1: rounding cannot overflow
+        body = np.round(body)
     filler = av.AudioFrame.from_ndarray(np.ascontiguousarray(body.astype(planes.dtype)), format=last.format.name,
                                         layout=last.layout.name)
     filler.sample_rate = last.sample_rate
