@@ -10,9 +10,11 @@ The baseline in the same run: the page with ``?hold_video=0``, which leaves A/V 
 default the page asks the video receiver to hold what the audio holds plus a frame, client_web/webrtc.js).
 ``--pairs N`` alternates baseline and default sessions N times on one server.
 
-``--impair SPEC`` is not offered yet: the browser's offer would have to go through tests/impairment.py's relay.
+``--impair SPEC`` (e.g. ``loss=0.05,delay_ms=30,jitter_ms=10``) compares the default page on the clean loopback
+(the baseline) with the default page whose every packet crosses tests/impairment.py's relay, impaired both ways
+(a new relay per session; the page's SDP names the relay, tests.browser.route_through).
 
-Usage: .venv/bin/python bench/av_sync.py [--config configs/default.yaml] [--seconds 30] [--pairs 2]
+Usage: .venv/bin/python bench/av_sync.py [--config configs/default.yaml] [--seconds 30] [--pairs 2] [--impair SPEC]
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ sys.path.append(str(REPO / "bench"))  # after the repository: its server/ packag
 from server_report import commit, device  # noqa: E402
 
 from tests import browser, servers  # noqa: E402
+from tests.impairment import Impairment, relay_in_thread  # noqa: E402
 
 
 def summary(offsets: list[float]) -> dict:
@@ -48,7 +51,14 @@ def main() -> int:
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "default.yaml")
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--pairs", type=int, default=2, help="baseline/default sessions, alternated")
+    parser.add_argument("--impair", default="", metavar="SPEC",
+                        help="compare the clean path with one impaired both ways, e.g. loss=0.05,delay_ms=30,jitter_ms=10")
     args = parser.parse_args()
+    try:
+        impairment = Impairment.parse(args.impair) if args.impair else None
+    except ValueError as exc:
+        print(f"error: --impair: {exc}", file=sys.stderr)
+        return 2
     why_not = browser.missing_browser()
     if why_not:
         print(f"error: {why_not}", file=sys.stderr)
@@ -57,13 +67,20 @@ def main() -> int:
     config.setdefault("server", {})["av_probe"] = True
     path = Path(servers.write_config({}).parent) / "av_probe.yaml"
     path.write_text(yaml.safe_dump(config))
-    variants = {"browser_alone": "?hold_video=0", "page_holds_video": ""}
+    variants: dict[str, tuple[str, Impairment | None]] = (
+        {"page_holds_video": ("", None), "page_holds_video_impaired": ("", impairment)} if impairment
+        else {"browser_alone": ("?hold_video=0", None), "page_holds_video": ("", None)})
     runs: dict[str, list[dict]] = {name: [] for name in variants}
     with browser.run_server(config=path) as base:
         for pair in range(args.pairs):
             order = list(variants.items())
-            for name, query in order if pair % 2 == 0 else order[::-1]:  # neither always meets a cold server
-                result = browser.measure_av_sync(base, args.seconds, query)
+            for name, (query, impaired) in order if pair % 2 == 0 else order[::-1]:  # neither always meets a cold server
+                if impaired is None:
+                    result = browser.measure_av_sync(base, args.seconds, query)
+                else:
+                    with relay_in_thread(impaired, impaired, seed=pair) as relay:
+                        result = browser.measure_av_sync(base, args.seconds, query, relay=relay)
+                        result["relay"] = {"up": vars(relay.up.stats), "down": vars(relay.down.stats)}
                 if result["page_errors"]:
                     print(f"error: the page reported errors: {result['page_errors']}", file=sys.stderr)
                     return 1
@@ -72,6 +89,7 @@ def main() -> int:
                 runs[name].append({
                     "tones": len(result["tones"]), "flashes": len(result["flashes"]), "frames": result["frames"],
                     "video_hold_ms": result["video_hold_ms"], "audio_buffer_ms": result["audio_buffer_ms"],
+                    **({"relay": result["relay"]} if "relay" in result else {}),
                     "first_half": offsets[:half], "second_half": offsets[half:]})
     report = {}
     for name, rs in runs.items():
@@ -83,6 +101,7 @@ def main() -> int:
     print(json.dumps({
         "bench": "av_sync", "device": device(None, None), "commit": commit(),
         "config": {"config_file": str(args.config), "seconds": args.seconds, "pairs": args.pairs,
+                   "impair": args.impair or None,
                    "beep": "1 kHz, 120 ms, every 1.5 s"},
         **report,
         "targets": {"median_abs_ms": "<= 20", "p95_abs_ms": "<= 45"},

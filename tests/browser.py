@@ -8,6 +8,7 @@ Nothing is downloaded: Debian's chromium + chromedriver (``make test`` installs 
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import tempfile
 import time
@@ -252,11 +253,66 @@ return {video_hold_ms: r ? r.jitterBufferTarget : null,
 """
 
 
-def measure_av_sync(base: str, seconds: float = 12.0, query: str = "") -> dict:
+# Every packet of the page's session through tests/impairment.py's relay, as ``tests.impairment.through`` does for
+# an aiortc peer: the offer the page posts names the relay's server-facing address as its only candidate, and the
+# answer it applies the client-facing one. Installed before the page's own scripts run; the relay learns
+# Chromium's address from its first datagram.
+RELAY_SDP_JS = """
+(() => {
+  const toServer = %s, toClient = %s;
+  const through = (sdp, [host, port]) => {
+    const out = [];
+    let placed = false;
+    for (let line of sdp.split('\\r\\n')) {
+      if (line.startsWith('m=')) {
+        placed = false;
+        const p = line.split(' ');
+        p[1] = String(port);
+        line = p.join(' ');
+      } else if (line.startsWith('c=IN IP4 ')) {
+        line = 'c=IN IP4 ' + host;
+      } else if (line.startsWith('a=candidate:')) {
+        const f = line.slice('a=candidate:'.length).split(' ');
+        if (placed || f[2].toLowerCase() !== 'udp') continue;
+        line = `a=candidate:${f[0]} ${f[1]} udp ${f[3]} ${host} ${port} typ host`;
+        placed = true;
+      }
+      out.push(line);
+    }
+    return out.join('\\r\\n');
+  };
+  const realFetch = window.fetch.bind(window);
+  window.fetch = (input, init) => {
+    if (init && typeof init.body === 'string' && init.body.includes('"offer"')) {
+      const body = JSON.parse(init.body);
+      if (body.type === 'offer' && body.sdp) init = {...init, body: JSON.stringify({...body, sdp: through(body.sdp, toServer)})};
+    }
+    return realFetch(input, init);
+  };
+  const realSet = RTCPeerConnection.prototype.setRemoteDescription;
+  RTCPeerConnection.prototype.setRemoteDescription = function (desc, ...rest) {
+    if (desc && desc.type === 'answer' && desc.sdp) desc = {type: 'answer', sdp: through(desc.sdp, toClient)};
+    return realSet.call(this, desc, ...rest);
+  };
+})();
+"""
+
+
+def route_through(driver, relay) -> None:
+    """Make every page this driver opens send its session through ``relay`` (a started
+    ``tests.impairment.UdpRelay``)."""
+    server, client = (json.dumps(list(face)) for face in (relay.server_facing, relay.client_facing))
+    driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": RELAY_SDP_JS % (server, client)})
+
+
+def measure_av_sync(base: str, seconds: float = 12.0, query: str = "", relay=None) -> dict:
     """Chromium plays a session of a server with ``server.av_probe`` on, its microphone beeping: every flash and
     tone (page milliseconds), frames seen, each beep's flash minus its tone (``av_offsets``), and what the page
-    asked the video receiver to hold. ``query``: the demo page's URL query (``?hold_video=0``)."""
+    asked the video receiver to hold. ``query``: the demo page's URL query (``?hold_video=0``); ``relay``: a
+    started ``tests.impairment.UdpRelay`` the session's packets all cross (``route_through``)."""
     with chromium(beeps_mic(count=max(10, int(seconds / 1.5) + 4))) as driver:
+        if relay is not None:
+            route_through(driver, relay)
         open_page(driver, base, query)
         start_and_wait_for_video(driver)
         installed = driver.execute_async_script(INSTALL_AV_PROBE_JS)

@@ -8,14 +8,19 @@ DTLS, RTP, RTCP) crosses it::
     client C  ->  face_a  ==(client->server path)==>  face_b  ->  server S
     client C  <-  face_a  <==(server->client path)==  face_b  <-  server S
 
-``LivePeer(relay=...)`` (tests/live_client.py) does the rewriting.
+``LivePeer(relay=...)`` (tests/live_client.py) does the rewriting, and tells the relay both peers' addresses. A
+peer that is not told (Chromium, whose SDP the page rewrites: ``tests.browser.relay_sdp_js``) is learnt from its
+first datagram.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import re
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 
@@ -166,9 +171,13 @@ class UdpRelay:
         return self._b.transport.get_extra_info("sockname")[:2]  # type: ignore[union-attr]
 
     def _from_client(self, data: bytes, addr) -> None:
+        if self.client is None:  # a peer whose candidates it was not told (a browser): its first datagram says
+            self.client = addr[:2]
         self.up.submit(data, self._loop)
 
     def _from_server(self, data: bytes, addr) -> None:
+        if self.server is None:
+            self.server = addr[:2]
         self.down.submit(data, self._loop)
 
     @staticmethod
@@ -180,6 +189,25 @@ class UdpRelay:
         for face in (self._a, self._b):
             if face.transport is not None:
                 face.transport.close()
+
+
+@contextlib.contextmanager
+def relay_in_thread(to_server: Impairment, to_client: Impairment, host: str = "127.0.0.1",
+                    seed: int = 0) -> Iterator[UdpRelay]:
+    """A started ``UdpRelay`` on its own event loop in a thread, for a caller with no loop of its own (a
+    Selenium-driven browser); closed on exit."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="udp-relay", daemon=True)
+    thread.start()
+    relay = UdpRelay(to_server=to_server, to_client=to_client, seed=seed)
+    try:
+        asyncio.run_coroutine_threadsafe(relay.start(host), loop).result(timeout=10)
+        yield relay
+    finally:
+        loop.call_soon_threadsafe(relay.close)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
 
 
 _CANDIDATE = re.compile(r"^a=candidate:(\S+) (\d+) (udp|UDP) (\d+) (\d+\.\d+\.\d+\.\d+) (\d+) typ host.*$", re.M)

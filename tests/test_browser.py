@@ -17,6 +17,7 @@ import pytest
 
 from tests import browser, media
 from tests.browser import measure_av_sync, open_page, page_state, start_and_wait_for_video
+from tests.impairment import Impairment, relay_in_thread
 from tests.servers import metric
 
 pytestmark = [pytest.mark.timeout(180)]
@@ -417,3 +418,16 @@ def test_the_page_holds_the_video_as_long_as_the_audio(av_sync):
     hold, audio = av_sync["video_hold_ms"], av_sync["audio_buffer_ms"]
     assert hold is not None and audio is not None, av_sync
     assert abs(hold - (audio + 40)) < 6, (hold, audio)  # re-set when it moves 5 ms or more
+
+
+def test_chromium_plays_a_session_whose_every_packet_crosses_the_impairment_relay(probe_server):
+    """The browser path through tests/impairment.py's relay (bench/av_sync.py --impair): the page's SDP names the
+    relay, so the media crosses it both ways and is impaired there, and the session still plays, beeps and all."""
+    lossy = Impairment(loss=0.05, delay_ms=30, jitter_ms=10)
+    with relay_in_thread(lossy, lossy, seed=1) as relay:
+        result = measure_av_sync(probe_server, seconds=8.0, relay=relay)
+        up, down = relay.up.stats, relay.down.stats
+    assert result["page_errors"] == []
+    assert up.sent > 200 and down.sent > 400  # the microphone and the session's media crossed it, both ways
+    assert up.dropped > 0 and down.dropped > 0
+    assert result["frames"] > 100 and len(result["offsets_ms"]) >= 3
