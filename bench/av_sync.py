@@ -12,7 +12,9 @@ default the page asks the video receiver to hold what the audio holds plus a fra
 
 ``--impair SPEC`` (e.g. ``loss=0.05,delay_ms=30,jitter_ms=10``) compares the default page on the clean loopback
 (the baseline) with the default page whose every packet crosses tests/impairment.py's relay, impaired both ways
-(a new relay per session; the page's SDP names the relay, tests.browser.route_through).
+(a new relay per session; the page's SDP names the relay, tests.browser.route_through), and with the page
+through the relay without its repair hold (``?repair_hold=0``: no extra hold of both tracks while the video
+repairs losses).
 
 Usage: .venv/bin/python bench/av_sync.py [--config configs/default.yaml] [--seconds 30] [--pairs 2] [--impair SPEC]
 """
@@ -68,7 +70,8 @@ def main() -> int:
     path = Path(servers.write_config({}).parent) / "av_probe.yaml"
     path.write_text(yaml.safe_dump(config))
     variants: dict[str, tuple[str, Impairment | None]] = (
-        {"page_holds_video": ("", None), "page_holds_video_impaired": ("", impairment)} if impairment
+        {"page_holds_video": ("", None), "page_holds_video_impaired": ("", impairment),
+         "impaired_without_repair_hold": ("?repair_hold=0", impairment)} if impairment
         else {"browser_alone": ("?hold_video=0", None), "page_holds_video": ("", None)})
     runs: dict[str, list[dict]] = {name: [] for name in variants}
     with browser.run_server(config=path) as base:
@@ -88,7 +91,8 @@ def main() -> int:
                 half = len(offsets) // 2
                 runs[name].append({
                     "tones": len(result["tones"]), "flashes": len(result["flashes"]), "frames": result["frames"],
-                    "video_hold_ms": result["video_hold_ms"], "audio_buffer_ms": result["audio_buffer_ms"],
+                    "video_hold_ms": result["video_hold_ms"], "audio_hold_ms": result["audio_hold_ms"],
+                    "audio_buffer_ms": result["audio_buffer_ms"],
                     **({"relay": result["relay"]} if "relay" in result else {}),
                     "first_half": offsets[:half], "second_half": offsets[half:]})
     report = {}

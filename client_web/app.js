@@ -474,8 +474,11 @@ async function startSession() {
   ui.start.disabled = true;
   resetStats();
   // ?hold_video=0 leaves A/V sync to the browser alone (to compare; docs/benchmarks.md).
-  const holdVideo = new URLSearchParams(window.location.search).get('hold_video') !== '0';
-  const s = new LiveSession(api, { avatarId: selectedId, holdVideo });
+  const params = new URLSearchParams(window.location.search);
+  const holdVideo = params.get('hold_video') !== '0';
+  // ?repair_hold=0: no extra hold while the video repairs losses (to compare; docs/benchmarks.md).
+  const holdForRepair = params.get('repair_hold') !== '0';
+  const s = new LiveSession(api, { avatarId: selectedId, holdVideo, holdForRepair });
   s.setMicMuted(micMuted);
   session = s;
   wire(s);

@@ -45,6 +45,10 @@ class Superseded extends Error {}
 // time a video target counts and an audio buffer does not; the other half shows each frame in the middle of the
 // 40 ms of sound it was made from, not at its start.
 const VIDEO_HOLD_EXTRA_MS = 40;
+// While the video repairs losses, a lost packet comes back a round trip (and the receiver's NACK) later: hold both
+// tracks that long, for this long after the last repair, so a repaired frame still shows with its sound.
+const REPAIR_NACK_MS = 20;
+const REPAIR_HOLD_FOR_MS = 10000;
 
 function isRetryable(err) {
   if (err instanceof ApiError || err instanceof ConnectionError) return err.retryable;
@@ -151,7 +155,11 @@ export class LiveSession extends EventTarget {
     this.useEvents = opts.events ?? true;
     // Hold the video back as long as the audio is held (see _holdVideoWithAudio); false leaves it to the browser.
     this.holdVideo = opts.holdVideo ?? true;
+    // While the video repairs lost packets, hold both tracks a round trip more (see _holdVideoWithAudio).
+    this.holdForRepair = opts.holdForRepair ?? true;
     this._videoHoldMs = null;
+    this._audioHoldMs = null;
+    this._repairUntil = 0;
 
     this.state = 'new';
     this.voice = null;
@@ -362,6 +370,8 @@ export class LiveSession extends EventTarget {
       this._attempt = 0;
       this._prev = null;
       this._videoHoldMs = null;
+      this._audioHoldMs = null;
+      this._repairUntil = 0;
       this._setState('connected');
       if (!this.eventsConnected) this._setVoice('idle', 'estimate');
       this._poll(gen);
@@ -576,12 +586,24 @@ export class LiveSession extends EventTarget {
    * synchroniser closes that gap by 10-20 ms a second: for the first ~15 s the picture ran ahead of the voice
    * (docs/benchmarks.md). Asking the video receiver to hold what the audio holds closes it from the first second.
    */
-  _holdVideoWithAudio(pc, audioBufferMs) {
+  _holdVideoWithAudio(pc, audioBufferMs, repairMs = 0) {
     // pc: the connection the figure was measured on (a reconnect may have replaced this.pc meanwhile).
+    // repairMs: how long a lost video packet takes to come back while the video is repairing losses, else 0.
     if (!Number.isFinite(audioBufferMs) || pc !== this.pc) return;
-    const receiver = pc.getReceivers().find((r) => r.track && r.track.kind === 'video');
+    const receivers = pc.getReceivers();
+    const receiver = receivers.find((r) => r.track && r.track.kind === 'video');
     if (!receiver || !('jitterBufferTarget' in receiver)) return;
-    const target = Math.min(Math.max(Math.round(audioBufferMs + VIDEO_HOLD_EXTRA_MS), 0), 4000);
+    const floor = repairMs > 0 ? repairMs + VIDEO_HOLD_EXTRA_MS : 0;
+    const target = Math.min(Math.max(Math.round(audioBufferMs + VIDEO_HOLD_EXTRA_MS), floor, 0), 4000);
+    const audioReceiver = receivers.find((r) => r.track && r.track.kind === 'audio');
+    if (audioReceiver && 'jitterBufferTarget' in audioReceiver) {
+      const audioHold = repairMs > 0 ? Math.min(Math.round(repairMs), 4000) : null;
+      if (audioHold !== this._audioHoldMs && (audioHold === null || this._audioHoldMs === null
+          || Math.abs(audioHold - this._audioHoldMs) >= 5)) {
+        audioReceiver.jitterBufferTarget = audioHold;
+        this._audioHoldMs = audioHold;
+      }
+    }
     if (this._videoHoldMs !== null && Math.abs(target - this._videoHoldMs) < 5) return;
     receiver.jitterBufferTarget = target;
     this._videoHoldMs = target;
@@ -630,7 +652,10 @@ export class LiveSession extends EventTarget {
     };
     const videoBufferMs = video ? bufferMs(video, prev && prev.video) : null;
     const audioBufferMs = audio ? bufferMs(audio, prev && prev.audio) : null;
-    if (this.holdVideo) this._holdVideoWithAudio(pc, audioBufferMs);
+    const repairs = delta(video, prev && prev.video, 'nackCount');
+    if (repairs) this._repairUntil = now + REPAIR_HOLD_FOR_MS;
+    const repairMs = this.holdForRepair && now < this._repairUntil && rttMs !== null ? rttMs + REPAIR_NACK_MS : 0;
+    if (this.holdVideo) this._holdVideoWithAudio(pc, audioBufferMs, repairMs);
     let kbps = null;
     if (prev && dt > 0) {
       const bytes = (delta(video, prev.video, 'bytesReceived') || 0) + (delta(audio, prev.audio, 'bytesReceived') || 0);

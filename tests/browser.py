@@ -244,11 +244,13 @@ def start_and_wait_for_video(driver) -> None:
         15, "the video to play")
 
 
-# What the page asked the video receiver to hold (jitterBufferTarget, ms) and the audio buffer it last measured.
+# What the page asked the receivers to hold (jitterBufferTarget, ms; the audio's is null unless the video is
+# repairing losses) and the audio buffer it last measured.
 VIDEO_HOLD_JS = """
 const s = window.emoDemo && window.emoDemo.session;
 const r = s && s.pc && s.pc.getReceivers().find((x) => x.track && x.track.kind === 'video');
-return {video_hold_ms: r ? r.jitterBufferTarget : null,
+const a = s && s.pc && s.pc.getReceivers().find((x) => x.track && x.track.kind === 'audio');
+return {video_hold_ms: r ? r.jitterBufferTarget : null, audio_hold_ms: a ? a.jitterBufferTarget : null,
         audio_buffer_ms: s && s.lastStats ? s.lastStats.audioBufferMs : null};
 """
 

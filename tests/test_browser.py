@@ -422,7 +422,8 @@ def test_the_page_holds_the_video_as_long_as_the_audio(av_sync):
 
 def test_chromium_plays_a_session_whose_every_packet_crosses_the_impairment_relay(probe_server):
     """The browser path through tests/impairment.py's relay (bench/av_sync.py --impair): the page's SDP names the
-    relay, so the media crosses it both ways and is impaired there, and the session still plays, beeps and all."""
+    relay, so the media crosses it both ways and is impaired there, and the session still plays, beeps and all;
+    while the video repairs its losses the page holds both tracks longer (webrtc.js, _holdVideoWithAudio)."""
     lossy = Impairment(loss=0.05, delay_ms=30, jitter_ms=10)
     with relay_in_thread(lossy, lossy, seed=1) as relay:
         result = measure_av_sync(probe_server, seconds=8.0, relay=relay)
@@ -431,3 +432,8 @@ def test_chromium_plays_a_session_whose_every_packet_crosses_the_impairment_rela
     assert up.sent > 200 and down.sent > 400  # the microphone and the session's media crossed it, both ways
     assert up.dropped > 0 and down.dropped > 0
     assert result["frames"] > 100 and len(result["offsets_ms"]) >= 3
+    # The video repairs its losses, so the page holds both tracks a round trip (and a NACK) more: the audio too,
+    # and the video a frame on top of it.
+    audio_hold, video_hold = result["audio_hold_ms"], result["video_hold_ms"]
+    assert audio_hold is not None and audio_hold >= 60 + 20, result  # the relay's round trip is >= 60 ms
+    assert video_hold >= audio_hold + 40 - 6, result
