@@ -399,7 +399,7 @@ def main() -> int:
                              "default 80 for aiortc's audio buffer, 0 with --audio-in-order")
     parser.add_argument("--audio-in-order", action="store_true",
                         help="receive the voice as a browser plays it: each packet at once, a lost one given up "
-                             "after two later ones (tests/live_client.py), not through aiortc's audio buffer")
+                             "once a later one is waiting (tests/live_client.py), not through aiortc's audio buffer")
     parser.add_argument("--timeout", type=float, default=120.0, help="longest session without 'stop'")
     parser.add_argument("--no-lipsync", action="store_true")
     parser.add_argument("--count-only", action="store_true", help="count video frames, do not decode them")

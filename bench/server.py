@@ -479,7 +479,7 @@ def main() -> int:
                              "relay (tests/impairment.py), both ways: e.g. loss=0.05,delay_ms=30,jitter_ms=10")
     parser.add_argument("--audio-in-order", action="store_true",
                         help="the clients receive the voice as a browser plays it (each packet at once, a lost one "
-                             "given up after two later ones), not through aiortc's audio buffer (4 packets held, "
+                             "given up once a later one is waiting), not through aiortc's audio buffer (4 packets held, "
                              "320 ms waited for a lost one)")
     parser.add_argument("--decode-all", action="store_true",
                         help="every client decodes video (default: client 0 decodes and measures, the load clients "

@@ -155,11 +155,13 @@ export class LiveSession extends EventTarget {
     this.useEvents = opts.events ?? true;
     // Hold the video back as long as the audio is held (see _holdVideoWithAudio); false leaves it to the browser.
     this.holdVideo = opts.holdVideo ?? true;
-    // While the video repairs lost packets, hold both tracks a round trip more (see _holdVideoWithAudio).
+    // While the video repairs lost packets, hold both tracks a round trip more (see _holdVideoWithAudio; only
+    // with holdVideo, since it keeps the video a frame behind the audio it holds).
     this.holdForRepair = opts.holdForRepair ?? true;
     this._videoHoldMs = null;
     this._audioHoldMs = null;
     this._repairUntil = 0;
+    this._lastRttMs = null;
 
     this.state = 'new';
     this.voice = null;
@@ -372,6 +374,7 @@ export class LiveSession extends EventTarget {
       this._videoHoldMs = null;
       this._audioHoldMs = null;
       this._repairUntil = 0;
+      this._lastRttMs = null;
       this._setState('connected');
       if (!this.eventsConnected) this._setVoice('idle', 'estimate');
       this._poll(gen);
@@ -593,7 +596,7 @@ export class LiveSession extends EventTarget {
     const receivers = pc.getReceivers();
     const receiver = receivers.find((r) => r.track && r.track.kind === 'video');
     if (!receiver || !('jitterBufferTarget' in receiver)) return;
-    const floor = repairMs > 0 ? repairMs + VIDEO_HOLD_EXTRA_MS : 0;
+    const floor = repairMs > 0 ? Math.round(repairMs + VIDEO_HOLD_EXTRA_MS) : 0;
     const target = Math.min(Math.max(Math.round(audioBufferMs + VIDEO_HOLD_EXTRA_MS), floor, 0), 4000);
     const audioReceiver = receivers.find((r) => r.track && r.track.kind === 'audio');
     if (audioReceiver && 'jitterBufferTarget' in audioReceiver) {
@@ -653,8 +656,10 @@ export class LiveSession extends EventTarget {
     const videoBufferMs = video ? bufferMs(video, prev && prev.video) : null;
     const audioBufferMs = audio ? bufferMs(audio, prev && prev.audio) : null;
     const repairs = delta(video, prev && prev.video, 'nackCount');
-    if (repairs) this._repairUntil = now + REPAIR_HOLD_FOR_MS;
-    const repairMs = this.holdForRepair && now < this._repairUntil && rttMs !== null ? rttMs + REPAIR_NACK_MS : 0;
+    if (repairs > 0) this._repairUntil = now + REPAIR_HOLD_FOR_MS;
+    if (rttMs !== null) this._lastRttMs = rttMs;  // a poll without one keeps the hold as it was
+    const repairing = this.holdForRepair && now < this._repairUntil && this._lastRttMs !== null;
+    const repairMs = repairing ? this._lastRttMs + REPAIR_NACK_MS : 0;
     if (this.holdVideo) this._holdVideoWithAudio(pc, audioBufferMs, repairMs);
     let kbps = null;
     if (prev && dt > 0) {

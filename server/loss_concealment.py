@@ -48,10 +48,17 @@ class LossConcealer:
         self.stats = ConcealmentStats()
         self._next_s: float | None = None  # the media time the next frame should start at
         self._last: av.AudioFrame | None = None
+        self._untaken_s = 0.0
+
+    def take_filled_s(self) -> float:
+        """Seconds filled in since the last call (for a counter that is exported in steps)."""
+        taken, self._untaken_s = self._untaken_s, 0.0
+        return taken
 
     def before(self, frame: av.AudioFrame) -> list[av.AudioFrame]:
         """The frames that fill the gap between the last frame and ``frame`` (none if it follows on, or carries
-        no media time); to be pushed ahead of ``frame``."""
+        no media time); to be pushed ahead of ``frame``. Call it before anything clears ``frame.pts``
+        (``InputWindows.push`` does)."""
         start = _media_time(frame)
         if start is None or frame.sample_rate <= 0:
             self._next_s, self._last = None, None
@@ -61,15 +68,15 @@ class LossConcealer:
         self._last = frame
         if expected is None or last is None:
             return []
-        gap_s = start - expected
-        missing = int(round(gap_s * frame.sample_rate))
+        missing = int(round((start - expected) * frame.sample_rate))
         if missing <= 0:  # follows on (or overlaps: a sender's own rounding), nothing to fill
             return []
-        if gap_s > self.max_gap_s or last.sample_rate != frame.sample_rate:
+        if missing > round(self.max_gap_s * frame.sample_rate) or last.sample_rate != frame.sample_rate:
             self.stats.left += 1
             return []
         self.stats.gaps += 1
         self.stats.seconds += missing / frame.sample_rate
+        self._untaken_s += missing / frame.sample_rate
         return [_filler(last, missing)]
 
 

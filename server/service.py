@@ -220,10 +220,9 @@ class SessionService:
                 if s.mic_buffer is not None and s.mic_buffer.skipped:
                     skipped, s.mic_buffer.skipped = s.mic_buffer.skipped, 0
                     telemetry.mic_packets_skipped.inc(skipped)
-                concealed = s.concealer.stats
-                if concealed.seconds:
-                    telemetry.mic_concealed_seconds.inc(concealed.seconds)
-                    concealed.seconds = 0.0
+                filled_s = s.concealer.take_filled_s()
+                if filled_s:
+                    telemetry.mic_concealed_seconds.inc(filled_s)
             if worker is not None and worker.jobs_skipped:
                 skipped, worker.jobs_skipped = worker.jobs_skipped, 0
                 telemetry.windows_skipped.inc(skipped)

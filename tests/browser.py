@@ -269,7 +269,7 @@ RELAY_SDP_JS = """
       if (line.startsWith('m=')) {
         placed = false;
         const p = line.split(' ');
-        p[1] = String(port);
+        if (p[1] !== '0') p[1] = String(port);  // port 0: a rejected or bundle-only section stays so
         line = p.join(' ');
       } else if (line.startsWith('c=IN IP4 ')) {
         line = 'c=IN IP4 ' + host;

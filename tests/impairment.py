@@ -9,7 +9,7 @@ DTLS, RTP, RTCP) crosses it::
     client C  <-  face_a  <==(server->client path)==  face_b  <-  server S
 
 ``LivePeer(relay=...)`` (tests/live_client.py) does the rewriting, and tells the relay both peers' addresses. A
-peer that is not told (Chromium, whose SDP the page rewrites: ``tests.browser.relay_sdp_js``) is learnt from its
+peer that is not told (Chromium, whose SDP the page rewrites: ``tests.browser.route_through``) is learnt from its
 first datagram.
 """
 
@@ -186,8 +186,8 @@ class UdpRelay:
             face.transport.sendto(data, addr)
 
     def close(self) -> None:
-        for face in (self._a, self._b):
-            if face.transport is not None:
+        for face in (getattr(self, "_a", None), getattr(self, "_b", None)):
+            if face is not None and face.transport is not None:
                 face.transport.close()
 
 
@@ -195,19 +195,26 @@ class UdpRelay:
 def relay_in_thread(to_server: Impairment, to_client: Impairment, host: str = "127.0.0.1",
                     seed: int = 0) -> Iterator[UdpRelay]:
     """A started ``UdpRelay`` on its own event loop in a thread, for a caller with no loop of its own (a
-    Selenium-driven browser); closed on exit."""
+    Selenium-driven browser); closed on exit. One session per relay: it learns each peer once."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="udp-relay", daemon=True)
     thread.start()
     relay = UdpRelay(to_server=to_server, to_client=to_client, seed=seed)
+
+    async def close() -> None:
+        relay.close()
+        await asyncio.sleep(0)  # the transports close their sockets on the loop's next pass
+
     try:
         asyncio.run_coroutine_threadsafe(relay.start(host), loop).result(timeout=10)
         yield relay
     finally:
-        loop.call_soon_threadsafe(relay.close)
+        with contextlib.suppress(Exception):  # a relay that never started has nothing to close
+            asyncio.run_coroutine_threadsafe(close(), loop).result(timeout=10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=10)
-        loop.close()
+        if not thread.is_alive():
+            loop.close()
 
 
 _CANDIDATE = re.compile(r"^a=candidate:(\S+) (\d+) (udp|UDP) (\d+) (\d+\.\d+\.\d+\.\d+) (\d+) typ host.*$", re.M)

@@ -90,7 +90,7 @@ class LivePeer:
                  audio_in_order: bool = False) -> None:
         """``relay``: a started ``tests.impairment.UdpRelay`` that every packet of the session crosses.
         ``audio_in_order``: receive the voice as a browser plays it, each packet at once and a lost one given
-        up after two later ones (the server's own ``InOrderAudioBuffer``), not through aiortc's audio jitter
+        up once a later one is waiting (the server's own ``InOrderAudioBuffer``), not through aiortc's audio jitter
         buffer, which holds four packets and waits for a lost one until sixteen more are in (320 ms)."""
         self.audio_in_order = audio_in_order
         self.base_url = base_url

@@ -52,10 +52,15 @@ def test_a_run_of_losses_fades_to_silence_and_a_long_gap_is_left_alone():
     body = np.abs(filler.to_ndarray().astype(float)).reshape(5, -1).max(axis=1)
     assert filler.samples == 5 * PACKET
     assert body[0] > body[1] > body[2] > 0 and body[3] == body[4] == 0  # three fading repeats, then silence
-    gap_packets = int(MAX_GAP_S / 0.02) + 2
-    assert concealer.before(_packet(6 + gap_packets)) == []  # a sender that paused: nothing played back
-    assert concealer.stats.left == 1
-    assert concealer.before(_packet(7 + gap_packets)) == []  # and it follows on from there
+    most = round(MAX_GAP_S / 0.02)  # the longest gap filled, in packets
+    after = 6 + most + 1  # ``most`` lost after packet 6: filled
+    (filler,) = concealer.before(_packet(after))
+    assert filler.samples == most * PACKET
+    resumed = after + most + 2  # one packet more lost: a sender that paused, left alone
+    assert concealer.before(_packet(resumed)) == []
+    assert concealer.stats.left == 1 and concealer.stats.gaps == 2
+    assert concealer.before(_packet(resumed + 1)) == []  # and it follows on from there
+    assert concealer.take_filled_s() == pytest.approx((5 + most) * 0.02) and concealer.take_filled_s() == 0
 
 
 def test_frames_without_a_media_time_or_going_back_get_nothing():
