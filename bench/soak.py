@@ -10,7 +10,9 @@ seconds it records:
 - frames sent and late (the server's /metrics) and the frames each session received: late share and frames/s;
 - the mean input-to-frame latency (the end_to_end stage of /metrics) in the window, for drift;
 - the A/V offset of arrival: each beep's marked frame (server.av_probe) against its tone, as they arrive at the
-  client (aiortc's receive holds included, the same at the start and the end: the drift is the figure).
+  client (aiortc's receive holds included, the same at the start and the end: the drift is the figure);
+- where the machine's CPU went (cores: the server, this client, everything else, the hypervisor's steal) and each
+  stage's mean time, so ``late_windows`` can say what the windows with late frames coincide with.
 
 Usage: .venv/bin/python bench/soak.py [--minutes 60] [--sample 30] [--config configs/default.yaml]
 Targets (#30): RSS growth <= 20 MB/h, no latency or A/V drift, late frames <= 1 % on a quiet machine.
@@ -27,7 +29,6 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import yaml
 
@@ -36,6 +37,7 @@ sys.path.insert(0, str(REPO))
 sys.path.append(str(REPO / "bench"))  # after the repository: its server/ package comes first
 
 from server_report import commit, device  # noqa: E402
+from server_stats import Snapshot, bucket_quantile_ms, busy_cores, histogram_delta, metric, stage_summary  # noqa: E402
 
 from emo_stream.audio import load_audio  # noqa: E402
 from server.av_probe import holds_tone  # noqa: E402
@@ -92,15 +94,53 @@ def rss_mb(pid: int) -> float:
     return total / MB
 
 
-def metrics(base: str) -> dict[str, float]:
-    text = httpx.get(f"{base}/metrics", timeout=10).text
-    out = {}
-    for name in ("emo_stream_frames_sent_total", "emo_stream_frames_late_total",
-                 'emo_stream_stage_latency_seconds_sum{stage="end_to_end"}',
-                 'emo_stream_stage_latency_seconds_count{stage="end_to_end"}'):
-        match = re.search(rf"^{re.escape(name)} ([0-9.e+-]+)$", text, re.M)
-        out[name.split("{")[0].replace("emo_stream_", "") + ("" if "{" not in name else "_end_to_end")] = \
-            float(match.group(1)) if match else 0.0
+def steal_jiffies() -> tuple[float, float]:
+    """(steal, total) jiffies of all CPUs (/proc/stat): time the hypervisor gave another guest."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return float(fields[7]) if len(fields) > 7 else 0.0, float(sum(fields[:8]))
+
+
+STAGES = ("animate", "encode", "worker_queue", "tick_lag", "end_to_end")
+
+
+def window_figures(a: Snapshot, b: Snapshot, steal_a: tuple[float, float], steal_b: tuple[float, float]) -> dict:
+    """One sample window: frames sent and late, where the machine's CPU went (cores: the server, this client,
+    everything else, and the hypervisor's steal), and each stage's mean time (ms)."""
+    window = max(b.t - a.t, 1e-9)
+    sent = metric(b.metrics, "emo_stream_frames_sent_total") - metric(a.metrics, "emo_stream_frames_sent_total")
+    late = metric(b.metrics, "emo_stream_frames_late_total") - metric(a.metrics, "emo_stream_frames_late_total")
+    busy = busy_cores(a.cpus, b.cpus)
+    server = (b.server_cpu - a.server_cpu) / window
+    client = (b.parent_cpu - a.parent_cpu) / window
+    cpus = len(b.cpus)
+    steal = (steal_b[0] - steal_a[0]) / max(steal_b[1] - steal_a[1], 1.0) * cpus
+    stages = stage_summary(a.metrics, b.metrics)
+    return {"late_share": round(late / sent, 4) if sent else None,
+            "cores": {"server": round(server, 3), "client": round(client, 3),
+                      "other": round(busy - server - client - steal, 3), "steal": round(steal, 3)},
+            "stage_ms": {k: stages[k]["mean_ms"] for k in STAGES if k in stages},
+            "loop_lag_p99_ms_at_most": bucket_quantile_ms(
+                histogram_delta(a.metrics, b.metrics, "emo_stream_loop_lag_hist_seconds"), 0.99)}
+
+
+def late_windows(samples: list[dict], threshold: float = 0.05) -> dict:
+    """What windows with late frames coincide with: the mean of each figure in windows over ``threshold`` late
+    against the rest, and each figure's Pearson r with the late share across windows."""
+    rows = [s for s in samples if s["late_share"] is not None]
+    figures = {f"{k}_cores": [s["cores"][k] for s in rows] for k in ("server", "client", "other", "steal")}
+    figures.update({f"{k}_ms": [s["stage_ms"].get(k, np.nan) for s in rows] for k in STAGES})
+    late = np.array([s["late_share"] for s in rows])
+    bad = late > threshold
+    out: dict = {"threshold": threshold, "windows": len(rows), "late_windows": int(bad.sum()), "figures": {}}
+    for name, values in figures.items():
+        v = np.array(values, float)
+        ok = np.isfinite(v)
+        r = (float(np.corrcoef(v[ok], late[ok])[0, 1])
+             if ok.sum() > 2 and np.std(v[ok]) > 0 and np.std(late[ok]) > 0 else None)
+        out["figures"][name] = {
+            "late_windows_mean": round(float(np.nanmean(v[bad])), 3) if (bad & ok).any() else None,
+            "other_windows_mean": round(float(np.nanmean(v[~bad])), 3) if (~bad & ok).any() else None,
+            "r_with_late_share": None if r is None else round(r, 2)}
     return out
 
 
@@ -139,25 +179,24 @@ async def soak(base: str, server_pid: int, minutes: float, sample_s: float) -> d
     agent_task = asyncio.create_task(agent(base, pcm, stop))
     started = time.monotonic()
     samples: list[dict] = []
-    last = {"t": started, "m": metrics(base), "mic": 0, "pcm": 0}
+    last = {"snap": Snapshot(base, server_pid), "steal": steal_jiffies(), "mic": 0, "pcm": 0}
     try:
         while time.monotonic() - started < minutes * 60:
             await asyncio.sleep(sample_s)
-            now, m = time.monotonic(), metrics(base)
-            window = now - last["t"]
-            sent = m["frames_sent_total"] - last["m"]["frames_sent_total"]
-            late = m["frames_late_total"] - last["m"]["frames_late_total"]
-            count = m["stage_latency_seconds_count_end_to_end"] - last["m"]["stage_latency_seconds_count_end_to_end"]
-            total = m["stage_latency_seconds_sum_end_to_end"] - last["m"]["stage_latency_seconds_sum_end_to_end"]
+            snap, steal = Snapshot(base, server_pid), steal_jiffies()
+            window = snap.t - last["snap"].t
+            figures = window_figures(last["snap"], snap, last["steal"], steal)
             samples.append({
-                "t_min": round((now - started) / 60, 2), "rss_mb": round(rss_mb(server_pid), 1),
-                "late_share": round(late / sent, 4) if sent else None,
+                "t_min": round((snap.t - started) / 60, 2), "rss_mb": round(rss_mb(server_pid), 1),
+                "late_share": figures["late_share"],
                 "fps_mic": round((mic.video_frames - last["mic"]) / window, 2),
                 "fps_pcm": round((pcm.video_frames - last["pcm"]) / window, 2),
-                "end_to_end_ms": round(total / count * 1000, 1) if count else None,
-                "av_offset_ms": offsets_ms(mic, last["t"], now)})
+                "end_to_end_ms": figures["stage_ms"].get("end_to_end"),
+                "av_offset_ms": offsets_ms(mic, last["snap"].t, snap.t),
+                "cores": figures["cores"], "stage_ms": figures["stage_ms"],
+                "loop_lag_p99_ms_at_most": figures["loop_lag_p99_ms_at_most"]})
             print(f"[soak] {samples[-1]}", file=sys.stderr, flush=True)
-            last = {"t": now, "m": m, "mic": mic.video_frames, "pcm": pcm.video_frames}
+            last = {"snap": snap, "steal": steal, "mic": mic.video_frames, "pcm": pcm.video_frames}
     finally:
         stop.set()
         with contextlib.suppress(Exception):
@@ -208,6 +247,7 @@ def main() -> int:
         "av_offset_arrival_ms": {"first_median": float(np.median(first)) if first else None,
                                  "last_median": float(np.median(last)) if last else None,
                                  "first": first, "last": last},
+        "late_windows": late_windows(samples),
         "samples": samples,
         "targets": {"slope_mb_per_h": "<= 20", "late_share": "<= 0.01 (quiet machine)", "drift": "none"},
     }, indent=1))
