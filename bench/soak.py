@@ -1,9 +1,9 @@
 """Soak: two live sessions, one microphone and one agent's PCM, for --minutes; prints ONE JSON object.
 
-A server (``--config``, default configs/default.yaml, with ``server.av_probe`` on) and one client process holding
-both sessions through real aiortc peers. The microphone loops an espeak-ng utterance with a 1 kHz beep after it;
-the agent sends the same utterance and beep over the PCM WebSocket every 6 s, then flushes. Every --sample
-seconds it records:
+A server (``--config``, default configs/default.yaml, with ``server.av_probe`` on; ``--processes`` overrides its
+``server.processes``) and one client process holding both sessions through real aiortc peers. The microphone
+loops an espeak-ng utterance with a 1 kHz beep after it; the agent sends the same utterance and beep over the
+PCM WebSocket every 6 s, then flushes. Every --sample seconds it records:
 
 - the server's resident memory (its process and its children's, /proc), for the RSS slope in MB/h (a least-squares
   line through the samples after the first two minutes);
@@ -14,7 +14,7 @@ seconds it records:
 - where the machine's CPU went (cores: the server, this client, everything else, the hypervisor's steal) and each
   stage's mean time, so ``late_windows`` can say what the windows with late frames coincide with.
 
-Usage: .venv/bin/python bench/soak.py [--minutes 60] [--sample 30] [--config configs/default.yaml]
+Usage: .venv/bin/python bench/soak.py [--minutes 60] [--sample 30] [--config configs/default.yaml] [--processes N]
 Targets (#30): RSS growth <= 20 MB/h, no latency or A/V drift, late frames <= 1 % on a quiet machine.
 """
 
@@ -86,7 +86,9 @@ class SoakPeer(LivePeer):
 def rss_mb(pid: int) -> float:
     """Resident memory of ``pid`` and its children (MB)."""
     total = 0
-    pids = [pid] + [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    pids = [pid]  # and the children any of its threads started (the session processes)
+    with contextlib.suppress(OSError):
+        pids += [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
     for p in pids:
         with contextlib.suppress(OSError):
             match = re.search(r"^VmRSS:\s+(\d+) kB", Path(f"/proc/{p}/status").read_text(), re.M)
@@ -219,9 +221,13 @@ def main() -> int:
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "default.yaml")
     parser.add_argument("--minutes", type=float, default=60.0)
     parser.add_argument("--sample", type=float, default=30.0, help="seconds between samples")
+    parser.add_argument("--processes", type=int, default=None,
+                        help="server.processes (default: the config's; 0 = a session process per core, 1 = one process)")
     args = parser.parse_args()
     config = yaml.safe_load(args.config.read_text()) or {}
-    config.setdefault("server", {}).update(av_probe=True, processes=1)
+    config.setdefault("server", {})["av_probe"] = True
+    if args.processes is not None:
+        config["server"]["processes"] = args.processes
     path = servers.write_config({}).parent / "soak.yaml"
     path.write_text(yaml.safe_dump(config))
     with servers.run_server(config_path=path) as server:
@@ -235,6 +241,7 @@ def main() -> int:
     print(json.dumps({
         "bench": "soak", "device": device(None, None), "commit": commit(),
         "config": {"config_file": str(args.config), "minutes": args.minutes, "sample_s": args.sample,
+                   "processes": config["server"].get("processes", 0),
                    "sessions": "one microphone (looped utterance + beep), one PCM agent (utterance + beep every 6 s)"},
         "rss_mb": {"start": samples[0]["rss_mb"] if samples else None, "end": samples[-1]["rss_mb"] if samples else None,
                    "slope_mb_per_h": slope_mb_per_h(samples)},
