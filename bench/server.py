@@ -77,6 +77,11 @@ FACE_REPLAY = REPO / "bench" / "face_replay.py"
 PORTRAIT = REPO / "emo_stream" / "assets" / "default.jpg"  # the server's default avatar
 
 
+def audio_hold_ms(in_order: bool) -> float:
+    """What the client's audio receiver holds before recv(): nothing in order, aiortc's prefetch otherwise."""
+    return 0.0 if in_order else AUDIO_HOLD_MS
+
+
 def log(message: str) -> None:
     print(f"[bench/server] {message}", file=sys.stderr, flush=True)
 
@@ -148,7 +153,7 @@ class Client:
         self.log_path = log_path
         self._log = open(log_path, "w")
         cmd = [sys.executable, str(CLIENT), "--base", base, "--signal", str(signal_path), "--out", str(out),
-               "--fps", str(fps), "--audio-hold-ms", str(0.0 if audio_in_order else AUDIO_HOLD_MS),
+               "--fps", str(fps), "--audio-hold-ms", str(audio_hold_ms(audio_in_order)),
                "--timeout", str(seconds + 60)]  # its session ends at "stop", after the round and any stagger
         if not lipsync:
             cmd.append("--no-lipsync")
@@ -348,7 +353,7 @@ def measure(args: argparse.Namespace, config, clips: list[np.ndarray], counts: l
             "sessions": counts, "seconds_per_round": args.seconds, "metrics_window_s": args.seconds - WARM_S,
             "utterances": list(UTTERANCES), "lead_silence_s": LEAD_S, "per_client_stagger_s": STAGGER_S,
             "gap_s": GAP_S, "receive_hold_corrections_ms": {"video": round(1000 / fps, 1),
-                                                           "audio": 0.0 if args.audio_in_order else AUDIO_HOLD_MS},
+                                                           "audio": audio_hold_ms(args.audio_in_order)},
             "audio_receive": "in order, as a browser plays it" if args.audio_in_order else "aiortc's jitter buffer",
             "client_processes": "one per session (bench/live_load.py)",
             "load_clients": "decode video" if args.decode_all else "count video frames, no decode (client 0 decodes)",

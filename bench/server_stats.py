@@ -49,6 +49,12 @@ def cpu_jiffies() -> dict[int, tuple[float, float]]:
     return out
 
 
+def steal_jiffies() -> tuple[float, float]:
+    """(steal, total) jiffies of all CPUs from /proc/stat's first line: time the hypervisor gave another guest."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return float(fields[7]) if len(fields) > 7 else 0.0, float(sum(fields[:8]))
+
+
 def busy_cores(a: dict[int, tuple[float, float]], b: dict[int, tuple[float, float]],
                cpus: list[int] | None = None) -> float:
     """Cores' worth of busy time of ``cpus`` (all when None) between two cpu_jiffies() readings."""

@@ -37,7 +37,15 @@ sys.path.insert(0, str(REPO))
 sys.path.append(str(REPO / "bench"))  # after the repository: its server/ package comes first
 
 from server_report import commit, device  # noqa: E402
-from server_stats import Snapshot, bucket_quantile_ms, busy_cores, histogram_delta, metric, stage_summary  # noqa: E402
+from server_stats import (  # noqa: E402
+    Snapshot,
+    bucket_quantile_ms,
+    busy_cores,
+    histogram_delta,
+    metric,
+    stage_summary,
+    steal_jiffies,
+)
 
 from emo_stream.audio import load_audio  # noqa: E402
 from server.av_probe import holds_tone  # noqa: E402
@@ -94,12 +102,6 @@ def rss_mb(pid: int) -> float:
             match = re.search(r"^VmRSS:\s+(\d+) kB", Path(f"/proc/{p}/status").read_text(), re.M)
             total += int(match.group(1)) * 1024 if match else 0
     return total / MB
-
-
-def steal_jiffies() -> tuple[float, float]:
-    """(steal, total) jiffies of all CPUs (/proc/stat): time the hypervisor gave another guest."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    return float(fields[7]) if len(fields) > 7 else 0.0, float(sum(fields[:8]))
 
 
 STAGES = ("animate", "encode", "worker_queue", "tick_lag", "end_to_end")

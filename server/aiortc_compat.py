@@ -215,6 +215,11 @@ def _decoder_hand_on(receiver: Any) -> Callable[[JitterFrame, int], None] | None
     return hand_on
 
 
+def receiver_of(pc: aiortc.RTCPeerConnection, track: Any) -> aiortc.RTCRtpReceiver | None:
+    """The receiver of a remote ``track`` (from the connection's ``track`` event), or None."""
+    return next((t.receiver for t in pc.getTransceivers() if t.receiver.track is track), None)
+
+
 def hand_on_audio_at_once(receiver: Any) -> InOrderAudioBuffer | None:
     """Give an aiortc audio receiver an ``InOrderAudioBuffer`` and return it (an aiortc internal: guarded; None
     when the receiver's layout is not the one this was written for, and nothing changed)."""

@@ -32,7 +32,7 @@ from aiortc.rtcrtpsender import RTCRtpSender
 from emo_stream.compositing import parse_background
 from emo_stream.errors import InvalidSdpError, RateLimitedError, SessionNotFoundError
 from emo_stream.types import AudioWindow, Avatar, Frame
-from server.aiortc_compat import InOrderAudioBuffer, hand_on_audio_at_once
+from server.aiortc_compat import InOrderAudioBuffer, hand_on_audio_at_once, receiver_of
 from server.av_probe import flash, holds_tone
 from server.clock import MediaClock
 from server.control_rate import ControlRate
@@ -158,9 +158,7 @@ class Session:
         @self.pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
             if track.kind == "audio" and self.options.audio_source == "mic":
-                for transceiver in self.pc.getTransceivers():
-                    if transceiver.receiver.track is track:
-                        self.mic_buffer = hand_on_audio_at_once(transceiver.receiver)
+                self.mic_buffer = hand_on_audio_at_once(receiver_of(self.pc, track))
                 self._tasks.append(asyncio.create_task(self._consume_mic(track), name=f"mic-{self.id[:6]}"))
 
         @self.pc.on("datachannel")

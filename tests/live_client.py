@@ -19,7 +19,7 @@ import numpy as np
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from server.aiortc_compat import hand_on_audio_at_once
+from server.aiortc_compat import hand_on_audio_at_once, receiver_of
 from tests.impairment import UdpRelay, first_host_candidate, through
 
 RATE = 48_000
@@ -117,10 +117,9 @@ class LivePeer:
 
         @self.pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
-            if track.kind == "audio" and self.audio_in_order:
-                for transceiver in self.pc.getTransceivers():
-                    if transceiver.receiver.track is track and hand_on_audio_at_once(transceiver.receiver) is None:
-                        raise RuntimeError("aiortc's receiver changed: the in-order audio buffer does not fit it")
+            if track.kind == "audio" and self.audio_in_order and \
+                    hand_on_audio_at_once(receiver_of(self.pc, track)) is None:
+                raise RuntimeError("aiortc's receiver changed: the in-order audio buffer does not fit it")
             self._tasks.append(asyncio.create_task(self._record(track)))
 
         await self.pc.setLocalDescription(await self.pc.createOffer())
