@@ -31,8 +31,8 @@ from aiortc.rtcrtpsender import RTCRtpSender
 
 from emo_stream.compositing import parse_background
 from emo_stream.errors import InvalidSdpError, RateLimitedError, SessionNotFoundError
+from emo_stream.rtc_audio import InOrderAudioBuffer, hand_on_audio_at_once, receiver_of
 from emo_stream.types import AudioWindow, Avatar, Frame
-from server.aiortc_compat import InOrderAudioBuffer, hand_on_audio_at_once, receiver_of
 from server.av_probe import flash, holds_tone
 from server.clock import MediaClock
 from server.control_rate import ControlRate

@@ -19,7 +19,7 @@ import numpy as np
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from server.aiortc_compat import hand_on_audio_at_once, receiver_of
+from emo_stream.rtc_audio import hand_on_audio_at_once, receiver_of
 from tests.impairment import UdpRelay, first_host_candidate, through
 
 RATE = 48_000

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
 from aiortc.rtp import RtpPacket
 
-from server.aiortc_compat import InOrderAudioBuffer, hand_on_audio_at_once
+from emo_stream.rtc_audio import InOrderAudioBuffer, hand_on_audio_at_once
 
 
 def packet(seq: int) -> RtpPacket:

@@ -1,0 +1,426 @@
+"""One live session of an emo-stream server, from the agent's side: PCM in, synchronised video and voice out.
+
+The session is a WebRTC peer (aiortc) that receives the portrait's video and the returned voice, the audio
+WebSocket that carries the agent's PCM (``audio_source="pcm"``), and the events WebSocket (state, stats,
+closed). docs/api.md is the contract; docs/integrations.md shows it in use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import av
+import numpy as np
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from emo_stream import errors as e
+from emo_stream.client.errors import (
+    ERROR_BY_CODE,
+    ConnectionFailedError,
+    SessionClosedError,
+    UnavailableError,
+)
+from emo_stream.client.frames import AudioFrame, SessionEvent, VideoFrame
+from emo_stream.client.inbox import Inbox
+from emo_stream.rtc_audio import hand_on_audio_at_once, receiver_of
+
+logger = logging.getLogger(__name__)
+
+# The server takes at most 1 MiB a PCM message; half of it keeps well clear.
+PCM_MESSAGE_BYTES = 512 * 1024
+# What a consumer that falls behind may leave queued: 2 s of video at 25 fps, 2 s of 20 ms voice packets.
+VIDEO_QUEUE = 50
+AUDIO_QUEUE = 100
+EVENT_QUEUE = 256
+ACK_TIMEOUT_S = 10.0
+
+# WebSocket close codes of docs/api.md, as the errors they mean.
+_CLOSE_ERRORS: dict[int, type[e.EmoStreamError]] = {
+    4400: e.RequestError, 4401: e.UnauthorizedError, 4404: e.SessionNotFoundError, 4503: UnavailableError,
+    1011: UnavailableError, 1008: e.RateLimitedError, 1009: e.RequestTooLargeError,
+}
+
+Requester = Callable[..., Awaitable[Any]]
+
+
+def pcm_to_bytes(pcm: bytes | bytearray | memoryview | np.ndarray, channels: int) -> bytes:
+    """Little-endian signed 16-bit PCM, channels interleaved: bytes as they are (whole sample frames), or an
+    array of int16 or of floats in -1..1, shaped (samples,) or (samples, channels).
+
+    Raises:
+        RequestError: a partial sample frame, a shape that does not fit ``channels``, or another sample type.
+    """
+    if isinstance(pcm, (bytes, bytearray, memoryview)):
+        data = bytes(pcm)
+        if len(data) % (2 * channels):
+            raise e.RequestError(f"{len(data)} bytes is not a whole number of {channels}-channel 16-bit samples")
+        return data
+    array = np.asarray(pcm)
+    if array.ndim not in (1, 2) or (array.ndim == 2 and array.shape[1] != channels) or \
+            (array.ndim == 1 and channels != 1):
+        raise e.RequestError(f"PCM of shape {array.shape} does not fit {channels} channel(s)")
+    if np.issubdtype(array.dtype, np.floating):
+        array = np.clip(array * 32767.0, -32768, 32767).astype("<i2")
+    elif array.dtype != np.int16:
+        raise e.RequestError(f"PCM samples must be int16 or float, not {array.dtype}")
+    return array.astype("<i2", copy=False).tobytes()
+
+
+def _ws_url(base_url: str, path: str) -> str:
+    scheme, rest = base_url.split("://", 1)
+    return f"{'wss' if scheme == 'https' else 'ws'}://{rest.rstrip('/')}{path}"
+
+
+class AvatarSession:
+    """A live session; use it as ``async with client.session(...) as session``.
+
+    Attributes (once started):
+        session_id, control_token: as the server answered.
+        latency_ms: the pipeline's delay from a completed input window to its frame (the voice is delayed as much).
+        state: ``idle`` or ``speaking`` (the last state event).
+        stats: the last stats event's message.
+        closed_reason: why the session ended (None while it runs).
+    """
+
+    def __init__(self, request: Requester, base_url: str, headers: dict[str, str], body: dict[str, Any],
+                 microphone: MediaStreamTrack | None = None, configuration: RTCConfiguration | None = None,
+                 connect_timeout_s: float = 15.0, events: bool = True) -> None:
+        self._request = request
+        self._base_url = base_url
+        self._headers = headers
+        self._body = body
+        self._microphone = microphone
+        self._configuration = configuration
+        self._connect_timeout_s = connect_timeout_s
+        self._want_events = events
+        self.session_id: str | None = None
+        self.control_token: str | None = None
+        self.latency_ms: float | None = None
+        self.state: str | None = None
+        self.stats: dict[str, Any] = {}
+        self.closed_reason: str | None = None
+        self.pc: RTCPeerConnection | None = None
+        media_changed = asyncio.Event()
+        self._video: Inbox[VideoFrame] = Inbox(VIDEO_QUEUE, media_changed)
+        self._audio: Inbox[AudioFrame] = Inbox(AUDIO_QUEUE, media_changed)
+        self._events: Inbox[SessionEvent] = Inbox(EVENT_QUEUE)
+        self._tasks: list[asyncio.Task] = []
+        self._connected = asyncio.Event()
+        self._audio_ws: ClientConnection | None = None
+        self._events_ws: ClientConnection | None = None
+        self._audio_format: tuple[int, int] | None = None
+        self._acks: dict[str, asyncio.Future] = {}
+        self._audio_error: e.EmoStreamError | None = None
+        self._closing = False
+
+    # ------------------------------------------------------------------ lifetime
+
+    async def __aenter__(self) -> AvatarSession:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Offer, answer, and wait until the media connection is up.
+
+        Raises:
+            EmoStreamError: the server refused the session (its code's class: ``OverloadedError``,
+                ``AvatarNotFoundError``, ...), or ``ConnectionFailedError`` when the media did not connect within
+                ``connect_timeout_s``.
+        """
+        pc = self.pc = RTCPeerConnection(self._configuration)
+        if self._microphone is not None:
+            pc.addTrack(self._microphone)
+        else:
+            pc.addTransceiver("audio", direction="recvonly")
+        pc.addTransceiver("video", direction="recvonly")
+        pc.on("track", self._on_track)
+        pc.on("connectionstatechange", self._on_connection_state)
+        try:
+            await pc.setLocalDescription(await pc.createOffer())
+            answer = await self._request("POST", "/v1/sessions", json={**self._body, "sdp": pc.localDescription.sdp,
+                                                                       "type": "offer"})
+            self.session_id = answer["session_id"]
+            self.control_token = answer["control_token"]
+            self.latency_ms = answer.get("latency_ms")
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
+            if self._want_events:
+                self._events_ws = await self._open_socket("events")
+                self._tasks.append(asyncio.create_task(self._read_events(self._events_ws)))
+            try:
+                async with asyncio.timeout(self._connect_timeout_s):
+                    await self._connected.wait()
+            except TimeoutError:
+                raise ConnectionFailedError(f"the session's media did not connect in {self._connect_timeout_s:g} s "
+                                            f"(state {pc.connectionState}); is a firewall in the way? "
+                                            "see docs/server.md on ICE servers") from None
+            if self.closed_reason is not None:
+                raise ConnectionFailedError(f"the session's media connection {self.closed_reason}")
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        """End the session (DELETE on the server), close both sockets and the peer connection. Idempotent."""
+        if self._closing:
+            return
+        self._closing = True
+        if self.closed_reason is None:
+            self.closed_reason = "closed by the client"
+        for socket in (self._audio_ws, self._events_ws):
+            if socket is not None:
+                with contextlib.suppress(Exception):
+                    await socket.close()
+        if self.session_id is not None:
+            with contextlib.suppress(e.EmoStreamError):
+                await self._request("DELETE", f"/v1/sessions/{self.session_id}", control=self.control_token)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        for future in self._acks.values():
+            if not future.done():
+                future.cancel()
+        if self.pc is not None:
+            await self.pc.close()
+        self._end_media()
+
+    @property
+    def closed(self) -> bool:
+        return self.closed_reason is not None
+
+    def _end_media(self) -> None:
+        for inbox in (self._video, self._audio, self._events):
+            inbox.close()
+
+    def _ended(self, reason: str) -> None:
+        """The server or the network ended the session."""
+        if self.closed_reason is None:
+            self.closed_reason = reason
+            logger.info("session %s ended: %s", self.session_id, reason)
+        self._connected.set()  # a start() still waiting gives up at once
+        self._end_media()
+
+    def _check_open(self) -> None:
+        if self.closed_reason is not None:
+            raise SessionClosedError(f"the session has ended: {self.closed_reason}", reason=self.closed_reason)
+
+    # ------------------------------------------------------------------ media in
+
+    async def push_pcm(self, pcm: bytes | bytearray | memoryview | np.ndarray, sample_rate: int,
+                       channels: int = 1) -> None:
+        """Queue an agent's voice (a PCM session): it plays from the next tick, at real time, however fast it
+        is pushed. A change of format starts a new stream (docs/api.md).
+
+        Raises:
+            RequestError: bad PCM, a format the server refuses, or the server's 120 s buffer would overflow
+                (raised by the next call after the server said so).
+            SessionClosedError: the session has ended.
+        """
+        data = pcm_to_bytes(pcm, channels)
+        socket = await self._pcm_socket()
+        if self._audio_format != (sample_rate, channels):
+            await self._command(socket, {"type": "start", "sample_rate": int(sample_rate), "channels": channels},
+                                "start")
+            self._audio_format = (sample_rate, channels)
+        frame_bytes = 2 * channels
+        step = PCM_MESSAGE_BYTES - PCM_MESSAGE_BYTES % frame_bytes
+        for i in range(0, len(data), step):
+            await self._send(socket, data[i: i + step])
+        self._raise_audio_error()
+
+    async def flush(self) -> float:
+        """The end of an utterance: the buffered voice plays out and the mouth closes. Returns the seconds still
+        buffered on the server."""
+        socket = await self._pcm_socket()
+        ack = await self._command(socket, {"type": "flush"}, "flush")
+        self._raise_audio_error()
+        return float(ack.get("buffered_s", 0.0))
+
+    async def interrupt(self) -> None:
+        """Barge-in: the server drops the queued voice and frames within a tick, and so does this client (what
+        was received and not yet read is discarded)."""
+        self._check_open()
+        await self._request("POST", f"/v1/sessions/{self.session_id}/interrupt", control=self.control_token)
+        self._video.clear()
+        self._audio.clear()
+
+    async def _pcm_socket(self) -> ClientConnection:
+        self._check_open()
+        if self._audio_ws is None:
+            self._audio_ws = await self._open_socket("audio")
+            self._tasks.append(asyncio.create_task(self._read_audio_socket(self._audio_ws)))
+        return self._audio_ws
+
+    async def _send(self, socket: ClientConnection, message: str | bytes) -> None:
+        try:
+            await socket.send(message)
+        except ConnectionClosed as exc:
+            raise self._closed_error(exc) from None
+
+    async def _command(self, socket: ClientConnection, message: dict[str, Any], ack: str) -> dict[str, Any]:
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._acks[ack] = future
+        await self._send(socket, json.dumps(message))
+        try:
+            async with asyncio.timeout(ACK_TIMEOUT_S):
+                return await future
+        except TimeoutError:
+            raise ConnectionFailedError(f"the server did not acknowledge {ack!r} in {ACK_TIMEOUT_S:g} s") from None
+        finally:
+            self._acks.pop(ack, None)
+
+    def _raise_audio_error(self) -> None:
+        error, self._audio_error = self._audio_error, None
+        if error is not None:
+            raise error
+
+    async def _read_audio_socket(self, socket: ClientConnection) -> None:
+        try:
+            async for raw in socket:
+                message = json.loads(raw)
+                if message.get("type") == "ack" and (future := self._acks.get(message.get("for", ""))):
+                    if not future.done():
+                        future.set_result(message)
+                elif message.get("type") == "error":
+                    error = _error_for_code(message.get("code"), message.get("message", "the server refused it"))
+                    waiting = [f for f in self._acks.values() if not f.done()]
+                    if waiting:  # an error answers the command in flight (a bad start)
+                        waiting[0].set_exception(error)
+                    else:
+                        self._audio_error = error
+        except ConnectionClosed as exc:
+            error = self._closed_error(exc)
+            for future in self._acks.values():
+                if not future.done():
+                    future.set_exception(error)
+            if not self._closing:
+                self._audio_error = error
+
+    # ------------------------------------------------------------------ sockets
+
+    async def _open_socket(self, channel: str) -> ClientConnection:
+        url = _ws_url(self._base_url, f"/v1/sessions/{self.session_id}/{channel}")
+        headers = {**self._headers, "X-Control-Token": self.control_token or ""}
+        try:
+            return await ws_connect(url, additional_headers=headers, open_timeout=10, max_size=2**20)
+        except InvalidStatus as exc:
+            raise _error_for_code(None, f"the {channel} socket was refused (HTTP {exc.response.status_code})",
+                                  status=exc.response.status_code) from None
+        except (OSError, TimeoutError) as exc:
+            raise ConnectionFailedError(f"cannot open the session's {channel} socket: {exc}") from None
+
+    def _closed_error(self, exc: ConnectionClosed) -> e.EmoStreamError:
+        code = exc.rcvd.code if exc.rcvd is not None else None
+        reason = exc.rcvd.reason if exc.rcvd is not None else ""
+        if code in _CLOSE_ERRORS:
+            return _CLOSE_ERRORS[code](reason or f"the server closed the socket ({code})")
+        return SessionClosedError(f"the session has ended: {self.closed_reason or reason or 'socket closed'}",
+                                  reason=self.closed_reason)
+
+    async def _read_events(self, socket: ClientConnection) -> None:
+        try:
+            async for raw in socket:
+                message = json.loads(raw)
+                kind = str(message.get("type"))
+                if kind == "state":
+                    self.state = message.get("state")
+                elif kind == "stats":
+                    self.stats = message
+                self._events.put(SessionEvent(type=kind, data=message, arrived=time.monotonic()))
+                if kind == "closed":
+                    self._ended(str(message.get("reason") or "closed"))
+        except ConnectionClosed as exc:
+            if not self._closing and self.closed_reason is None:
+                code = exc.rcvd.code if exc.rcvd is not None else None
+                self._ended("the session's process crashed" if code == 1011 else f"events socket closed ({code})")
+
+    # ------------------------------------------------------------------ media out
+
+    def _on_connection_state(self) -> None:
+        assert self.pc is not None
+        state = self.pc.connectionState
+        if state == "connected":
+            self._connected.set()
+        elif state in ("failed", "closed") and not self._closing:
+            self._ended(f"connection {state}")
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        assert self.pc is not None
+        if track.kind == "audio" and hand_on_audio_at_once(receiver_of(self.pc, track)) is None:
+            logger.warning("aiortc's receiver changed: the returned voice goes through aiortc's own jitter buffer "
+                           "(80 ms later than the video)")
+        self._tasks.append(asyncio.create_task(self._receive(track)))
+
+    async def _receive(self, track: MediaStreamTrack) -> None:
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            arrived = time.monotonic()
+            media_time = float(frame.pts * frame.time_base) if frame.pts is not None and frame.time_base else 0.0
+            if isinstance(frame, av.VideoFrame):
+                self._video.put(VideoFrame(frame=frame, media_time=media_time, arrived=arrived))
+            elif isinstance(frame, av.AudioFrame):
+                self._audio.put(AudioFrame.from_av(frame, media_time=media_time, arrived=arrived))
+
+    async def video(self) -> AsyncIterator[VideoFrame]:
+        """The returned pictures, in order, until the session ends (a consumer that falls more than 2 s behind
+        loses the oldest)."""
+        while (frame := await self._video.get()) is not None:
+            yield frame
+
+    async def audio(self) -> AsyncIterator[AudioFrame]:
+        """The returned voice, 20 ms packets, until the session ends."""
+        while (frame := await self._audio.get()) is not None:
+            yield frame
+
+    async def media(self) -> AsyncIterator[VideoFrame | AudioFrame]:
+        """Pictures and voice in the order they arrived: the server sends them on one clock, so a player that
+        plays them as they come keeps them in sync."""
+        video, audio = self._video, self._audio
+        while True:
+            v, a = video.peek(), audio.peek()
+            if v is not None or a is not None:
+                if a is None or (v is not None and v.arrived <= a.arrived):
+                    yield video.pop()
+                else:
+                    yield audio.pop()
+                continue
+            if video.closed and audio.closed:
+                return
+            video.changed.clear()
+            await video.changed.wait()
+
+    async def events(self) -> AsyncIterator[SessionEvent]:
+        """The server's state, stats and closed events, until the session ends."""
+        while (event := await self._events.get()) is not None:
+            yield event
+
+    @property
+    def dropped(self) -> dict[str, int]:
+        """Received items discarded because nobody read them in time, per kind."""
+        return {"video": self._video.dropped, "audio": self._audio.dropped, "events": self._events.dropped}
+
+
+def _error_for_code(code: str | None, message: str, status: int | None = None) -> e.EmoStreamError:
+    if code in ERROR_BY_CODE:
+        return ERROR_BY_CODE[str(code)](message)
+    if status in (401, 403):
+        return e.UnauthorizedError(message)
+    if status == 404:
+        return e.SessionNotFoundError(message)
+    return e.RequestError(message)
