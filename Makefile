@@ -25,11 +25,16 @@ DEB_TEST_COMMANDS := chromium chromedriver espeak-ng sox
 DEB_TURN_PACKAGES := coturn iproute2
 DEB_TURN_COMMANDS := turnserver ip
 
+# The voice-agent integrations' tests run in an environment of their own (scripts/agent_requirements.py says why).
+AGENTS_VENV ?= .venv-agents
+AGENTS_PY   := $(AGENTS_VENV)/bin/python
+STAMP_AGENTS := $(AGENTS_VENV)/.stamp-install
+
 STAMP_BASE := $(VENV)/.stamp-install
 STAMP_TEST := $(VENV)/.stamp-test
 STAMP_DEB  := $(VENV)/.stamp-deb
 
-.PHONY: serve test test-realtime lint install install-test deb clean distclean train-tiny train-lite-motion
+.PHONY: serve test test-agents test-realtime lint install install-test install-agents deb clean distclean train-tiny train-lite-motion
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (needs Python 3.11 or 3.12)"; exit 2; }
@@ -40,7 +45,7 @@ $(PY):
 $(STAMP_BASE): pyproject.toml | $(PY)
 	$(PIP) install "torch==2.13.0"
 	$(PIP) install -e .
-	$(PIP) install --no-deps "mediapipe==0.10.21"
+	$(PIP) install --no-deps "mediapipe==0.10.21" "protobuf>=4.25.3,<5"
 	@touch $@
 
 $(STAMP_TEST): $(STAMP_BASE) pyproject.toml
@@ -61,8 +66,17 @@ $(STAMP_DEB):
 	fi
 	@mkdir -p $(VENV) && touch $@
 
+$(STAMP_AGENTS): pyproject.toml scripts/agent_requirements.py
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (needs Python 3.11 or 3.12)"; exit 2; }
+	[ -x $(AGENTS_PY) ] || $(PYTHON) -m venv $(AGENTS_VENV)
+	$(AGENTS_PY) scripts/agent_requirements.py > $(AGENTS_VENV)/requirements.txt
+	$(AGENTS_PY) -m pip --disable-pip-version-check -q install -r $(AGENTS_VENV)/requirements.txt
+	$(AGENTS_PY) -m pip --disable-pip-version-check -q install --no-deps -e .
+	@touch $@
+
 install: $(STAMP_BASE)
 install-test: $(STAMP_TEST) $(STAMP_DEB)
+install-agents: $(STAMP_AGENTS)
 deb: $(STAMP_DEB)
 
 serve: $(STAMP_BASE)
@@ -70,8 +84,13 @@ serve: $(STAMP_BASE)
 
 # `make test` asserts behaviour only, so a busy machine does not turn it red. Rates, latencies and A/V offsets
 # on the real clock are the `realtime` tests: `make test-realtime`, on a quiet machine (CI runs both).
-test: install-test
+test: install-test install-agents
 	$(PY) -m pytest -m "not realtime and not compile" $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-agents
+
+# pipecat and LiveKit Agents drive a server that runs from the main environment.
+test-agents: install-test install-agents
+	EMO_STREAM_AGENT_TESTS=1 EMO_STREAM_SERVER_PYTHON=$(abspath $(PY)) $(AGENTS_PY) -m pytest tests/agents $(PYTEST_ARGS)
 
 test-realtime: install-test
 	$(PY) -m pytest -m "realtime or compile" $(PYTEST_ARGS)
@@ -100,4 +119,4 @@ lint: $(STAMP_TEST)
 clean:
 	rm -rf .pytest_cache .ruff_cache .mypy_cache build *.egg-info
 distclean: clean
-	rm -rf $(VENV) .cache
+	rm -rf $(VENV) $(AGENTS_VENV) .cache

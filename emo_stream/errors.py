@@ -31,7 +31,8 @@ Exception tree::
     │   ├── AvatarNotFoundError   an unknown avatar id
     │   └── SessionNotFoundError  an unknown or closed session
     ├── UnauthorizedError         a missing or wrong token
-    └── OverloadedError           one more session would make the others late (503)
+    ├── OverloadedError           one more session would make the others late (503)
+    └── DependencyError           a package the engine needs is missing or the wrong version
 
 The CLI catches the root and prints ``error: <message>`` on one line (exit 2); the
 server maps each class to a 4xx status in one table.
@@ -180,3 +181,9 @@ class OverloadedError(EmoStreamError):
     def __init__(self, message: str, retry_after_s: int = 5) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class DependencyError(EmoStreamError):
+    """A package the engine needs is missing or at a version it cannot use; the message says what to install."""
+
+    code = "missing_dependency"

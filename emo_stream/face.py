@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from emo_stream.errors import DependencyError
 from emo_stream.types import FaceLandmarks
 
 # Landmark indices used across the engine and the metrics (mediapipe face-mesh topology).
@@ -76,11 +77,34 @@ def import_mediapipe() -> Any:
     """
     import types
 
+    check_protobuf()
     for name in ("mediapipe.python.solutions.drawing_utils", "mediapipe.python.solutions.drawing_styles"):
         sys.modules.setdefault(name, types.ModuleType(name))
-    import mediapipe
-
+    try:
+        import mediapipe
+    except ImportError as exc:
+        raise DependencyError(f"the face mesh needs mediapipe 0.10.21 ({exc}); `make install` installs it "
+                              "(docs/platform.md)") from None
     return mediapipe
+
+
+def check_protobuf(version: str | None = None) -> None:
+    """mediapipe 0.10.21's graphs fail to parse under protobuf 5 or later, with an error that names neither.
+
+    Raises:
+        DependencyError: protobuf ``version`` (the installed one by default) is 5 or later.
+    """
+    if version is None:
+        try:
+            from google.protobuf import __version__ as installed  # type: ignore[import-untyped]
+        except ImportError:
+            return  # mediapipe's own import says what is missing
+        version = str(installed)
+    if int(version.split(".")[0]) >= 5:
+        raise DependencyError(
+            f"the face mesh (mediapipe 0.10.21) needs protobuf<5, and this environment has {version}. pipecat and "
+            "LiveKit Agents need 5 or later: install them in the agent's environment, not the server's "
+            "(docs/integrations.md), or run pip install 'protobuf>=4.25.3,<5'")
 
 
 class FaceMesh:

@@ -31,6 +31,7 @@ STATUS_BY_ERROR: list[tuple[type[e.EmoStreamError], int]] = [
     (e.AudioError, 422),
     (e.VideoError, 422),
     (e.ConfigError, 400),
+    (e.DependencyError, 500),
 ]
 
 

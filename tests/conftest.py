@@ -10,6 +10,9 @@ import pytest
 
 from tests import media
 
+# tests/agents (pipecat, LiveKit Agents) run in the agent environment: `make test-agents`, which `make test` runs.
+collect_ignore = [] if os.environ.get("EMO_STREAM_AGENT_TESTS") else ["agents"]
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GLOG_minloglevel", "2")
 

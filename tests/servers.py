@@ -20,6 +20,9 @@ import yaml
 
 from tests import media
 
+# The server's interpreter: this one, or the main environment's when the agent tests run from theirs.
+SERVER_PYTHON = os.environ.get("EMO_STREAM_SERVER_PYTHON") or sys.executable
+
 
 def metric(base: str, name: str) -> float:
     """One sample of the server's /metrics (0 when it is not there)."""
@@ -75,7 +78,7 @@ def start(port: int, config_path: Path, args: list[str] | tuple[str, ...] = (), 
     log = config_path.parent / f"server-{port}.log"
     process_env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", **(env or {}))
     with open(log, "w") as log_file:
-        proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--config", str(config_path),
+        proc = subprocess.Popen([SERVER_PYTHON, "-m", "server.cli", "serve", "--config", str(config_path),
                                  "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", *args],
                                 cwd=media.REPO, env=process_env, stdout=log_file, stderr=subprocess.STDOUT)
     server = RunningServer(base=f"{scheme}://127.0.0.1:{port}", port=port, proc=proc, log=log)
