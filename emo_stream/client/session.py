@@ -33,6 +33,7 @@ from emo_stream.client.errors import (
 from emo_stream.client.frames import AudioFrame, SessionEvent, VideoFrame
 from emo_stream.client.inbox import Inbox
 from emo_stream.rtc_audio import hand_on_audio_at_once, receiver_of
+from emo_stream.rtc_video import hand_on_video_at_marker
 
 logger = logging.getLogger(__name__)
 
@@ -359,9 +360,13 @@ class AvatarSession:
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         assert self.pc is not None
-        if track.kind == "audio" and hand_on_audio_at_once(receiver_of(self.pc, track)) is None:
+        receiver = receiver_of(self.pc, track)
+        if track.kind == "audio" and hand_on_audio_at_once(receiver) is None:
             logger.warning("aiortc's receiver changed: the returned voice goes through aiortc's own jitter buffer "
-                           "(80 ms later than the video)")
+                           "(80 ms later)")
+        if track.kind == "video" and hand_on_video_at_marker(receiver) is None:
+            logger.warning("aiortc's receiver changed: the pictures go through aiortc's own jitter buffer "
+                           "(a frame, 40 ms, later)")
         self._tasks.append(asyncio.create_task(self._receive(track)))
 
     async def _receive(self, track: MediaStreamTrack) -> None:
