@@ -2,8 +2,8 @@
 
 A server (``--config``, default configs/default.yaml, with ``server.av_probe`` on; ``--processes`` overrides its
 ``server.processes``) and one client process holding both sessions through real aiortc peers. The microphone
-loops an espeak-ng utterance with a 1 kHz beep after it; the agent sends the same utterance and beep over the
-PCM WebSocket every 6 s, then flushes. Every --sample seconds it records:
+loops an espeak-ng utterance with a 1 kHz beep after it; the agent (``emo_stream.client``) pushes the same
+utterance and beep every 6 s, then flushes. Every --sample seconds it records:
 
 - the server's resident memory (its process and its children's, /proc), for the RSS slope in MB/h (a least-squares
   line through the samples after the first two minutes);
@@ -48,6 +48,7 @@ from server_stats import (  # noqa: E402
 )
 
 from emo_stream.audio import load_audio  # noqa: E402
+from emo_stream.client import AvatarClient, AvatarSession  # noqa: E402
 from server.av_probe import holds_tone  # noqa: E402
 from tests import media, servers  # noqa: E402
 from tests.browser import av_offsets  # noqa: E402
@@ -155,32 +156,31 @@ def offsets_ms(peer: SoakPeer, since: float, until: float) -> list[float]:
                                             window_ms=500.0)]
 
 
-async def agent(base: str, peer: SoakPeer, stop: asyncio.Event) -> None:
+async def agent(session: AvatarSession, stop: asyncio.Event) -> None:
     """The PCM session's agent: the utterance and beep at 16 kHz every 6 s, flushed."""
-    import websockets
+    speech = utterance_with_beep(16_000)
+    while not stop.is_set():
+        await session.push_pcm(speech, 16_000)
+        await session.flush()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 6.0)
 
-    pcm16 = (np.clip(utterance_with_beep(16_000), -1, 1) * 32767).astype("<i2").tobytes()
-    url = base.replace("http", "ws", 1) + f"/v1/sessions/{peer.session_id}/audio?control_token={peer.control_token}"
-    async with websockets.connect(url) as ws:
-        await ws.send(json.dumps({"type": "start", "sample_rate": 16_000, "channels": 1}))
-        await ws.recv()
-        while not stop.is_set():
-            for i in range(0, len(pcm16), 64_000):
-                await ws.send(pcm16[i:i + 64_000])
-            await ws.send(json.dumps({"type": "flush"}))
-            await ws.recv()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 6.0)
+
+async def count_frames(session: AvatarSession, counts: dict[str, int]) -> None:
+    async for _ in session.video():
+        counts["pcm"] += 1
 
 
 async def soak(base: str, server_pid: int, minutes: float, sample_s: float) -> dict:
     clip = utterance_with_beep()
     mic = SoakPeer(base, np.tile(clip, int(minutes * 60 / (len(clip) / RATE)) + 2))
-    pcm = SoakPeer(base, samples=None, options={"audio_source": "pcm"})
     await mic.connect()
-    await pcm.connect()
+    client = AvatarClient(base)
+    pcm = await client.session().open()  # the agent's session, as an agent would hold it (emo_stream.client)
+    counts = {"pcm": 0}
     stop = asyncio.Event()
-    agent_task = asyncio.create_task(agent(base, pcm, stop))
+    agent_task = asyncio.create_task(agent(pcm, stop))
+    counter = asyncio.create_task(count_frames(pcm, counts))
     started = time.monotonic()
     samples: list[dict] = []
     last = {"snap": Snapshot(base, server_pid), "steal": steal_jiffies(), "mic": 0, "pcm": 0}
@@ -194,19 +194,21 @@ async def soak(base: str, server_pid: int, minutes: float, sample_s: float) -> d
                 "t_min": round((snap.t - started) / 60, 2), "rss_mb": round(rss_mb(server_pid), 1),
                 "late_share": figures["late_share"],
                 "fps_mic": round((mic.video_frames - last["mic"]) / window, 2),
-                "fps_pcm": round((pcm.video_frames - last["pcm"]) / window, 2),
+                "fps_pcm": round((counts["pcm"] - last["pcm"]) / window, 2),
                 "end_to_end_ms": figures["stage_ms"].get("end_to_end"),
                 "av_offset_ms": offsets_ms(mic, last["snap"].t, snap.t),
                 "cores": figures["cores"], "stage_ms": figures["stage_ms"],
                 "loop_lag_p99_ms_at_most": figures["loop_lag_p99_ms_at_most"]})
             print(f"[soak] {samples[-1]}", file=sys.stderr, flush=True)
-            last = {"snap": snap, "steal": steal, "mic": mic.video_frames, "pcm": pcm.video_frames}
+            last = {"snap": snap, "steal": steal, "mic": mic.video_frames, "pcm": counts["pcm"]}
     finally:
         stop.set()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(agent_task, 10)
+        counter.cancel()
         await mic.close()
         await pcm.close()
+        await client.aclose()
     return {"samples": samples}
 
 

@@ -44,6 +44,12 @@ VIDEO_QUEUE = 50
 AUDIO_QUEUE = 100
 EVENT_QUEUE = 256
 ACK_TIMEOUT_S = 10.0
+# After an interrupt, what arrives is dropped until the returned voice has been quiet for QUIET_PACKETS packets in
+# a row (the server's voice after a barge-in is silence), at most GATE_S: the cut utterance's pictures and voice
+# that were already on their way, however late a busy machine decodes them, never reach the consumer.
+QUIET_PEAK = 330  # int16: -40 dBFS
+QUIET_PACKETS = 2
+GATE_S = 1.0
 
 # WebSocket close codes of docs/api.md, as the errors they mean.
 _CLOSE_ERRORS: dict[int, type[e.EmoStreamError]] = {
@@ -123,6 +129,9 @@ class AvatarSession:
         self._acks: dict[str, asyncio.Future] = {}
         self._audio_error: e.EmoStreamError | None = None
         self._closing = False
+        self._gate_until: float | None = None  # after an interrupt: dropping until quiet, or until this time
+        self._quiet_run = 0
+        self.gated = 0  # items dropped after interrupts
 
     # ------------------------------------------------------------------ lifetime
 
@@ -251,9 +260,14 @@ class AvatarSession:
         return float(ack.get("buffered_s", 0.0))
 
     async def interrupt(self) -> None:
-        """Barge-in: the server drops the queued voice and frames within a tick, and so does this client (what
-        was received and not yet read is discarded)."""
+        """Barge-in: the server drops the queued voice and frames within a tick, and so does this client: what
+        was received and not yet read is discarded, and so is what of the cut utterance is still on its way (until
+        the returned voice has gone quiet)."""
         self._check_open()
+        self._gate_until = time.monotonic() + GATE_S
+        self._quiet_run = 0
+        self._video.clear()
+        self._audio.clear()
         await self._request("POST", f"/v1/sessions/{self.session_id}/interrupt", control=self.control_token)
         self._video.clear()
         self._audio.clear()
@@ -378,9 +392,25 @@ class AvatarSession:
             arrived = time.monotonic()
             media_time = float(frame.pts * frame.time_base) if frame.pts is not None and frame.time_base else 0.0
             if isinstance(frame, av.VideoFrame):
-                self._video.put(VideoFrame(frame=frame, media_time=media_time, arrived=arrived))
+                if not self._gated(None, arrived):
+                    self._video.put(VideoFrame(frame=frame, media_time=media_time, arrived=arrived))
             elif isinstance(frame, av.AudioFrame):
-                self._audio.put(AudioFrame.from_av(frame, media_time=media_time, arrived=arrived))
+                audio = AudioFrame.from_av(frame, media_time=media_time, arrived=arrived)
+                if not self._gated(audio, arrived):
+                    self._audio.put(audio)
+
+    def _gated(self, audio: AudioFrame | None, now: float) -> bool:
+        """Whether an item is dropped as part of an interrupted utterance (see QUIET_PACKETS)."""
+        if self._gate_until is None:
+            return False
+        if audio is not None:
+            quiet = int(np.abs(audio.pcm).max(initial=0)) < QUIET_PEAK
+            self._quiet_run = self._quiet_run + 1 if quiet else 0
+        if self._quiet_run >= QUIET_PACKETS or now >= self._gate_until:
+            self._gate_until = None
+            return False
+        self.gated += 1
+        return True
 
     async def video(self) -> AsyncIterator[VideoFrame]:
         """The returned pictures, in order, until the session ends (a consumer that falls more than 2 s behind
