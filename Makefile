@@ -66,7 +66,8 @@ $(STAMP_DEB):
 	fi
 	@mkdir -p $(VENV) && touch $@
 
-$(STAMP_AGENTS): pyproject.toml scripts/agent_requirements.py
+# After the main install: both write the package's egg-info.
+$(STAMP_AGENTS): pyproject.toml scripts/agent_requirements.py | $(STAMP_BASE)
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (needs Python 3.11 or 3.12)"; exit 2; }
 	[ -x $(AGENTS_PY) ] || $(PYTHON) -m venv $(AGENTS_VENV)
 	$(AGENTS_PY) scripts/agent_requirements.py > $(AGENTS_VENV)/requirements.txt

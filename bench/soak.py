@@ -206,6 +206,7 @@ async def soak(base: str, server_pid: int, minutes: float, sample_s: float) -> d
         with contextlib.suppress(Exception):
             await asyncio.wait_for(agent_task, 10)
         counter.cancel()
+        await asyncio.gather(counter, return_exceptions=True)
         await mic.close()
         await pcm.close()
         await client.aclose()

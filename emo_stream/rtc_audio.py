@@ -34,7 +34,7 @@ CAPACITY = 16  # aiortc's for audio: 320 ms of 20 ms packets
 PATIENCE = 1
 
 # aiortc's receiver keeps its jitter buffer in a name-mangled private attribute.
-_RECEIVER_JITTER_BUFFER = "_RTCRtpReceiver__jitter_buffer"
+RECEIVER_JITTER_BUFFER = "_RTCRtpReceiver__jitter_buffer"
 
 
 class InOrderAudioBuffer(JitterBuffer):
@@ -117,8 +117,8 @@ def receiver_of(pc: aiortc.RTCPeerConnection, track: Any) -> aiortc.RTCRtpReceiv
 def hand_on_audio_at_once(receiver: Any) -> InOrderAudioBuffer | None:
     """Give an aiortc audio receiver an ``InOrderAudioBuffer`` and return it (an aiortc internal: guarded; None
     when the receiver's layout is not the one this was written for, and nothing changed)."""
-    if not isinstance(getattr(receiver, _RECEIVER_JITTER_BUFFER, None), JitterBuffer):
+    if not isinstance(getattr(receiver, RECEIVER_JITTER_BUFFER, None), JitterBuffer):
         return None
     buffer = InOrderAudioBuffer(hand_on=_decoder_hand_on(receiver))
-    setattr(receiver, _RECEIVER_JITTER_BUFFER, buffer)
+    setattr(receiver, RECEIVER_JITTER_BUFFER, buffer)
     return buffer

@@ -4,9 +4,12 @@ aiortc's video receiver keeps RTP in a ``JitterBuffer`` that knows a frame is co
 *next* frame arrives (a new timestamp). At 25 fps that holds every picture back one frame, 40 ms, behind the voice
 of its own tick: an agent that plays both as they arrive shows the mouth 40 ms late. The sender marks the last
 packet of each frame (the RTP marker bit; aiortc and browsers both set it), so ``MarkerVideoBuffer`` hands a frame
-on when the run of packets from its first one to its marked last one is all in. A frame with a hole still waits for
-the retransmission, as aiortc's does, and a frame whose marked packet never comes is handed on when the next
-frame starts, as aiortc's is.
+on as soon as the run of packets at the head of the buffer, up to its marked last one, is all in. A frame with a
+hole (its marked packet lost included) still waits for the retransmission, as aiortc's does; a sender that marks
+no packet gets aiortc's behaviour, a frame once the next one starts. Where the buffer's head falls inside a frame
+(after an overflow), that frame's tail is handed on as aiortc hands it on. aiortc takes one frame per packet added,
+so a complete frame queued behind a repaired one leaves with the next packet (the audio buffer hands such runs
+to the decoder itself; a picture a packet later is not worth reaching further into aiortc).
 
 Like ``emo_stream.rtc_audio``, this reaches into aiortc's private receiver attribute, written against aiortc 1.16
 (``server.aiortc_compat.SUPPORTED_AIORTC``); ``hand_on_video_at_marker`` changes nothing and returns None where
@@ -19,8 +22,9 @@ from typing import Any
 
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 
+from emo_stream.rtc_audio import RECEIVER_JITTER_BUFFER
+
 CAPACITY = 512  # aiortc's for video
-_RECEIVER_JITTER_BUFFER = "_RTCRtpReceiver__jitter_buffer"
 
 
 class MarkerVideoBuffer(JitterBuffer):
@@ -51,9 +55,9 @@ class MarkerVideoBuffer(JitterBuffer):
 def hand_on_video_at_marker(receiver: Any) -> MarkerVideoBuffer | None:
     """Give an aiortc video receiver a ``MarkerVideoBuffer`` and return it (None, and nothing changed, when the
     receiver's layout is not the one this was written for)."""
-    current = getattr(receiver, _RECEIVER_JITTER_BUFFER, None)
+    current = getattr(receiver, RECEIVER_JITTER_BUFFER, None)
     if not isinstance(current, JitterBuffer) or current.capacity != CAPACITY:
         return None
     buffer = MarkerVideoBuffer()
-    setattr(receiver, _RECEIVER_JITTER_BUFFER, buffer)
+    setattr(receiver, RECEIVER_JITTER_BUFFER, buffer)
     return buffer

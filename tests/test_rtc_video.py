@@ -13,7 +13,7 @@ from emo_stream.rtc_video import MarkerVideoBuffer, hand_on_video_at_marker
 
 def packet(seq: int, timestamp: int, marker: bool = False) -> RtpPacket:
     p = RtpPacket(payload_type=96, marker=int(marker), sequence_number=seq, timestamp=timestamp)
-    p._data = bytes([seq])  # what aiortc's receiver stores: the depayloaded data
+    p._data = bytes([seq % 256])  # what aiortc's receiver stores: the depayloaded data
     return p
 
 
@@ -37,6 +37,18 @@ def test_a_frame_leaves_at_its_marker_where_aiortc_waits_for_the_next_frame():
 def test_a_frame_with_a_hole_waits_for_the_missing_packet():
     packets = [packet(20, 0), packet(22, 0, marker=True), packet(21, 0), packet(23, 3600, True)]
     assert frames_out(MarkerVideoBuffer(), packets) == [(2, 0, b"\x14\x15\x16"), (3, 3600, b"\x17")]
+
+
+def test_sequence_numbers_wrap_around():
+    packets = [packet(65534, 0), packet(65535, 0, marker=True), packet(0, 3600), packet(1, 3600, marker=True)]
+    assert frames_out(MarkerVideoBuffer(), packets) == [(1, 0, b"\xfe\xff"), (3, 3600, b"\x00\x01")]
+
+
+def test_a_lost_marked_packet_holds_its_frame_until_it_is_retransmitted():
+    packets = [packet(40, 0), packet(42, 3600), packet(43, 3600, marker=True), packet(41, 0, marker=True),
+               packet(44, 7200)]
+    # one frame per packet added (aiortc's interface): the frame queued behind the repaired one leaves at the next
+    assert frames_out(MarkerVideoBuffer(), packets) == [(3, 0, b"\x28\x29"), (4, 3600, b"\x2a\x2b")]
 
 
 def test_a_frame_without_its_marker_leaves_when_the_next_begins():

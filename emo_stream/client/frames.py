@@ -58,6 +58,11 @@ class AudioFrame:
     def duration_s(self) -> float:
         return len(self.pcm) / self.sample_rate
 
+    @property
+    def peak(self) -> int:
+        """The largest absolute sample (0 for silence; 32767 at full scale)."""
+        return int(np.abs(self.pcm.astype(np.int32)).max(initial=0))
+
     def mono(self) -> np.ndarray:
         """The samples as mono float32 in -1..1."""
         return self.pcm.astype(np.float32).mean(axis=1) / 32768.0
@@ -72,6 +77,23 @@ class AudioFrame:
         pcm = samples.reshape(-1, channels) if samples.shape[0] == 1 else samples.T
         return cls(pcm=np.ascontiguousarray(pcm), sample_rate=frame.sample_rate, media_time=media_time,
                    arrived=arrived)
+
+
+class VoiceResampler:
+    """The returned voice (48 kHz over WebRTC) as signed 16-bit PCM at another rate and channel count, packet by
+    packet with one resampler, so no packet boundary clicks."""
+
+    def __init__(self, rate: int, channels: int = 1) -> None:
+        self.rate = rate
+        self.channels = channels
+        self._resampler = av.AudioResampler(format="s16", layout="mono" if channels == 1 else "stereo", rate=rate)
+
+    def __call__(self, frame: AudioFrame) -> bytes:
+        """Interleaved s16 bytes (possibly empty: the resampler keeps a few samples for the next packet)."""
+        packet = av.AudioFrame.from_ndarray(np.ascontiguousarray(frame.pcm).reshape(1, -1), format="s16",
+                                            layout="stereo" if frame.channels == 2 else "mono")
+        packet.sample_rate = frame.sample_rate
+        return b"".join(out.to_ndarray().tobytes() for out in self._resampler.resample(packet))
 
 
 @dataclass(frozen=True)

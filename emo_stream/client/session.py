@@ -12,7 +12,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 import av
@@ -54,8 +54,9 @@ GATE_S = 1.0
 # WebSocket close codes of docs/api.md, as the errors they mean.
 _CLOSE_ERRORS: dict[int, type[e.EmoStreamError]] = {
     4400: e.RequestError, 4401: e.UnauthorizedError, 4404: e.SessionNotFoundError, 4503: UnavailableError,
-    1011: UnavailableError, 1008: e.RateLimitedError, 1009: e.RequestTooLargeError,
+    1008: e.RateLimitedError, 1009: e.RequestTooLargeError,
 }
+CRASHED = 1011  # the session's process crashed: the session is gone
 
 Requester = Callable[..., Awaitable[Any]]
 
@@ -129,6 +130,9 @@ class AvatarSession:
         self._acks: dict[str, asyncio.Future] = {}
         self._audio_error: e.EmoStreamError | None = None
         self._closing = False
+        self._close_task: asyncio.Task | None = None
+        self._end_error: e.EmoStreamError | None = None  # why the server ended the session, where it said
+        self._pcm_lock = asyncio.Lock()
         self._gate_until: float | None = None  # after an interrupt: dropping until quiet, or until this time
         self._quiet_run = 0
         self.gated = 0  # items dropped after interrupts
@@ -177,39 +181,53 @@ class AvatarSession:
                                             f"(state {pc.connectionState}); is a firewall in the way? "
                                             "see docs/server.md on ICE servers") from None
             if self.closed_reason is not None:
-                raise ConnectionFailedError(f"the session's media connection {self.closed_reason}")
+                raise self._end_error or ConnectionFailedError(f"the session ended while connecting: "
+                                                               f"{self.closed_reason}")
         except BaseException:
             await self.close()
             raise
 
     async def close(self) -> None:
-        """End the session (DELETE on the server), close both sockets and the peer connection. Idempotent."""
-        if self._closing:
-            return
+        """End the session (DELETE on the server), close both sockets and the peer connection. Idempotent; a caller
+        that is cancelled meanwhile does not stop it."""
         self._closing = True
         if self.closed_reason is None:
             self.closed_reason = "closed by the client"
-        for socket in (self._audio_ws, self._events_ws):
-            if socket is not None:
-                with contextlib.suppress(Exception):
-                    await socket.close()
-        if self.session_id is not None:
-            with contextlib.suppress(e.EmoStreamError):
-                await self._request("DELETE", f"/v1/sessions/{self.session_id}", control=self.control_token)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
-        for future in self._acks.values():
-            if not future.done():
-                future.cancel()
-        if self.pc is not None:
-            await self.pc.close()
-        self._end_media()
+        if self._close_task is None:
+            self._close_task = asyncio.ensure_future(self._close())
+        await asyncio.shield(self._close_task)
+
+    async def _close(self) -> None:
+        try:
+            for socket in (self._audio_ws, self._events_ws):
+                if socket is not None:
+                    with contextlib.suppress(Exception):
+                        await socket.close()
+            if self.session_id is not None:
+                with contextlib.suppress(Exception):  # gone already, or the client closed: the server reaps it
+                    await self._request("DELETE", f"/v1/sessions/{self.session_id}", control=self.control_token)
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            self._tasks.clear()
+            for future in self._acks.values():
+                if not future.done():
+                    future.cancel()
+        finally:
+            if self.pc is not None:
+                await self.pc.close()
+            self._end_media()
 
     @property
     def closed(self) -> bool:
         return self.closed_reason is not None
+
+    @property
+    def voice_delay_s(self) -> float:
+        """How long after it is pushed the voice comes back: the session's current latency (the stats event's,
+        which adapts to load and includes an underrun's delay), else the answer's."""
+        latency = self.stats.get("latency_ms", self.latency_ms)
+        return float(latency or 0.0) / 1000.0
 
     def _end_media(self) -> None:
         for inbox in (self._video, self._audio, self._events):
@@ -268,15 +286,20 @@ class AvatarSession:
         self._quiet_run = 0
         self._video.clear()
         self._audio.clear()
-        await self._request("POST", f"/v1/sessions/{self.session_id}/interrupt", control=self.control_token)
+        if self._audio_ws is not None:  # after the PCM already sent on it, so none of that plays
+            await self._command(self._audio_ws, {"type": "interrupt"}, "interrupt")
+        else:
+            await self._request("POST", f"/v1/sessions/{self.session_id}/interrupt", control=self.control_token)
         self._video.clear()
         self._audio.clear()
 
     async def _pcm_socket(self) -> ClientConnection:
         self._check_open()
-        if self._audio_ws is None:
-            self._audio_ws = await self._open_socket("audio")
-            self._tasks.append(asyncio.create_task(self._read_audio_socket(self._audio_ws)))
+        async with self._pcm_lock:  # two first pushes at once open one socket
+            if self._audio_ws is None:
+                socket = await self._open_socket("audio")
+                self._tasks.append(asyncio.create_task(self._read_audio_socket(socket)))
+                self._audio_ws = socket
         return self._audio_ws
 
     async def _send(self, socket: ClientConnection, message: str | bytes) -> None:
@@ -340,6 +363,8 @@ class AvatarSession:
     def _closed_error(self, exc: ConnectionClosed) -> e.EmoStreamError:
         code = exc.rcvd.code if exc.rcvd is not None else None
         reason = exc.rcvd.reason if exc.rcvd is not None else ""
+        if code == CRASHED:
+            return SessionClosedError("the session's process crashed", reason="the session's process crashed")
         if code in _CLOSE_ERRORS:
             return _CLOSE_ERRORS[code](reason or f"the server closed the socket ({code})")
         return SessionClosedError(f"the session has ended: {self.closed_reason or reason or 'socket closed'}",
@@ -359,8 +384,8 @@ class AvatarSession:
                     self._ended(str(message.get("reason") or "closed"))
         except ConnectionClosed as exc:
             if not self._closing and self.closed_reason is None:
-                code = exc.rcvd.code if exc.rcvd is not None else None
-                self._ended("the session's process crashed" if code == 1011 else f"events socket closed ({code})")
+                self._end_error = self._closed_error(exc)
+                self._ended(str(self._end_error))
 
     # ------------------------------------------------------------------ media out
 
@@ -404,7 +429,7 @@ class AvatarSession:
         if self._gate_until is None:
             return False
         if audio is not None:
-            quiet = int(np.abs(audio.pcm).max(initial=0)) < QUIET_PEAK
+            quiet = audio.peak < QUIET_PEAK
             self._quiet_run = self._quiet_run + 1 if quiet else 0
         if self._quiet_run >= QUIET_PACKETS or now >= self._gate_until:
             self._gate_until = None
@@ -412,18 +437,18 @@ class AvatarSession:
         self.gated += 1
         return True
 
-    async def video(self) -> AsyncIterator[VideoFrame]:
+    async def video(self) -> AsyncGenerator[VideoFrame, None]:
         """The returned pictures, in order, until the session ends (a consumer that falls more than 2 s behind
         loses the oldest)."""
         while (frame := await self._video.get()) is not None:
             yield frame
 
-    async def audio(self) -> AsyncIterator[AudioFrame]:
+    async def audio(self) -> AsyncGenerator[AudioFrame, None]:
         """The returned voice, 20 ms packets, until the session ends."""
         while (frame := await self._audio.get()) is not None:
             yield frame
 
-    async def media(self) -> AsyncIterator[VideoFrame | AudioFrame]:
+    async def media(self) -> AsyncGenerator[VideoFrame | AudioFrame, None]:
         """Pictures and voice in the order they arrived: the server sends them on one clock, so a player that
         plays them as they come keeps them in sync."""
         video, audio = self._video, self._audio
@@ -440,7 +465,7 @@ class AvatarSession:
             video.changed.clear()
             await video.changed.wait()
 
-    async def events(self) -> AsyncIterator[SessionEvent]:
+    async def events(self) -> AsyncGenerator[SessionEvent, None]:
         """The server's state, stats and closed events, until the session ends."""
         while (event := await self._events.get()) is not None:
             yield event

@@ -20,21 +20,20 @@ deployment in a LiveKit room is not tested.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 
-import av
-import numpy as np
 from livekit import rtc
 from livekit.agents.voice.avatar import AudioSegmentEnd, AvatarOptions, VideoGenerator
 
-from emo_stream.client import AudioFrame, AvatarClient, AvatarSession, VideoFrame
+from emo_stream.client import AvatarClient, AvatarSession, VideoFrame
+from emo_stream.client.frames import AudioFrame, VoiceResampler
 from emo_stream.errors import EmoStreamError
+from emo_stream.integrations.utterances import UtterancePlayout
 
-# A returned voice packet is speech above this int16 peak; an utterance's voice has ended once none came for
-# QUIET_S after the server's buffered voice should have played.
-SILENT_PEAK = 8
-QUIET_S = 0.2
+logger = logging.getLogger(__name__)
+
 FPS = 25.0
 
 
@@ -64,11 +63,8 @@ class EmoStreamVideoGenerator(VideoGenerator):
         self._session: AvatarSession | None = None
         self._size: tuple[int, int] | None = None
         self._first: VideoFrame | None = None
-        self._resampler: av.AudioResampler | None = None
-        self._pushing = False  # an utterance is being pushed
-        self._voice_started = False  # its returned voice has begun
-        self._end_due: float | None = None  # when its returned voice should have played (after the flush)
-        self._last_voice = 0.0
+        self._resample = VoiceResampler(audio_sample_rate, audio_channels)
+        self._playout = UtterancePlayout()
 
     @property
     def session(self) -> AvatarSession | None:
@@ -80,11 +76,12 @@ class EmoStreamVideoGenerator(VideoGenerator):
             return
         self._session = await self._client.session(avatar=self._avatar, background=self._background,
                                                    connect_timeout_s=self._connect_timeout_s).open()
-        async for frame in self._session.video():
-            self._first, self._size = frame, frame.size
-            break
-        if self._size is None:
+        pictures = self._session.video()
+        self._first = await anext(pictures, None)
+        await pictures.aclose()
+        if self._first is None:
             raise EmoStreamError(f"the session ended before its first picture: {self._session.closed_reason}")
+        self._size = self._first.size
 
     def avatar_options(self) -> AvatarOptions:
         """What ``AvatarRunner`` needs to publish this generator's tracks (after ``start``)."""
@@ -103,21 +100,29 @@ class EmoStreamVideoGenerator(VideoGenerator):
     # ------------------------------------------------------------------ VideoGenerator
 
     async def push_audio(self, frame: rtc.AudioFrame | AudioSegmentEnd) -> None:
+        """The agent's voice. An error is logged, not raised: the runner's reader would stop for good."""
         session = self._require_session()
-        if isinstance(frame, AudioSegmentEnd):
-            if self._pushing:
-                buffered = await session.flush()
-                self._pushing = False
-                self._end_due = time.monotonic() + buffered + (session.latency_ms or 0) / 1000
-            return
-        self._pushing = True
-        await session.push_pcm(bytes(frame.data), frame.sample_rate, frame.num_channels)
+        if session.closed:
+            return  # logged once, when the session ended
+        try:
+            if isinstance(frame, AudioSegmentEnd):
+                if self._playout.pushing:
+                    buffered = await session.flush()
+                    self._playout.flushed(time.monotonic() + buffered + session.voice_delay_s)
+                return
+            self._playout.pushed()
+            await session.push_pcm(bytes(frame.data), frame.sample_rate, frame.num_channels)
+        except EmoStreamError as exc:
+            logger.error("emo-stream refused the agent's audio: %s", exc)
 
     async def clear_buffer(self) -> None:
         session = self._require_session()
-        await session.interrupt()
-        self._pushing = self._voice_started = False
-        self._end_due = None
+        self._playout.reset()  # first: a segment the runner starts meanwhile is a new one
+        if not session.closed:
+            try:
+                await session.interrupt()
+            except EmoStreamError as exc:
+                logger.error("emo-stream could not interrupt: %s", exc)
 
     def __aiter__(self) -> AsyncIterator[rtc.VideoFrame | rtc.AudioFrame | AudioSegmentEnd]:
         return self._stream()
@@ -130,19 +135,12 @@ class EmoStreamVideoGenerator(VideoGenerator):
         async for item in session.media():
             if isinstance(item, VideoFrame):
                 yield self._video(item)
-            elif isinstance(item, AudioFrame):
-                voiced = int(np.abs(item.pcm).max(initial=0)) > SILENT_PEAK
-                if voiced and (self._pushing or self._end_due is not None):
-                    self._voice_started = True
-                if voiced:
-                    self._last_voice = item.arrived
-                if self._voice_started and (voice := self._audio(item)) is not None:
-                    yield voice  # pauses inside the utterance keep their length
-            now = time.monotonic()
-            if self._end_due is not None and now >= self._end_due and now - self._last_voice >= QUIET_S:
-                self._end_due = None
-                self._voice_started = False
+            elif self._playout.hear(item) and (voice := self._audio(item)) is not None:
+                yield voice  # pauses inside the utterance keep their length
+            if self._playout.played(time.monotonic()):
                 yield AudioSegmentEnd()
+        if session.closed_reason and session.closed_reason != "closed by the client":
+            logger.error("the emo-stream session ended: %s", session.closed_reason)
 
     def _require_session(self) -> AvatarSession:
         if self._session is None:
@@ -155,14 +153,7 @@ class EmoStreamVideoGenerator(VideoGenerator):
         return rtc.VideoFrame(width, height, rtc.VideoBufferType.RGB24, frame.rgb.tobytes())
 
     def _audio(self, frame: AudioFrame) -> rtc.AudioFrame | None:
-        """The returned voice (48 kHz over WebRTC) at the generator's rate and channels (None: the resampler kept
-        it all for now)."""
-        if self._resampler is None:
-            self._resampler = av.AudioResampler(format="s16", layout="mono" if self._channels == 1 else "stereo",
-                                                rate=self._rate)
-        packet = av.AudioFrame.from_ndarray(frame.pcm.reshape(1, -1), format="s16",
-                                            layout="stereo" if frame.channels == 2 else "mono")
-        packet.sample_rate = frame.sample_rate
-        pcm = b"".join(out.to_ndarray().tobytes() for out in self._resampler.resample(packet))
+        """The returned voice at the generator's rate and channels (None: the resampler kept it all for now)."""
+        pcm = self._resample(frame)
         samples = len(pcm) // (2 * self._channels)
         return rtc.AudioFrame(pcm, self._rate, self._channels, samples) if samples else None

@@ -9,8 +9,10 @@ Put it where a pipeline's avatar service goes, after the TTS and before the outp
 - Out come ``OutputImageRawFrame`` (RGB, 25 a second, idle motion between utterances) and ``TTSAudioRawFrame`` of
   the returned voice at the pipeline's output rate, in the order they arrived. Each image has
   ``sync_with_audio`` set, so the transport shows it after the voice before it has played.
-- ``TTSStoppedFrame`` flushes the utterance (the mouth closes on its last sound). ``InterruptionFrame`` drops
-  the server's queued voice and frames and this service's own (no frame of the cut speech comes after it).
+- ``TTSStoppedFrame`` flushes the utterance (the mouth closes on its last sound) and is passed on once the
+  returned voice of the utterance has played, so the transport's idea of the bot speaking follows the voice it
+  plays. ``InterruptionFrame`` drops the server's queued voice and frames and this service's own (no frame of the
+  cut speech comes after it).
 - ``EndFrame`` lets the voice already pushed play out, then closes the session; ``CancelFrame`` closes it at once.
 
 Install with ``pip install emo-stream[pipecat]`` in the agent's environment (docs/integrations.md).
@@ -22,9 +24,8 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 
-import av
-import numpy as np
 from pipecat.frames.frames import (
     CancelFrame,
     EndFrame,
@@ -38,15 +39,12 @@ from pipecat.frames.frames import (
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor, FrameProcessorSetup
 
 from emo_stream.client import AudioFrame, AvatarClient, AvatarSession, VideoFrame
+from emo_stream.client.frames import VoiceResampler
 from emo_stream.errors import EmoStreamError
+from emo_stream.integrations.utterances import UtterancePlayout
 
 logger = logging.getLogger(__name__)
 
-# The returned voice is a continuous track, silent while the portrait idles. Silence is not passed on (the transport
-# would take the idle portrait for a speaking bot), except within VOICE_HOLD_S of speech: pauses inside an
-# utterance keep their length. A packet is silent below SILENT_PEAK (int16).
-SILENT_PEAK = 8
-VOICE_HOLD_S = 0.5
 # The longest a voice packet waits for the picture of its tick (one tick and a half: a lost picture does not stop
 # the voice).
 AUDIO_HOLD_S = 0.06
@@ -80,8 +78,10 @@ class EmoStreamVideoService(FrameProcessor):
         self._session: AvatarSession | None = None
         self._media_task: asyncio.Task | None = None
         self._out_rate = 24_000
-        self._resampler: av.AudioResampler | None = None
-        self._pushed_s = 0.0  # TTS audio pushed since the last flush
+        self._resample: VoiceResampler | None = None
+        self._playout = UtterancePlayout()
+        self._stopped: deque[TTSStoppedFrame] = deque()  # passed on as their utterances finish playing
+        self._held: list[AudioFrame] = []  # voice waiting for the picture of its tick
         self.first_audio_in: float | None = None  # monotonic times, for benchmarks and tests
         self.first_image_out: float | None = None
 
@@ -102,14 +102,16 @@ class EmoStreamVideoService(FrameProcessor):
             elif isinstance(frame, TTSAudioRawFrame):
                 await self._push_tts(frame)
             elif isinstance(frame, TTSStoppedFrame):
-                if self._session is not None and self._pushed_s > 0:
-                    await self._session.flush()
-                    self._pushed_s = 0.0
-                await self.push_frame(frame, direction)
+                if not await self._flush():
+                    await self.push_frame(frame, direction)  # nothing was said: nothing to wait for
+                else:
+                    self._stopped.append(frame)
             elif isinstance(frame, InterruptionFrame):
-                if self._session is not None and not self._session.closed:
-                    await self._session.interrupt()
-                    self._pushed_s = 0.0
+                self._playout.reset()
+                self._stopped.clear()
+                self._held.clear()
+                if self._live():
+                    await self._session.interrupt()  # type: ignore[union-attr]
                 await self.push_frame(frame, direction)
             elif isinstance(frame, EndFrame):
                 await self._finish(play_out=True)
@@ -130,33 +132,55 @@ class EmoStreamVideoService(FrameProcessor):
 
     # ------------------------------------------------------------------ the session
 
+    def _live(self) -> bool:
+        return self._session is not None and not self._session.closed
+
     async def _start(self) -> None:
         if self._session is not None:
             return
-        self._session = await self._client.session(avatar=self._avatar, background=self._background,
-                                                   connect_timeout_s=self._connect_timeout_s).open()
+        try:
+            self._session = await self._client.session(avatar=self._avatar, background=self._background,
+                                                       connect_timeout_s=self._connect_timeout_s).open()
+        except EmoStreamError as exc:  # no session, no avatar: this service can do nothing more
+            await self.push_error(f"emo-stream: {exc}", exception=exc, force_treat_as_permanent=True)
+            return
         self._media_task = self.create_task(self._relay_media(self._session), "emo_stream_media")
 
     async def _push_tts(self, frame: TTSAudioRawFrame) -> None:
-        if self._session is None:
-            return
+        if not self._live():
+            return  # the failure was reported once, when the session ended or could not start
         if self.first_audio_in is None:
             self.first_audio_in = time.monotonic()
-        await self._session.push_pcm(frame.audio, frame.sample_rate, frame.num_channels)
-        self._pushed_s += len(frame.audio) / (2 * frame.num_channels * frame.sample_rate)
+        self._playout.pushed()
+        await self._session.push_pcm(frame.audio, frame.sample_rate, frame.num_channels)  # type: ignore[union-attr]
+
+    async def _flush(self) -> bool:
+        """End the utterance being pushed; False when none was."""
+        if not self._live() or not self._playout.pushing:
+            return False
+        session = self._session
+        assert session is not None
+        buffered = await session.flush()
+        return self._playout.flushed(time.monotonic() + buffered + session.voice_delay_s)
 
     async def _finish(self, play_out: bool) -> None:
-        session, self._session = self._session, None
+        """Close the session; with ``play_out``, once the voice already pushed has played."""
+        session = self._session
         if session is None:
             return
-        if play_out and not session.closed and self.first_audio_in is not None:
-            with contextlib.suppress(EmoStreamError):
-                buffered = await session.flush()  # what is still queued on the server, flushed or not
-                await asyncio.sleep(buffered + (session.latency_ms or 0) / 1000 + END_MARGIN_S)
-        if self._media_task is not None:
-            await self.cancel_task(self._media_task)
-            self._media_task = None
-        await session.close()
+        try:
+            if play_out and not session.closed and self.first_audio_in is not None:
+                with contextlib.suppress(EmoStreamError):
+                    buffered = await session.flush()  # what is still queued on the server, flushed or not
+                    await asyncio.sleep(buffered + session.voice_delay_s + END_MARGIN_S)
+        finally:
+            self._session = None
+            task, self._media_task = self._media_task, None
+            if task is not None:
+                task.cancel()
+            await session.close()
+            if task is not None:
+                await asyncio.gather(task, return_exceptions=True)
 
     async def _relay_media(self, session: AvatarSession) -> None:
         """Pass the session's pictures and voice on, each picture ahead of the voice of its own tick.
@@ -164,10 +188,9 @@ class EmoStreamVideoService(FrameProcessor):
         The server sends a tick's picture and its 40 ms of voice together, and the picture, decoded later, comes
         second. Held back until then (at most ``AUDIO_HOLD_S``), the voice follows its picture, so a transport
         that shows each picture once the voice queued before it has played (``sync_with_audio``) shows it as
-        its own voice starts.
+        its own voice starts. Only an utterance's voice is passed on (``UtterancePlayout``).
         """
-        voice_until = 0.0
-        held: list[AudioFrame] = []
+        held = self._held
         async for item in session.media():
             if isinstance(item, VideoFrame):
                 image = OutputImageRawFrame(image=item.rgb.tobytes(), size=item.size, format="RGB")
@@ -181,19 +204,16 @@ class EmoStreamVideoService(FrameProcessor):
                 if held[-1].arrived - held[0].arrived < AUDIO_HOLD_S:
                     continue
             for voice in held:
-                if int(np.abs(voice.pcm).max(initial=0)) > SILENT_PEAK:
-                    voice_until = voice.arrived + VOICE_HOLD_S
-                if voice.arrived <= voice_until and (pcm := self._resample(voice)):
+                if self._playout.hear(voice) and (pcm := self._voice_pcm(voice)):
                     await self.push_frame(TTSAudioRawFrame(audio=pcm, sample_rate=self._out_rate, num_channels=1))
             held.clear()
+            while self._stopped and self._playout.played(time.monotonic()):
+                await self.push_frame(self._stopped.popleft())
         if session.closed_reason and session.closed_reason != "closed by the client":
-            await self.push_error(f"emo-stream: the avatar session ended: {session.closed_reason}")
+            await self.push_error(f"emo-stream: the avatar session ended: {session.closed_reason}",
+                                  force_treat_as_permanent=True)
 
-    def _resample(self, item: AudioFrame) -> bytes:
-        """The returned voice (48 kHz, as WebRTC carries it) as mono s16 at the pipeline's output rate."""
-        if self._resampler is None:
-            self._resampler = av.AudioResampler(format="s16", layout="mono", rate=self._out_rate)
-        frame = av.AudioFrame.from_ndarray(item.pcm.reshape(1, -1), format="s16",
-                                           layout="stereo" if item.channels == 2 else "mono")
-        frame.sample_rate = item.sample_rate
-        return b"".join(out.to_ndarray().tobytes() for out in self._resampler.resample(frame))
+    def _voice_pcm(self, item: AudioFrame) -> bytes:
+        if self._resample is None:
+            self._resample = VoiceResampler(self._out_rate)
+        return self._resample(item)

@@ -57,9 +57,12 @@ class Mp4RecorderSink(FrameProcessor):
             self._audio_end = start + len(pcm) / frame.sample_rate
         elif isinstance(frame, InterruptionFrame):
             played.interrupted_at.append(now)
-            if self._audio_end > now:  # what was queued and not yet played is dropped
+            if self._audio_end > now:  # what was queued and not yet played is dropped, pictures waiting on it too
                 rate = played.sample_rate
                 played.audio = [(t, pcm[: max(0, int((now - t) * rate))]) for t, pcm in played.audio if t < now]
+                kept = [i for i, (shown, _) in enumerate(played.images) if shown <= now]
+                played.images = [played.images[i] for i in kept]
+                played.image_arrivals = [played.image_arrivals[i] for i in kept]
                 self._audio_end = now
         await self.push_frame(frame, direction)
 

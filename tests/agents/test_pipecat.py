@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import httpx
 import numpy as np
 import pytest
 from pipecat.frames.frames import (
@@ -39,6 +40,20 @@ TICK_S = 0.04
 def server():
     with run_server() as running:
         yield running
+
+
+class StopWatcher(FrameProcessor):
+    """Notes when each TTSStoppedFrame passes (downstream, after the sink)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stopped: list[float] = []
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if isinstance(frame, TTSStoppedFrame):
+            self.stopped.append(time.monotonic())
+        await self.push_frame(frame, direction)
 
 
 class ErrorCatcher(FrameProcessor):
@@ -70,7 +85,8 @@ class Run:
         self.catcher = ErrorCatcher()
         self.service = EmoStreamVideoService(base_url=base, **service_args)
         self.sink = Mp4RecorderSink()
-        self.worker = PipelineWorker(Pipeline([self.catcher, self.service, self.sink]),
+        self.stops = StopWatcher()
+        self.worker = PipelineWorker(Pipeline([self.catcher, self.service, self.sink, self.stops]),
                                  params=PipelineParams(audio_out_sample_rate=OUT_RATE),
                                  enable_rtvi=False, idle_timeout_secs=None)
         self.runner = WorkerRunner(handle_sigint=False)
@@ -134,6 +150,34 @@ def test_the_mouth_follows_the_voice_at_the_sink(spoken):
     assert abs(report["av_offset_ms"]) <= 120, report
     voiced = sum(len(pcm) for t, pcm in spoken[0].sink.played.audio if np.abs(pcm).max() > 1600) / OUT_RATE
     assert voiced > 0.5 * len(speech) / TTS_RATE, "most of the utterance played"
+
+
+def test_tts_stopped_is_passed_on_once_the_voice_has_played(spoken):
+    run = spoken[0]
+    assert len(run.stops.stopped) == 1
+    last_voice = run.voiced_arrivals()[-1]
+    assert last_voice < run.stops.stopped[0] < last_voice + 2.0, "after the utterance's voice, not when it was sent"
+
+
+def test_a_session_the_server_ends_is_one_error_frame(server):
+    speech = espeak_pcm("hello")
+
+    async def run():
+        async with Run(server.base) as run:
+            await wait_for(lambda: run.service.session is not None and run.sink.played.images, 30, "the session")
+            session = run.service.session
+            async with httpx.AsyncClient(base_url=server.base) as http:  # ended from outside the pipeline
+                gone = await http.delete(f"/v1/sessions/{session.session_id}",
+                                         headers={"X-Control-Token": session.control_token})
+            await wait_for(lambda: run.catcher.errors, 10, "an error frame")
+            await run.worker.queue_frames([TTSStartedFrame(), *tts_frames(speech), TTSStoppedFrame()])
+            await asyncio.sleep(1.0)
+            return run, gone.status_code
+
+    run, status = asyncio.run(run())
+    assert status == 204
+    assert len(run.catcher.errors) == 1, [e.error for e in run.catcher.errors]
+    assert "ended" in run.catcher.errors[0].error
 
 
 def test_end_frame_closes_the_session_and_leaves_no_task(spoken, server):
