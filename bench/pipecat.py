@@ -32,12 +32,13 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 # This file's own folder comes first on sys.path, where its name would hide the pipecat package.
-sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != REPO / "bench"]
+sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != REPO / "bench"] + [str(REPO / "bench")]
 if not os.environ.get("EMO_STREAM_SERVER_PYTHON") and (REPO / ".venv" / "bin" / "python").exists():
     os.environ["EMO_STREAM_SERVER_PYTHON"] = str(REPO / ".venv" / "bin" / "python")
 
@@ -46,6 +47,7 @@ from pipecat.pipeline.pipeline import Pipeline  # noqa: E402
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker  # noqa: E402
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor  # noqa: E402
 from pipecat.workers.runner import WorkerRunner  # noqa: E402
+from server_stats import parse_metrics, stage_summary  # noqa: E402
 
 from emo_stream.client import AudioFrame, AvatarClient, VideoFrame  # noqa: E402
 from emo_stream.integrations.pipecat import EmoStreamVideoService  # noqa: E402
@@ -201,10 +203,19 @@ def main() -> int:
     path = servers.write_config({}).parent / "av_probe.yaml"
     path.write_text(yaml.safe_dump(config))
     runs: dict[str, list[dict]] = {"direct": [], "pipecat": []}
+    stages: dict[str, dict[str, list[float]]] = {"direct": {}, "pipecat": {}}  # stage -> [sum ms, count]
     with servers.run_server(config_path=path) as server:
+        def scrape() -> dict:
+            return parse_metrics(httpx.get(f"{server.base}/metrics", timeout=10).text)
+
         for _ in range(args.pairs):
-            runs["direct"].append(asyncio.run(direct(server.base, args.seconds)))
-            runs["pipecat"].append(asyncio.run(through_pipecat(server.base, args.seconds)))
+            for name, variant in (("direct", direct), ("pipecat", through_pipecat)):
+                before = scrape()
+                runs[name].append(asyncio.run(variant(server.base, args.seconds)))
+                for stage, figures in stage_summary(before, scrape()).items():
+                    total = stages[name].setdefault(stage, [0.0, 0.0])
+                    total[0] += figures["mean_ms"] * figures["count"]
+                    total[1] += figures["count"]
     out = {"bench": "pipecat", "machine": f"{platform.node()} ({os.cpu_count()} cores)",
            "commit": subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
                                     text=True).stdout.strip(),
@@ -212,7 +223,9 @@ def main() -> int:
     for name, results in runs.items():
         out[name] = {"beeps": sum(r["beeps"] for r in results),
                      "tts_in_to_image_out_ms": summary([x for r in results for x in r["latency_ms"]]),
-                     "av_offset_ms": summary([x for r in results for x in r["offset_ms"]])}
+                     "av_offset_ms": summary([x for r in results for x in r["offset_ms"]]),
+                     "server_stage_mean_ms": {stage: round(total / count, 1)
+                                              for stage, (total, count) in sorted(stages[name].items()) if count}}
     print(json.dumps(out, indent=2))
     return 0
 
