@@ -48,6 +48,8 @@ class PcmSource:
         self._dry_ticks = 0  # ticks of the current dry spell
         self.debt_ticks = 0  # ticks the voice runs behind the agent's schedule after underruns
         self.skipped_ticks = 0  # silent ticks skipped to win the delay back
+        self.owed = False  # the last tick found too little audio inside an utterance: pull when it comes
+        self.owed_pulls = 0  # pulls served on arrival, after their tick
 
     def start(self, sample_rate: int, channels: int) -> None:
         """Begin (or re-begin) PCM input: s16le at ``sample_rate`` with ``channels`` interleaved."""
@@ -122,6 +124,7 @@ class PcmSource:
         self._flushing = False
         self._generation += 1
         self._speaking = False
+        self.owed = False
         self.debt_ticks = self._dry_ticks = 0
 
     @property
@@ -144,7 +147,9 @@ class PcmSource:
         need = self.samples_per_tick
         if self._samples < need and not (self._flushing and self._samples):
             self._note_dry_tick()
+            self.owed = self._speaking and not self._flushing
             return None
+        self.owed = False
         self._dry_ticks = 0
         chunk = self._take(need)
         # After an underrun, win the delay back at the voice's pauses, never inside a word.
@@ -155,6 +160,19 @@ class PcmSource:
         frame = av.AudioFrame.from_ndarray(chunk[None, :].astype(np.float32), format="flt", layout="mono")
         frame.sample_rate = self.voice_rate
         return frame
+
+    def pull_owed(self) -> av.AudioFrame | None:
+        """The pull the last tick missed, as soon as its audio is queued (before the next tick; else None).
+
+        An agent that streams at real time sends each tick's audio about when the tick comes, sometimes just
+        after it. Waiting for the next tick would put the voice (and every window after it) a tick later than it
+        came; pulled on arrival, it is only as late as it came, and the dry tick is no debt.
+        """
+        if not self.owed or self._samples < self.samples_per_tick:
+            return None
+        self.debt_ticks = max(0, self.debt_ticks - 1)
+        self.owed_pulls += 1
+        return self.pull()
 
     def _note_dry_tick(self) -> None:
         if not self._speaking or self._flushing:

@@ -673,6 +673,26 @@ def test_an_underrun_is_won_back_at_the_next_pause_and_never_inside_speech():
     assert source.debt_ticks == 0 and source.skipped_ticks == 3
 
 
+def test_audio_that_comes_just_after_its_tick_is_pulled_on_arrival_and_owes_nothing():
+    from server.pcm_source import PcmSource
+
+    source = PcmSource(48_000, 25)
+    source.start(48_000, 1)
+    tick = 1920
+    speech = np.full(10 * tick, 8000, "<i2")
+    source.push(speech[: tick // 2].tobytes())  # half a tick: this tick finds too little
+    assert _ticks(source, 1) == [None] and source.owed
+    assert source.pull_owed() is None, "still too little"
+    source.push(speech[tick // 2: tick].tobytes())  # the rest comes before the next tick
+    frame = source.pull_owed()
+    assert frame is not None and frame.samples == tick
+    assert source.debt_ticks == 0 and not source.owed and source.owed_pulls == 1
+    assert source.pull_owed() is None, "one pull per dry tick"
+    assert _ticks(source, 1) == [None], "the next tick's audio has not come yet"
+    source.push(speech[tick: 3 * tick].tobytes())  # late by more than a tick: one tick of debt stays
+    assert _ticks(source, 1)[0] is not None and source.debt_ticks == 1
+
+
 def test_a_long_pause_is_not_an_underrun_and_a_burst_plays_whole():
     from server.pcm_source import MAX_UNDERRUN_S, PcmSource
 
