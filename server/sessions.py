@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import secrets
 import time
 from collections.abc import Callable
@@ -391,9 +390,8 @@ class Session:
         generation, samples = await asyncio.to_thread(self.pcm.resample, data)
         if self.pcm.enqueue(generation, samples):
             self.stats.last_input = time.monotonic()
-            if not self.closed and os.environ.get("EMO_STREAM_PCM_OWED", "1") == "1" and \
-                    (frame := self.pcm.pull_owed()) is not None:  # a tick that found too little: now it has come
-                self.push_audio_frame(frame)
+            if not self.closed and (frame := self.pcm.pull_owed()) is not None:
+                self.push_audio_frame(frame)  # a tick found too little of it: played from now, not a tick later
 
     def pcm_flush(self) -> None:
         """End of an utterance: what is buffered plays out, the last window padded with silence."""
