@@ -189,7 +189,9 @@ def summary(values: list[float]) -> dict:
         return {"n": 0}
     a = np.asarray(values)
     return {"n": len(a), "p50": round(float(np.percentile(a, 50)), 1), "p95": round(float(np.percentile(a, 95)), 1),
-            "median": round(float(np.median(a)), 1), "p95_abs": round(float(np.percentile(np.abs(a), 95)), 1)}
+            "median": round(float(np.median(a)), 1), "p95_abs": round(float(np.percentile(np.abs(a), 95)), 1),
+            "within_20ms": round(float(np.mean(np.abs(a) <= 20)), 3), "min": round(float(a.min()), 1),
+            "max": round(float(a.max()), 1)}
 
 
 def main() -> int:
