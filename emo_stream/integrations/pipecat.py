@@ -48,6 +48,7 @@ logger = logging.getLogger(__name__)
 # The longest a voice packet waits for the picture of its tick (one tick and a half: a lost picture does not stop
 # the voice).
 AUDIO_HOLD_S = 0.06
+TICK_S = 0.04  # the server's 25 frames a second
 # After EndFrame: how long past the server's buffered voice (and its pipeline delay) to wait before closing.
 END_MARGIN_S = 0.5
 
@@ -183,35 +184,46 @@ class EmoStreamVideoService(FrameProcessor):
                 await asyncio.gather(task, return_exceptions=True)
 
     async def _relay_media(self, session: AvatarSession) -> None:
-        """Pass the session's pictures and voice on, each picture ahead of the voice of its own tick.
+        """Pass the session's pictures and voice on, each picture just ahead of the voice of its own tick.
 
-        The server sends a tick's picture and its 40 ms of voice together, and the picture, decoded later, comes
-        second. Held back until then (at most ``AUDIO_HOLD_S``), the voice follows its picture, so a transport
-        that shows each picture once the voice queued before it has played (``sync_with_audio``) shows it as
-        its own voice starts. Only an utterance's voice is passed on (``UtterancePlayout``).
+        Both tracks start on the session's first tick, so a picture at media time t was made from the voice at
+        [t, t + one tick). The voice of a tick whose picture has not come yet waits for it (at most
+        ``AUDIO_HOLD_S``); the rest goes on at once. A transport that shows each picture once the voice queued
+        before it has played (``sync_with_audio``) then shows it as its own voice starts. Only an utterance's
+        voice is passed on (``UtterancePlayout``).
         """
         held = self._held
+        shown_until = -1.0  # media time up to which the pictures have gone on (their ticks' ends)
         async for item in session.media():
+            ready: list[AudioFrame] = []
             if isinstance(item, VideoFrame):
+                ready = [voice for voice in held if voice.media_time < item.media_time]  # ticks before it
+                held[:] = [voice for voice in held if voice.media_time >= item.media_time]
+                await self._push_voice(ready)
                 image = OutputImageRawFrame(image=item.rgb.tobytes(), size=item.size, format="RGB")
                 image.sync_with_audio = True
                 image.pts = int(item.media_time * 1e9)
                 if self.first_image_out is None:
                     self.first_image_out = time.monotonic()
                 await self.push_frame(image)
+                shown_until = item.media_time + TICK_S
             else:
                 held.append(item)
-                if held[-1].arrived - held[0].arrived < AUDIO_HOLD_S:
-                    continue
-            for voice in held:
-                if self._playout.hear(voice) and (pcm := self._voice_pcm(voice)):
-                    await self.push_frame(TTSAudioRawFrame(audio=pcm, sample_rate=self._out_rate, num_channels=1))
-            held.clear()
+            now = time.monotonic()
+            due = [voice.media_time < shown_until or now - voice.arrived >= AUDIO_HOLD_S for voice in held]
+            ready = [voice for voice, go in zip(held, due, strict=True) if go]
+            held[:] = [voice for voice, go in zip(held, due, strict=True) if not go]
+            await self._push_voice(ready)
             while self._stopped and self._playout.played(time.monotonic()):
                 await self.push_frame(self._stopped.popleft())
         if session.closed_reason and session.closed_reason != "closed by the client":
             await self.push_error(f"emo-stream: the avatar session ended: {session.closed_reason}",
                                   force_treat_as_permanent=True)
+
+    async def _push_voice(self, packets: list[AudioFrame]) -> None:
+        for voice in packets:
+            if self._playout.hear(voice) and (pcm := self._voice_pcm(voice)):
+                await self.push_frame(TTSAudioRawFrame(audio=pcm, sample_rate=self._out_rate, num_channels=1))
 
     def _voice_pcm(self, item: AudioFrame) -> bytes:
         if self._resample is None:
