@@ -30,6 +30,7 @@ from livekit.agents.voice.avatar import AudioSegmentEnd, AvatarOptions, VideoGen
 from emo_stream.client import AvatarClient, AvatarSession, VideoFrame
 from emo_stream.client.frames import AudioFrame, VoiceResampler
 from emo_stream.errors import EmoStreamError
+from emo_stream.integrations.seat import AvatarSeat
 from emo_stream.integrations.utterances import UtterancePlayout
 
 logger = logging.getLogger(__name__)
@@ -51,15 +52,10 @@ class EmoStreamVideoGenerator(VideoGenerator):
     def __init__(self, *, base_url: str | None = None, token: str | None = None, avatar: str | None = None,
                  background: str | None = None, client: AvatarClient | None = None,
                  audio_sample_rate: int = 24_000, audio_channels: int = 1, connect_timeout_s: float = 15.0) -> None:
-        if client is None and base_url is None:
-            raise ValueError("EmoStreamVideoGenerator needs base_url or client")
-        self._own_client = client is None
-        self._client = client or AvatarClient(str(base_url), token=token)
-        self._avatar = avatar
-        self._background = background
+        self._seat = AvatarSeat.make("EmoStreamVideoGenerator", base_url, token, client, avatar, background,
+                                     connect_timeout_s)
         self._rate = audio_sample_rate
         self._channels = audio_channels
-        self._connect_timeout_s = connect_timeout_s
         self._session: AvatarSession | None = None
         self._size: tuple[int, int] | None = None
         self._first: VideoFrame | None = None
@@ -74,8 +70,7 @@ class EmoStreamVideoGenerator(VideoGenerator):
         """Open the session and wait for its first picture (its size goes into ``avatar_options``)."""
         if self._session is not None:
             return
-        self._session = await self._client.session(avatar=self._avatar, background=self._background,
-                                                   connect_timeout_s=self._connect_timeout_s).open()
+        self._session = await self._seat.open()
         pictures = self._session.video()
         self._first = await anext(pictures, None)
         await pictures.aclose()
@@ -94,8 +89,7 @@ class EmoStreamVideoGenerator(VideoGenerator):
         session, self._session = self._session, None
         if session is not None:
             await session.close()
-        if self._own_client:
-            await self._client.aclose()
+        await self._seat.aclose()
 
     # ------------------------------------------------------------------ VideoGenerator
 

@@ -41,6 +41,7 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor, F
 from emo_stream.client import AudioFrame, AvatarClient, AvatarSession, VideoFrame
 from emo_stream.client.frames import VoiceResampler
 from emo_stream.errors import EmoStreamError
+from emo_stream.integrations.seat import AvatarSeat
 from emo_stream.integrations.utterances import UtterancePlayout
 
 logger = logging.getLogger(__name__)
@@ -69,13 +70,8 @@ class EmoStreamVideoService(FrameProcessor):
                  background: str | None = None, client: AvatarClient | None = None,
                  connect_timeout_s: float = 15.0, **kwargs) -> None:
         super().__init__(**kwargs)
-        if client is None and base_url is None:
-            raise ValueError("EmoStreamVideoService needs base_url or client")
-        self._own_client = client is None
-        self._client = client or AvatarClient(str(base_url), token=token)
-        self._avatar = avatar
-        self._background = background
-        self._connect_timeout_s = connect_timeout_s
+        self._seat = AvatarSeat.make("EmoStreamVideoService", base_url, token, client, avatar, background,
+                                     connect_timeout_s)
         self._session: AvatarSession | None = None
         self._media_task: asyncio.Task | None = None
         self._out_rate = 24_000
@@ -127,8 +123,7 @@ class EmoStreamVideoService(FrameProcessor):
 
     async def cleanup(self) -> None:
         await self._finish(play_out=False)
-        if self._own_client:
-            await self._client.aclose()
+        await self._seat.aclose()
         await super().cleanup()
 
     # ------------------------------------------------------------------ the session
@@ -140,8 +135,7 @@ class EmoStreamVideoService(FrameProcessor):
         if self._session is not None:
             return
         try:
-            self._session = await self._client.session(avatar=self._avatar, background=self._background,
-                                                       connect_timeout_s=self._connect_timeout_s).open()
+            self._session = await self._seat.open()
         except EmoStreamError as exc:  # no session, no avatar: this service can do nothing more
             await self.push_error(f"emo-stream: {exc}", exception=exc, force_treat_as_permanent=True)
             return

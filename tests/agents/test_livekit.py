@@ -22,7 +22,7 @@ from livekit.agents.voice.avatar import AudioSegmentEnd, AvatarRunner, QueueAudi
 
 from emo_stream.client.recording import PlayedMedia, write_mp4
 from emo_stream.integrations.livekit import EmoStreamVideoGenerator
-from tests.agents.speech import TTS_RATE, espeak_pcm
+from tests.agents.support import TTS_RATE, espeak_pcm, no_sessions_left, wait_for
 from tests.servers import SERVER_PYTHON, metric, run_server
 
 TICK_S = 0.04
@@ -117,14 +117,6 @@ class Worker:
         return began
 
 
-async def wait_for(predicate, timeout_s: float, what: str) -> None:
-    for _ in range(int(timeout_s / 0.05)):
-        if predicate():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.fixture(scope="module")
 def utterance(server, tmp_path_factory):
     speech = espeak_pcm("weather")
@@ -186,11 +178,7 @@ def test_the_worker_closes_its_session_and_leaves_no_task(utterance, server):
     worker, *_, leftover, _, _ = utterance
     assert worker.generator.session is None
     assert not leftover, f"tasks left running: {leftover}"
-    for _ in range(50):
-        if metric(server.base, "emo_stream_sessions_active") == 0:
-            break
-        time.sleep(0.1)
-    assert metric(server.base, "emo_stream_sessions_active") == 0
+    assert no_sessions_left(server.base)
 
 
 def test_clear_buffer_cuts_the_utterance_and_the_runner_reports_it_interrupted(server):

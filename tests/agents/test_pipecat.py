@@ -29,7 +29,7 @@ from pipecat.workers.runner import WorkerRunner
 
 from emo_stream.integrations.pipecat import EmoStreamVideoService
 from emo_stream.integrations.pipecat_recorder import Mp4RecorderSink
-from tests.agents.speech import OUT_RATE, TTS_RATE, espeak_pcm, tts_frames
+from tests.agents.support import OUT_RATE, TTS_RATE, espeak_pcm, no_sessions_left, tts_frames, wait_for
 from tests.media import REPO
 from tests.servers import SERVER_PYTHON, metric, run_server
 
@@ -68,14 +68,6 @@ class ErrorCatcher(FrameProcessor):
         if isinstance(frame, ErrorFrame):
             self.errors.append(frame)
         await self.push_frame(frame, direction)
-
-
-async def wait_for(predicate, timeout_s: float, what: str) -> None:
-    for _ in range(int(timeout_s / 0.05)):
-        if predicate():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Run:
@@ -184,11 +176,7 @@ def test_end_frame_closes_the_session_and_leaves_no_task(spoken, server):
     run, _, leftover, *_ = spoken
     assert run.service.session is None
     assert not leftover, f"tasks left running: {leftover}"
-    for _ in range(50):
-        if metric(server.base, "emo_stream_sessions_active") == 0:
-            break
-        time.sleep(0.1)
-    assert metric(server.base, "emo_stream_sessions_active") == 0
+    assert no_sessions_left(server.base)
 
 
 def test_an_interruption_cuts_the_utterance_within_two_ticks(server):

@@ -1,12 +1,16 @@
-"""Test "TTS" for the agent tests: espeak-ng speech as pipecat's TTS audio frames."""
+"""What the agent tests share: espeak-ng speech as TTS audio frames, waits, the server's sessions ending."""
 
 from __future__ import annotations
+
+import asyncio
+import time
 
 import numpy as np
 from pipecat.frames.frames import TTSAudioRawFrame
 
 from emo_stream.audio import load_audio
 from tests import media
+from tests.servers import metric
 
 TTS_RATE = 24_000  # what TTS services commonly give
 OUT_RATE = 24_000  # the pipeline's output rate
@@ -24,3 +28,21 @@ def tts_frames(pcm: np.ndarray, frame_s: float = FRAME_S) -> list[TTSAudioRawFra
     n = int(TTS_RATE * frame_s)
     return [TTSAudioRawFrame(audio=pcm[i: i + n].tobytes(), sample_rate=TTS_RATE, num_channels=1)
             for i in range(0, len(pcm), n)]
+
+
+async def wait_for(predicate, timeout_s: float, what: str) -> None:
+    for _ in range(int(timeout_s / 0.05)):
+        if predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def no_sessions_left(base: str, timeout_s: float = 5.0) -> bool:
+    """Whether the server's live sessions fall to 0 within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while metric(base, "emo_stream_sessions_active") != 0:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
