@@ -42,10 +42,9 @@ sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != 
 if not os.environ.get("EMO_STREAM_SERVER_PYTHON") and (REPO / ".venv" / "bin" / "python").exists():
     os.environ["EMO_STREAM_SERVER_PYTHON"] = str(REPO / ".venv" / "bin" / "python")
 
-from pipecat.frames.frames import Frame, TTSAudioRawFrame  # noqa: E402
+from pipecat.frames.frames import TTSAudioRawFrame  # noqa: E402
 from pipecat.pipeline.pipeline import Pipeline  # noqa: E402
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker  # noqa: E402
-from pipecat.processors.frame_processor import FrameDirection, FrameProcessor  # noqa: E402
 from pipecat.workers.runner import WorkerRunner  # noqa: E402
 from server_stats import parse_metrics, stage_summary  # noqa: E402
 
@@ -54,6 +53,7 @@ from emo_stream.integrations.pipecat import EmoStreamVideoService  # noqa: E402
 from emo_stream.integrations.pipecat_recorder import Mp4RecorderSink  # noqa: E402
 from server.av_probe import FLASH_FRACTION, PROBE_HZ, holds_tone  # noqa: E402
 from tests import servers  # noqa: E402
+from tests.agents.support import FrameTap  # noqa: E402
 
 RATE = 24_000
 FRAME = RATE // 50  # 20 ms
@@ -137,23 +137,9 @@ async def direct(base: str, seconds: float) -> dict:
     return per_beep([sent[k] for k in onsets], onsets_of(flashes), onsets_of(tones))
 
 
-class Stamp(FrameProcessor):
-    """Notes when each TTS frame enters the service."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.times: list[float] = []
-
-    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
-        await super().process_frame(frame, direction)
-        if isinstance(frame, TTSAudioRawFrame):
-            self.times.append(time.monotonic())
-        await self.push_frame(frame, direction)
-
-
 async def through_pipecat(base: str, seconds: float) -> dict:
     pcm, onsets = beeps(seconds)
-    stamp, sink = Stamp(), Mp4RecorderSink()
+    stamp, sink = FrameTap(TTSAudioRawFrame), Mp4RecorderSink()  # stamp: when each TTS frame enters the service
     service = EmoStreamVideoService(base_url=base)
     worker = PipelineWorker(Pipeline([stamp, service, sink]), params=PipelineParams(audio_out_sample_rate=RATE),
                             enable_rtvi=False, idle_timeout_secs=None)

@@ -74,16 +74,23 @@ def error_from_answer(status: int, body: bytes | str, request_id: str | None = N
         pass
     text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
     message = str(message or text.strip()[:200] or f"HTTP {status}")
-    cls = ERROR_BY_CODE.get(str(code)) or (e.RequestError if 400 <= status < 500 else ServerError)
-    if cls is e.OverloadedError:
-        exc: e.EmoStreamError = e.OverloadedError(message, retry_after_s=_seconds(retry_after))
-    elif cls is SessionClosedError:
-        exc = SessionClosedError(message)
-    else:
-        exc = cls(message)
+    exc = error_for(code, message, e.RequestError if 400 <= status < 500 else ServerError, retry_after)
     exc.status = status  # type: ignore[attr-defined]
     exc.request_id = request_id  # type: ignore[attr-defined]
     return exc
+
+
+def error_for(code: str | None, message: str, fallback: type[e.EmoStreamError] = e.RequestError,
+              retry_after: str | None = None) -> e.EmoStreamError:
+    """The exception for an error ``code`` of docs/api.md (an HTTP answer's or a WebSocket message's), or
+    ``fallback`` for a code this client does not know or none."""
+    cls = ERROR_BY_CODE.get(str(code)) if code is not None else None
+    cls = cls or fallback
+    if cls is e.OverloadedError:
+        return e.OverloadedError(message, retry_after_s=_seconds(retry_after))
+    if cls is SessionClosedError:
+        return SessionClosedError(message)
+    return cls(message)
 
 
 def _seconds(value: str | None, default: int = 5) -> int:

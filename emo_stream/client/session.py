@@ -24,12 +24,7 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from emo_stream import errors as e
-from emo_stream.client.errors import (
-    ERROR_BY_CODE,
-    ConnectionFailedError,
-    SessionClosedError,
-    UnavailableError,
-)
+from emo_stream.client.errors import ConnectionFailedError, SessionClosedError, UnavailableError, error_for
 from emo_stream.client.frames import AudioFrame, SessionEvent, VideoFrame
 from emo_stream.client.inbox import Inbox
 from emo_stream.rtc_audio import hand_on_audio_at_once, receiver_of
@@ -57,6 +52,11 @@ _CLOSE_ERRORS: dict[int, type[e.EmoStreamError]] = {
     1008: e.RateLimitedError, 1009: e.RequestTooLargeError,
 }
 CRASHED = 1011  # the session's process crashed: the session is gone
+# A socket the server refused at its HTTP handshake, by status.
+_REFUSED_SOCKET: dict[int, type[e.EmoStreamError]] = {
+    401: e.UnauthorizedError, 403: e.UnauthorizedError, 404: e.SessionNotFoundError,
+}
+CLOSED_BY_CLIENT = "closed by the client"  # closed_reason after close()
 
 Requester = Callable[..., Awaitable[Any]]
 
@@ -192,7 +192,7 @@ class AvatarSession:
         that is cancelled meanwhile does not stop it."""
         self._closing = True
         if self.closed_reason is None:
-            self.closed_reason = "closed by the client"
+            self.closed_reason = CLOSED_BY_CLIENT
         if self._close_task is None:
             self._close_task = asyncio.ensure_future(self._close())
         await asyncio.shield(self._close_task)
@@ -221,6 +221,11 @@ class AvatarSession:
     @property
     def closed(self) -> bool:
         return self.closed_reason is not None
+
+    @property
+    def ended_by_server(self) -> bool:
+        """Whether the session ended other than by ``close()`` (reaped, taken over, its process lost, ...)."""
+        return self.closed_reason is not None and self.closed_reason != CLOSED_BY_CLIENT
 
     @property
     def voice_delay_s(self) -> float:
@@ -333,7 +338,7 @@ class AvatarSession:
                     if not future.done():
                         future.set_result(message)
                 elif message.get("type") == "error":
-                    error = _error_for_code(message.get("code"), message.get("message", "the server refused it"))
+                    error = error_for(message.get("code"), message.get("message", "the server refused it"))
                     waiting = [f for f in self._acks.values() if not f.done()]
                     if waiting:  # an error answers the command in flight (a bad start)
                         waiting[0].set_exception(error)
@@ -355,8 +360,9 @@ class AvatarSession:
         try:
             return await ws_connect(url, additional_headers=headers, open_timeout=10, max_size=2**20)
         except InvalidStatus as exc:
-            raise _error_for_code(None, f"the {channel} socket was refused (HTTP {exc.response.status_code})",
-                                  status=exc.response.status_code) from None
+            status = exc.response.status_code
+            raise error_for(None, f"the {channel} socket was refused (HTTP {status})",
+                            _REFUSED_SOCKET.get(status, e.RequestError)) from None
         except (OSError, TimeoutError) as exc:
             raise ConnectionFailedError(f"cannot open the session's {channel} socket: {exc}") from None
 
@@ -475,12 +481,3 @@ class AvatarSession:
         """Received items discarded because nobody read them in time, per kind."""
         return {"video": self._video.dropped, "audio": self._audio.dropped, "events": self._events.dropped}
 
-
-def _error_for_code(code: str | None, message: str, status: int | None = None) -> e.EmoStreamError:
-    if code in ERROR_BY_CODE:
-        return ERROR_BY_CODE[str(code)](message)
-    if status in (401, 403):
-        return e.UnauthorizedError(message)
-    if status == 404:
-        return e.SessionNotFoundError(message)
-    return e.RequestError(message)

@@ -100,9 +100,7 @@ class EmoStreamVideoGenerator(VideoGenerator):
             return  # logged once, when the session ended
         try:
             if isinstance(frame, AudioSegmentEnd):
-                if self._playout.pushing:
-                    buffered = await session.flush()
-                    self._playout.flushed(time.monotonic() + buffered + session.voice_delay_s)
+                await self._playout.flush(session)
                 return
             self._playout.pushed()
             await session.push_pcm(bytes(frame.data), frame.sample_rate, frame.num_channels)
@@ -133,7 +131,7 @@ class EmoStreamVideoGenerator(VideoGenerator):
                 yield voice  # pauses inside the utterance keep their length
             if self._playout.played(time.monotonic()):
                 yield AudioSegmentEnd()
-        if session.closed_reason and session.closed_reason != "closed by the client":
+        if session.ended_by_server:
             logger.error("the emo-stream session ended: %s", session.closed_reason)
 
     def _require_session(self) -> AvatarSession:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import deque
 
@@ -151,12 +152,7 @@ class EmoStreamVideoService(FrameProcessor):
 
     async def _flush(self) -> bool:
         """End the utterance being pushed; False when none was."""
-        if not self._live() or not self._playout.pushing:
-            return False
-        session = self._session
-        assert session is not None
-        buffered = await session.flush()
-        return self._playout.flushed(time.monotonic() + buffered + session.voice_delay_s)
+        return self._live() and await self._playout.flush(self._session)  # type: ignore[arg-type]
 
     async def _finish(self, play_out: bool) -> None:
         """Close the session; with ``play_out``, once the voice already pushed has played."""
@@ -189,11 +185,8 @@ class EmoStreamVideoService(FrameProcessor):
         held = self._held
         shown_until = -1.0  # media time up to which the pictures have gone on (their ticks' ends)
         async for item in session.media():
-            ready: list[AudioFrame] = []
             if isinstance(item, VideoFrame):
-                ready = [voice for voice in held if voice.media_time < item.media_time]  # ticks before it
-                held[:] = [voice for voice in held if voice.media_time >= item.media_time]
-                await self._push_voice(ready)
+                await self._push_voice(_take(held, item.media_time))  # the ticks before it
                 image = OutputImageRawFrame(image=item.rgb.tobytes(), size=item.size, format="RGB")
                 image.sync_with_audio = True
                 image.pts = int(item.media_time * 1e9)
@@ -204,13 +197,10 @@ class EmoStreamVideoService(FrameProcessor):
             else:
                 held.append(item)
             now = time.monotonic()
-            due = [voice.media_time < shown_until or now - voice.arrived >= AUDIO_HOLD_S for voice in held]
-            ready = [voice for voice, go in zip(held, due, strict=True) if go]
-            held[:] = [voice for voice, go in zip(held, due, strict=True) if not go]
-            await self._push_voice(ready)
-            while self._stopped and self._playout.played(time.monotonic()):
+            await self._push_voice(_take(held, shown_until, arrived_by=now - AUDIO_HOLD_S))
+            while self._stopped and self._playout.played(now):
                 await self.push_frame(self._stopped.popleft())
-        if session.closed_reason and session.closed_reason != "closed by the client":
+        if session.ended_by_server:
             await self.push_error(f"emo-stream: the avatar session ended: {session.closed_reason}",
                                   force_treat_as_permanent=True)
 
@@ -223,3 +213,12 @@ class EmoStreamVideoService(FrameProcessor):
         if self._resample is None:
             self._resample = VoiceResampler(self._out_rate)
         return self._resample(item)
+
+
+def _take(held: list[AudioFrame], before: float, arrived_by: float = -math.inf) -> list[AudioFrame]:
+    """The held packets of media time before ``before``, or that arrived by ``arrived_by`` (they waited long
+    enough), in order, taken out of ``held``."""
+    marks = [voice.media_time < before or voice.arrived <= arrived_by for voice in held]
+    taken = [voice for voice, go in zip(held, marks, strict=True) if go]
+    held[:] = [voice for voice, go in zip(held, marks, strict=True) if not go]
+    return taken

@@ -9,9 +9,14 @@ an utterance kept, and to hear when each utterance has played (pipecat's ``TTSSt
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
+from typing import TYPE_CHECKING
 
 from emo_stream.client.frames import AudioFrame
+
+if TYPE_CHECKING:
+    from emo_stream.client.session import AvatarSession
 
 # A returned packet is voice above this peak (int16); the server's idle silence decodes to about 0.
 SILENT_PEAK = 8
@@ -46,6 +51,14 @@ class UtterancePlayout:
         self.pushing = False
         self.due.append(due)
         return True
+
+    async def flush(self, session: AvatarSession) -> bool:
+        """End the utterance being pushed on ``session``: due once the server's buffered voice has played and come
+        back (``voice_delay_s``). False, and nothing sent, when none was being pushed."""
+        if not self.pushing:
+            return False
+        buffered = await session.flush()
+        return self.flushed(time.monotonic() + buffered + session.voice_delay_s)
 
     def reset(self) -> None:
         """Barge-in: every utterance is cut (none is reported as played)."""

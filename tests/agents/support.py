@@ -6,7 +6,8 @@ import asyncio
 import time
 
 import numpy as np
-from pipecat.frames.frames import TTSAudioRawFrame
+from pipecat.frames.frames import Frame, TTSAudioRawFrame
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from emo_stream.audio import load_audio
 from tests import media
@@ -28,6 +29,23 @@ def tts_frames(pcm: np.ndarray, frame_s: float = FRAME_S) -> list[TTSAudioRawFra
     n = int(TTS_RATE * frame_s)
     return [TTSAudioRawFrame(audio=pcm[i: i + n].tobytes(), sample_rate=TTS_RATE, num_channels=1)
             for i in range(0, len(pcm), n)]
+
+
+class FrameTap(FrameProcessor):
+    """Keeps each frame of ``kinds`` that passes it, either way, and when it passed; passes every frame on."""
+
+    def __init__(self, *kinds: type[Frame]) -> None:
+        super().__init__()
+        self.kinds = kinds
+        self.frames: list[Frame] = []
+        self.times: list[float] = []  # monotonic
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if isinstance(frame, self.kinds):
+            self.frames.append(frame)
+            self.times.append(time.monotonic())
+        await self.push_frame(frame, direction)
 
 
 async def wait_for(predicate, timeout_s: float, what: str) -> None:

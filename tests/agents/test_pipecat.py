@@ -9,7 +9,6 @@ import asyncio
 import json
 import subprocess
 import sys
-import time
 
 import httpx
 import numpy as np
@@ -17,19 +16,25 @@ import pytest
 from pipecat.frames.frames import (
     EndFrame,
     ErrorFrame,
-    Frame,
     InterruptionFrame,
     TTSStartedFrame,
     TTSStoppedFrame,
 )
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
-from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.workers.runner import WorkerRunner
 
 from emo_stream.integrations.pipecat import EmoStreamVideoService
 from emo_stream.integrations.pipecat_recorder import Mp4RecorderSink
-from tests.agents.support import OUT_RATE, TTS_RATE, espeak_pcm, no_sessions_left, tts_frames, wait_for
+from tests.agents.support import (
+    OUT_RATE,
+    TTS_RATE,
+    FrameTap,
+    espeak_pcm,
+    no_sessions_left,
+    tts_frames,
+    wait_for,
+)
 from tests.media import REPO
 from tests.servers import SERVER_PYTHON, metric, run_server
 
@@ -42,42 +47,15 @@ def server():
         yield running
 
 
-class StopWatcher(FrameProcessor):
-    """Notes when each TTSStoppedFrame passes (downstream, after the sink)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stopped: list[float] = []
-
-    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
-        await super().process_frame(frame, direction)
-        if isinstance(frame, TTSStoppedFrame):
-            self.stopped.append(time.monotonic())
-        await self.push_frame(frame, direction)
-
-
-class ErrorCatcher(FrameProcessor):
-    """Keeps the ErrorFrames that travel upstream past it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.errors: list[ErrorFrame] = []
-
-    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
-        await super().process_frame(frame, direction)
-        if isinstance(frame, ErrorFrame):
-            self.errors.append(frame)
-        await self.push_frame(frame, direction)
-
-
 class Run:
-    """A pipeline [catcher, service, sink] running in the background."""
+    """A pipeline [catcher, service, sink, stops] running in the background: ``catcher`` keeps the error frames
+    that travel upstream, ``stops`` the TTSStoppedFrames that come out."""
 
     def __init__(self, base: str, **service_args) -> None:
-        self.catcher = ErrorCatcher()
+        self.catcher = FrameTap(ErrorFrame)
         self.service = EmoStreamVideoService(base_url=base, **service_args)
         self.sink = Mp4RecorderSink()
-        self.stops = StopWatcher()
+        self.stops = FrameTap(TTSStoppedFrame)
         self.worker = PipelineWorker(Pipeline([self.catcher, self.service, self.sink, self.stops]),
                                  params=PipelineParams(audio_out_sample_rate=OUT_RATE),
                                  enable_rtvi=False, idle_timeout_secs=None)
@@ -133,7 +111,7 @@ def test_the_portrait_idles_then_speaks_after_the_first_tts_audio(spoken):
     span = played.image_arrivals[-1] - played.image_arrivals[0]
     assert len(images) >= 0.8 * 25 * span, "about 25 images a second reach the sink"
     assert played.sample_rate == OUT_RATE
-    assert not run.catcher.errors
+    assert not run.catcher.frames
 
 
 def test_the_mouth_follows_the_voice_at_the_sink(spoken):
@@ -146,9 +124,9 @@ def test_the_mouth_follows_the_voice_at_the_sink(spoken):
 
 def test_tts_stopped_is_passed_on_once_the_voice_has_played(spoken):
     run = spoken[0]
-    assert len(run.stops.stopped) == 1
+    assert len(run.stops.times) == 1
     last_voice = run.voiced_arrivals()[-1]
-    assert last_voice < run.stops.stopped[0] < last_voice + 2.0, "after the utterance's voice, not when it was sent"
+    assert last_voice < run.stops.times[0] < last_voice + 2.0, "after the utterance's voice, not when it was sent"
 
 
 def test_a_session_the_server_ends_is_one_error_frame(server):
@@ -161,15 +139,15 @@ def test_a_session_the_server_ends_is_one_error_frame(server):
             async with httpx.AsyncClient(base_url=server.base) as http:  # ended from outside the pipeline
                 gone = await http.delete(f"/v1/sessions/{session.session_id}",
                                          headers={"X-Control-Token": session.control_token})
-            await wait_for(lambda: run.catcher.errors, 10, "an error frame")
+            await wait_for(lambda: run.catcher.frames, 10, "an error frame")
             await run.worker.queue_frames([TTSStartedFrame(), *tts_frames(speech), TTSStoppedFrame()])
             await asyncio.sleep(1.0)
             return run, gone.status_code
 
     run, status = asyncio.run(run())
     assert status == 204
-    assert len(run.catcher.errors) == 1, [e.error for e in run.catcher.errors]
-    assert "ended" in run.catcher.errors[0].error
+    assert len(run.catcher.frames) == 1, [e.error for e in run.catcher.frames]
+    assert "ended" in run.catcher.frames[0].error
 
 
 def test_end_frame_closes_the_session_and_leaves_no_task(spoken, server):
@@ -199,17 +177,17 @@ def test_an_interruption_cuts_the_utterance_within_two_ticks(server):
     late = [t - cut for t in run.voiced_arrivals() if t > cut + 2 * TICK_S]
     assert not late, f"speech reached the sink {late[:3]} s after the interruption"
     assert len(run.sink.played.images) > images_before + 20, "the idle portrait goes on"
-    assert not run.catcher.errors
+    assert not run.catcher.frames
 
 
 def test_a_refused_session_is_an_error_frame_not_a_crash(server):
     async def run():
         async with Run(server.base, avatar="no-such-portrait") as run:
-            await wait_for(lambda: run.catcher.errors, 15, "an error frame")
+            await wait_for(lambda: run.catcher.frames, 15, "an error frame")
             return run
 
     run = asyncio.run(run())
-    assert "avatar" in run.catcher.errors[0].error
+    assert "avatar" in run.catcher.frames[0].error
 
 
 def test_the_local_pipeline_example_writes_a_speaking_mp4(server, tmp_path):
