@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 from pipecat.frames.frames import Frame, TTSAudioRawFrame
@@ -11,11 +14,12 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from emo_stream.audio import load_audio
 from tests import media
-from tests.servers import metric
+from tests.servers import SERVER_PYTHON, metric
 
 TTS_RATE = 24_000  # what TTS services commonly give
 OUT_RATE = 24_000  # the pipeline's output rate
 FRAME_S = 0.02
+TICK_S = 0.04  # the server's 25 frames a second
 
 
 def espeak_pcm(key: str) -> np.ndarray:
@@ -64,3 +68,10 @@ def no_sessions_left(base: str, timeout_s: float = 5.0) -> bool:
             return False
         time.sleep(0.1)
     return True
+
+
+def metrics_report(video: Path) -> dict:
+    """``emo-stream metrics`` of a video, run by the main environment (mediapipe is not in this one)."""
+    done = subprocess.run([SERVER_PYTHON, "-m", "emo_stream", "metrics", "--compact", str(video)],
+                          capture_output=True, text=True, check=True, timeout=300)
+    return json.loads(done.stdout)

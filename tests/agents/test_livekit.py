@@ -10,8 +10,6 @@ Runs in the agent environment (`make test-agents`)."""
 from __future__ import annotations
 
 import asyncio
-import json
-import subprocess
 import time
 from dataclasses import dataclass, field
 
@@ -22,17 +20,10 @@ from livekit.agents.voice.avatar import AudioSegmentEnd, AvatarRunner, QueueAudi
 
 from emo_stream.client.recording import PlayedMedia, write_mp4
 from emo_stream.integrations.livekit import EmoStreamVideoGenerator
-from tests.agents.support import TTS_RATE, espeak_pcm, no_sessions_left, wait_for
-from tests.servers import SERVER_PYTHON, metric, run_server
+from tests.agents.support import TICK_S, TTS_RATE, espeak_pcm, metrics_report, no_sessions_left, wait_for
+from tests.servers import metric
 
-TICK_S = 0.04
 SPEECH_PEAK = 1600
-
-
-@pytest.fixture(scope="module")
-def server():
-    with run_server() as running:
-        yield running
 
 
 class AlwaysConnectedRoom:
@@ -139,8 +130,7 @@ def utterance(server, tmp_path_factory):
                          audio=[(t, np.frombuffer(f.data, np.int16).copy()) for t, f in yielded.audio],
                          sample_rate=TTS_RATE)
     out = write_mp4(played, tmp_path_factory.mktemp("livekit") / "yielded.mp4")
-    report = json.loads(subprocess.run([SERVER_PYTHON, "-m", "emo_stream", "metrics", "--compact", str(out)],
-                                       capture_output=True, text=True, check=True, timeout=300).stdout)
+    report = metrics_report(out)
     return worker, options, began, sessions_live, leftover, report, speech
 
 

@@ -6,7 +6,6 @@ Runs in the agent environment (`make test-agents`); the server runs from the mai
 from __future__ import annotations
 
 import asyncio
-import json
 import subprocess
 import sys
 
@@ -28,23 +27,17 @@ from emo_stream.integrations.pipecat import EmoStreamVideoService
 from emo_stream.integrations.pipecat_recorder import Mp4RecorderSink
 from tests.agents.support import (
     OUT_RATE,
+    TICK_S,
     TTS_RATE,
     FrameTap,
     espeak_pcm,
+    metrics_report,
     no_sessions_left,
     tts_frames,
     wait_for,
 )
 from tests.media import REPO
-from tests.servers import SERVER_PYTHON, metric, run_server
-
-TICK_S = 0.04
-
-
-@pytest.fixture(scope="module")
-def server():
-    with run_server() as running:
-        yield running
+from tests.servers import metric
 
 
 class Run:
@@ -94,8 +87,7 @@ def spoken(server, tmp_path_factory):
 
     run, sessions_live, leftover = asyncio.run(run())
     run.sink.write(out)
-    report = json.loads(subprocess.run([SERVER_PYTHON, "-m", "emo_stream", "metrics", "--compact", str(out)],
-                                       capture_output=True, text=True, check=True, timeout=300).stdout)
+    report = metrics_report(out)
     return run, sessions_live, leftover, report, speech
 
 
@@ -196,8 +188,7 @@ def test_the_local_pipeline_example_writes_a_speaking_mp4(server, tmp_path):
                            "--text", "Good morning, everyone.", "--out", str(out)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    report = json.loads(subprocess.run([SERVER_PYTHON, "-m", "emo_stream", "metrics", "--compact", str(out)],
-                                       capture_output=True, text=True, check=True, timeout=300).stdout)
+    report = metrics_report(out)
     assert report["duration_s"] > 1.0 and report["lipsync_r"] >= 0.4, report
     refused = subprocess.run([sys.executable, str(REPO / "examples" / "pipecat_local.py"), "--server", server.base,
                               "--avatar", "no-such-portrait", "--out", str(tmp_path / "no.mp4")],
